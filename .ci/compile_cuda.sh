@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Compiles every CUDA source for sm_90a with nvcc against the installed torch's headers (no GPU needed, and a
+# CPU build of torch is enough: it ships the ATen/c10 CUDA headers). Catches compile errors in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NVCC=${NVCC:-nvcc}
+TORCH_DIR=$(python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+PY_INC=$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+# A CPU build of torch lacks the one header that torch's CUDA build generates at configure time; provide it.
+SHIM=()
+if [ ! -f "$TORCH_DIR/include/c10/cuda/impl/cuda_cmake_macros.h" ]; then
+  mkdir -p "$OUT/shim/c10/cuda/impl"
+  echo '#define C10_CUDA_BUILD_SHARED_LIBS' > "$OUT/shim/c10/cuda/impl/cuda_cmake_macros.h"
+  SHIM=(-isystem "$OUT/shim")
+fi
+status=0
+for src in csrc/cuda/*.cu; do
+  if "$NVCC" -c "$src" -o "$OUT/$(basename "$src").o" -std=c++17 -O3 --expt-relaxed-constexpr \
+      -gencode=arch=compute_90a,code=sm_90a -Xptxas=-warn-spills \
+      -isystem "$TORCH_DIR/include" -isystem "$TORCH_DIR/include/torch/csrc/api/include" -isystem "$PY_INC" "${SHIM[@]}" \
+      -DTORCH_EXTENSION_NAME=_C -D_GLIBCXX_USE_CXX11_ABI=1 -DFLASHINFER_WITH_CUDA \
+      -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+      -D__CUDA_NO_HALF2_OPERATORS__ "$@"; then
+    echo "compiled $src for sm_90a"
+  else
+    echo "FAILED: $src"
+    status=1
+  fi
+done
+exit $status

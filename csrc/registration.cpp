@@ -1,0 +1,70 @@
+// The one schema block of the library: every torch.ops.flashinfer op, one comment each. Implementations
+// register per backend in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu; fakes live in meta_kernels/.
+// Mutated arguments are annotated (a!) and mutating ops return (); outputs of functional ops are new,
+// contiguous tensors.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(flashinfer, m) {
+  const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
+
+  // ---- norm: rows of [..., hidden], statistics in fp32 ----
+  // RMSNorm: out = x / sqrt(mean(x^2) + eps) * w (Gemma: * (w + 1)).
+  m.def("rmsnorm(Tensor input, Tensor weight, float eps, bool gemma) -> Tensor", tags);
+  // RMSNorm into a caller-provided output.
+  m.def("rmsnorm_out(Tensor(a!) out, Tensor input, Tensor weight, float eps, bool gemma) -> ()", tags);
+  // residual += input; input = rmsnorm(residual), both in place.
+  m.def("fused_add_rmsnorm(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps, bool gemma) -> ()",
+        tags);
+  // LayerNorm with affine gamma/beta (input dtype or fp32).
+  m.def("layernorm(Tensor input, Tensor gamma, Tensor beta, float eps) -> Tensor", tags);
+
+  // ---- activation: [..., 2d] -> [..., d], act(gate) * up ----
+  m.def("silu_and_mul(Tensor input) -> Tensor", tags);
+  m.def("silu_and_mul_out(Tensor(a!) out, Tensor input) -> ()", tags);
+  m.def("gelu_and_mul(Tensor input) -> Tensor", tags);  // exact (erf) GELU
+  m.def("gelu_and_mul_out(Tensor(a!) out, Tensor input) -> ()", tags);
+  m.def("gelu_tanh_and_mul(Tensor input) -> Tensor", tags);  // tanh-approximated GELU
+  m.def("gelu_tanh_and_mul_out(Tensor(a!) out, Tensor input) -> ()", tags);
+
+  // ---- rope: q [nnz, Hq, D], k [nnz, Hk, D]; dims [0, rotary_dim) rotated, the rest kept ----
+  // Ragged batch: token t of request b sits at position offsets[b] + t - indptr[b]. llama31 selects the
+  // Llama 3.1 frequency smoothing (low/high_freq_factor, old_context_len).
+  m.def(
+      "apply_rope(Tensor q, Tensor k, Tensor indptr, Tensor offsets, int rotary_dim, bool interleave, "
+      "float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, "
+      "float old_context_len) -> (Tensor, Tensor)",
+      tags);
+  m.def(
+      "apply_rope_inplace(Tensor(a!) q, Tensor(b!) k, Tensor indptr, Tensor offsets, int rotary_dim, "
+      "bool interleave, float rope_scale, float rope_theta, bool llama31, float low_freq_factor, "
+      "float high_freq_factor, float old_context_len) -> ()",
+      tags);
+  // Explicit position per token (int32 or int64).
+  m.def(
+      "apply_rope_pos_ids(Tensor q, Tensor k, Tensor pos_ids, int rotary_dim, bool interleave, float rope_scale, "
+      "float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, float old_context_len) "
+      "-> (Tensor, Tensor)",
+      tags);
+  m.def(
+      "apply_rope_pos_ids_inplace(Tensor(a!) q, Tensor(b!) k, Tensor pos_ids, int rotary_dim, bool interleave, "
+      "float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, "
+      "float old_context_len) -> ()",
+      tags);
+  // vLLM/SGLang form: query/key [nnz, H * head_size] or [nnz, H, head_size]; cos_sin_cache fp32
+  // [max_pos, rotary_dim] (cos | sin); is_neox=False rotates interleaved pairs.
+  m.def(
+      "apply_rope_with_cos_sin_cache(Tensor positions, Tensor query, Tensor key, int head_size, "
+      "Tensor cos_sin_cache, bool is_neox) -> (Tensor, Tensor)",
+      tags);
+  m.def(
+      "apply_rope_with_cos_sin_cache_inplace(Tensor positions, Tensor(a!) query, Tensor(b!) key, int head_size, "
+      "Tensor cos_sin_cache, bool is_neox) -> ()",
+      tags);
+}
+
+// `import flashinfer._C` runs the static registrations above; the module itself holds nothing.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,6 @@
+"""Fake (meta) implementations of every torch.ops.flashinfer op, one module per family.
+
+They give torch.compile, torch.export and FakeTensor the output metadata of each op without running it.
+"""
+
+from . import activation, norm, rope  # noqa: F401  (registration happens on import)

@@ -1,0 +1,46 @@
+"""Trace-time argument checks for the fakes, with the messages of csrc/checks.h.
+
+Under torch.compile / torch.export only the fake runs, so bad shapes, dtypes and devices must be rejected here
+too, with the same wording as the CUDA and CPU implementations.
+"""
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check(cond, op: str, msg: str) -> None:
+    torch._check(cond, lambda: f"flashinfer.{op}: {msg}")
+
+
+def float_dtype(t: torch.Tensor, name: str, op: str) -> None:
+    check(t.dtype in FLOAT_DTYPES, op, f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+
+
+def same_device(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str, op: str) -> None:
+    check(t.device == ref.device, op, f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
+
+
+def same_dtype(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str, op: str) -> None:
+    check(t.dtype == ref.dtype, op, f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+
+
+def param_vector(p: torch.Tensor, name: str, input: torch.Tensor, op: str) -> None:
+    same_device(p, name, input, "input", op)
+    check(p.dim() == 1 and p.shape[0] == input.shape[-1], op,
+          f"{name} must have shape [{input.shape[-1]}] (the last dim of input), got {list(p.shape)}")
+    check(p.dtype in (input.dtype, torch.float32), op,
+          f"{name} must have the dtype of input ({input.dtype}) or float32, got {p.dtype}")
+
+
+def out_tensor(out: torch.Tensor, ref: torch.Tensor, sizes, op: str) -> None:
+    same_device(out, "out", ref, "input", op)
+    same_dtype(out, "out", ref, "input", op)
+    check(list(out.shape) == list(sizes), op, f"out must have shape {list(sizes)}, got {list(out.shape)}")
+
+
+def int_vector(t: torch.Tensor, name: str, ref: torch.Tensor, op: str, dtypes=(torch.int32,)) -> None:
+    same_device(t, name, ref, "q", op)
+    names = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+    check(t.dtype in dtypes, op, f"{name} must be {names}, got {t.dtype}")
+    check(t.dim() == 1, op, f"{name} must be 1-D, got shape {list(t.shape)}")

@@ -1,0 +1,33 @@
+"""flashinfer: FlashInfer's LLM-serving kernels as real PyTorch operators.
+
+Every kernel is ``torch.ops.flashinfer.<name>`` with a schema, CPU and CUDA implementations and a fake, so
+model code that calls them compiles with ``torch.compile(fullgraph=True)``, captures in CUDA graphs and
+exports with ``torch.export``. The Python functions follow FlashInfer 0.6's names and semantics.
+"""
+
+import torch
+
+from . import _C  # noqa: F401  registers the schemas and the CPU/CUDA kernels
+from . import meta_kernels  # noqa: F401  registers the fakes
+from . import activation, norm, rope
+from .activation import gelu_and_mul, gelu_tanh_and_mul, silu_and_mul
+from .norm import fused_add_rmsnorm, gemma_fused_add_rmsnorm, gemma_rmsnorm, layernorm, rmsnorm
+from .rope import (
+    apply_llama31_rope,
+    apply_llama31_rope_inplace,
+    apply_llama31_rope_pos_ids,
+    apply_llama31_rope_pos_ids_inplace,
+    apply_rope,
+    apply_rope_inplace,
+    apply_rope_pos_ids,
+    apply_rope_pos_ids_inplace,
+    apply_rope_with_cos_sin_cache,
+    apply_rope_with_cos_sin_cache_inplace,
+)
+
+__version__ = "0.1.0"
+
+
+def built_with_cuda() -> bool:
+    """Whether this build of flashinfer._C holds the CUDA kernels."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("flashinfer::rmsnorm", "CUDA")
