@@ -8,13 +8,22 @@ import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+# c10::ScalarType names, as the C++ messages print dtypes.
+_SCALAR_NAMES = {torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float", torch.float64: "Double",
+                 torch.int32: "Int", torch.int64: "Long", torch.int16: "Short", torch.int8: "Char",
+                 torch.uint8: "Byte", torch.bool: "Bool"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _SCALAR_NAMES.get(dtype, str(dtype))
+
 
 def check(cond, op: str, msg: str) -> None:
     torch._check(cond, lambda: f"flashinfer.{op}: {msg}")
 
 
 def float_dtype(t: torch.Tensor, name: str, op: str) -> None:
-    check(t.dtype in FLOAT_DTYPES, op, f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+    check(t.dtype in FLOAT_DTYPES, op, f"{name} must be float16, bfloat16 or float32, got {dtype_name(t.dtype)}")
 
 
 def same_device(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str, op: str) -> None:
@@ -22,7 +31,7 @@ def same_device(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str, op
 
 
 def same_dtype(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str, op: str) -> None:
-    check(t.dtype == ref.dtype, op, f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+    check(t.dtype == ref.dtype, op, f"{name} must have the dtype of {ref_name} ({dtype_name(ref.dtype)}), got {dtype_name(t.dtype)}")
 
 
 def param_vector(p: torch.Tensor, name: str, input: torch.Tensor, op: str) -> None:
@@ -30,7 +39,7 @@ def param_vector(p: torch.Tensor, name: str, input: torch.Tensor, op: str) -> No
     check(p.dim() == 1 and p.shape[0] == input.shape[-1], op,
           f"{name} must have shape [{input.shape[-1]}] (the last dim of input), got {list(p.shape)}")
     check(p.dtype in (input.dtype, torch.float32), op,
-          f"{name} must have the dtype of input ({input.dtype}) or float32, got {p.dtype}")
+          f"{name} must have the dtype of input ({dtype_name(input.dtype)}) or float32, got {dtype_name(p.dtype)}")
 
 
 def out_tensor(out: torch.Tensor, ref: torch.Tensor, sizes, op: str) -> None:
@@ -42,5 +51,5 @@ def out_tensor(out: torch.Tensor, ref: torch.Tensor, sizes, op: str) -> None:
 def int_vector(t: torch.Tensor, name: str, ref: torch.Tensor, op: str, dtypes=(torch.int32,)) -> None:
     same_device(t, name, ref, "q", op)
     names = " or ".join(str(d).replace("torch.", "") for d in dtypes)
-    check(t.dtype in dtypes, op, f"{name} must be {names}, got {t.dtype}")
+    check(t.dtype in dtypes, op, f"{name} must be {names}, got {dtype_name(t.dtype)}")
     check(t.dim() == 1, op, f"{name} must be 1-D, got shape {list(t.shape)}")

@@ -80,7 +80,7 @@ def _cache_args(positions, query, key, head_size, cache, op):
     _qk(q, k, head_size, op)
     _positions(positions, "positions", q, op)
     checks.same_device(cache, "cos_sin_cache", q, "query", op)
-    checks.check(cache.dtype == torch.float32, op, f"cos_sin_cache must be float32, got {cache.dtype}")
+    checks.check(cache.dtype == torch.float32, op, f"cos_sin_cache must be float32, got {checks.dtype_name(cache.dtype)}")
     checks.check(cache.dim() == 2 and cache.shape[1] % 2 == 0 and 0 < cache.shape[1] <= head_size, op,
                  "cos_sin_cache must be [max_seq_len, rotary_dim] with rotary_dim even and <= "
                  f"head_size={head_size}, got shape {list(cache.shape)}")

@@ -1,0 +1,118 @@
+"""Sample arguments for every torch.ops.flashinfer op (used by opcheck and the registry test).
+
+SAMPLES maps an op name to a function (device) -> list of (args, kwargs). Adding an op without samples fails
+test_every_op_has_samples, so no op can skip opcheck.
+"""
+
+import torch
+
+
+def _norm(device):
+    out = []
+    for dtype, shape, layout in [(torch.bfloat16, (3, 256), None), (torch.float32, (2, 4, 100), None),
+                                 (torch.float16, (5, 3, 64), "heads")]:
+        if layout == "heads":
+            x = torch.randn(shape[0], (shape[1] + 1) * shape[2], dtype=dtype, device=device)[:, : shape[1] * shape[2]]
+            x = x.view(shape)
+        else:
+            x = torch.randn(shape, dtype=dtype, device=device)
+        out.append((x, torch.randn(shape[-1], dtype=dtype, device=device)))
+    return out
+
+
+def rmsnorm(device):
+    return [((x, w, 1e-6, g), {}) for (x, w), g in zip(_norm(device), (False, True, False))]
+
+
+def rmsnorm_out(device):
+    return [((torch.empty(x.shape, dtype=x.dtype, device=device), x, w, 1e-5, g), {})
+            for (x, w), g in zip(_norm(device), (True, False, False))]
+
+
+def fused_add_rmsnorm(device):
+    return [((x.clone(), torch.randn_like(x), w, 1e-6, g), {}) for (x, w), g in zip(_norm(device), (False, True, True))]
+
+
+def layernorm(device):
+    return [((x, torch.randn(x.shape[-1], device=device), torch.randn(x.shape[-1], device=device), 1e-5), {})
+            for x, _ in _norm(device)]
+
+
+def _act(device):
+    return [torch.randn(4, 256, dtype=torch.bfloat16, device=device),
+            torch.randn(2, 3, 100, dtype=torch.float32, device=device)]
+
+
+def _act_fn(name):
+    return lambda device: [((x,), {}) for x in _act(device)]
+
+
+def _act_out_fn(name):
+    def samples(device):
+        return [((torch.empty(*x.shape[:-1], x.shape[-1] // 2, dtype=x.dtype, device=device), x), {})
+                for x in _act(device)]
+    return samples
+
+
+_FREQ = [(1.0, 1e4, False, 1.0, 4.0, 8192.0), (8.0, 5e5, True, 1.0, 4.0, 8192.0)]
+
+
+def _qk(device, dtype=torch.bfloat16):
+    qkv = torch.randn(7, (4 + 2 * 2) * 64, dtype=dtype, device=device)
+    return qkv[:, : 4 * 64].view(7, 4, 64), qkv[:, 4 * 64 : 6 * 64].view(7, 2, 64)
+
+
+def _ragged(device):
+    return (torch.tensor([0, 3, 3, 7], dtype=torch.int32, device=device),
+            torch.tensor([5, 0, 100], dtype=torch.int32, device=device))
+
+
+def apply_rope(device, inplace=False):
+    out = []
+    for (rot, il), freq in zip([(64, False), (32, True)], _FREQ):
+        q, k = _qk(device)
+        if inplace:
+            q, k = q.clone(), k.clone()
+        out.append(((q, k, *_ragged(device), rot, il, *freq), {}))
+    return out
+
+
+def apply_rope_pos_ids(device, inplace=False):
+    out = []
+    for (rot, il, pdt), freq in zip([(64, True, torch.int32), (48, False, torch.int64)], _FREQ):
+        q, k = _qk(device, torch.float16)
+        if inplace:
+            q, k = q.clone(), k.clone()
+        pos = torch.randint(0, 1000, (7,), dtype=pdt, device=device)
+        out.append(((q, k, pos, rot, il, *freq), {}))
+    return out
+
+
+def apply_rope_with_cos_sin_cache(device, inplace=False):
+    cache = torch.randn(64, 32, device=device)
+    out = []
+    for flat, neox in [(True, True), (False, False)]:
+        q = torch.randn(7, 4, 64, dtype=torch.bfloat16, device=device)
+        k = torch.randn(7, 2, 64, dtype=torch.bfloat16, device=device)
+        if flat:
+            q, k = q.flatten(1), k.flatten(1)
+        pos = torch.randint(0, 64, (7,), device=device)
+        out.append(((pos, q, k, 64, cache, neox), {}))
+    return out
+
+
+SAMPLES = {
+    "rmsnorm": rmsnorm,
+    "rmsnorm_out": rmsnorm_out,
+    "fused_add_rmsnorm": fused_add_rmsnorm,
+    "layernorm": layernorm,
+    "apply_rope": apply_rope,
+    "apply_rope_inplace": lambda d: apply_rope(d, inplace=True),
+    "apply_rope_pos_ids": apply_rope_pos_ids,
+    "apply_rope_pos_ids_inplace": lambda d: apply_rope_pos_ids(d, inplace=True),
+    "apply_rope_with_cos_sin_cache": apply_rope_with_cos_sin_cache,
+    "apply_rope_with_cos_sin_cache_inplace": lambda d: apply_rope_with_cos_sin_cache(d, inplace=True),
+}
+for _name in ("silu_and_mul", "gelu_and_mul", "gelu_tanh_and_mul"):
+    SAMPLES[_name] = _act_fn(_name)
+    SAMPLES[_name + "_out"] = _act_out_fn(_name)

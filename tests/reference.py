@@ -1,0 +1,123 @@
+"""The specification: plain PyTorch versions of every op, computed in float64 unless told otherwise.
+
+Each function takes ``dtype``: float64 gives the reference; the input's own dtype gives the same computation
+done in plain PyTorch at low precision, whose error sets the tolerance (DESIGN.md: ours <= 2x that, plus a
+small floor).
+"""
+
+import math
+
+import torch
+
+
+# ---- norm ----
+
+def rmsnorm(x, weight, eps=1e-6, gemma=False, dtype=torch.float64):
+    x, w = x.to(dtype), weight.to(dtype)
+    if gemma:
+        w = w + 1
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def fused_add_rmsnorm(x, residual, weight, eps=1e-6, gemma=False, dtype=torch.float64):
+    """Returns (new input, new residual)."""
+    s = x.to(dtype) + residual.to(dtype)
+    return rmsnorm(s, weight, eps, gemma, dtype), s
+
+
+def layernorm(x, gamma, beta, eps=1e-6, dtype=torch.float64):
+    x = x.to(dtype)
+    mean = x.mean(-1, keepdim=True)
+    var = (x - mean).pow(2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * gamma.to(dtype) + beta.to(dtype)
+
+
+# ---- activation ----
+
+def _gelu_erf(x):
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+ACTIVATIONS = {
+    "silu_and_mul": lambda x: x * torch.sigmoid(x),
+    "gelu_and_mul": _gelu_erf,
+    "gelu_tanh_and_mul": _gelu_tanh,
+}
+
+
+def act_and_mul(name, x, dtype=torch.float64):
+    x = x.to(dtype)
+    d = x.shape[-1] // 2
+    return ACTIVATIONS[name](x[..., :d]) * x[..., d:]
+
+
+# ---- rope ----
+
+def rope_frequencies(rotary_dim, rope_scale=1.0, rope_theta=1e4, llama31=None, dtype=torch.float64):
+    """Inverse frequencies of the rotary_dim/2 pairs. llama31 = (low_freq_factor, high_freq_factor,
+    old_context_len) applies the Llama 3.1 recipe by wavelength bands."""
+    i = torch.arange(0, rotary_dim, 2, dtype=dtype)
+    freq = 1.0 / (rope_theta ** (i / rotary_dim))
+    if llama31 is None:
+        return freq / rope_scale
+    low, high, old = llama31
+    wavelen = 2 * math.pi / freq
+    smooth = (old / wavelen - low) / (high - low)
+    blended = (1 - smooth) * freq / rope_scale + smooth * freq
+    out = torch.where(wavelen > old / low, freq / rope_scale, blended)
+    return torch.where(wavelen < old / high, freq, out)
+
+
+def ragged_positions(indptr, offsets, nnz):
+    """Position of every token of a ragged batch, or None for tokens outside every request."""
+    pos = [None] * nnz
+    for b in range(len(offsets)):
+        for t in range(int(indptr[b]), int(indptr[b + 1])):
+            pos[t] = int(offsets[b]) + t - int(indptr[b])
+    return pos
+
+
+def rotate(x, cos, sin, interleave, dtype=torch.float64):
+    """x [nnz, H, D]; cos/sin [nnz, rotary_dim/2]; dims past rotary_dim are kept."""
+    x = x.to(dtype)
+    half = cos.shape[-1]
+    c, s = cos.to(dtype)[:, None, :], sin.to(dtype)[:, None, :]
+    rot = x[..., : 2 * half]
+    if interleave:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        out = torch.stack([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).flatten(-2)
+    else:
+        x1, x2 = rot[..., :half], rot[..., half:]
+        out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    return torch.cat([out, x[..., 2 * half:]], dim=-1)
+
+
+def rope(x, positions, rotary_dim, interleave=False, rope_scale=1.0, rope_theta=1e4, llama31=None,
+         dtype=torch.float64):
+    """positions: list of int or None (None: token left unrotated). At low precision the angles are taken
+    in float32 and cos/sin rounded to x's dtype, as a plain PyTorch model does."""
+    angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    freq = rope_frequencies(rotary_dim, rope_scale, rope_theta, llama31, angle_dtype)
+    pos = torch.tensor([0 if p is None else p for p in positions], dtype=angle_dtype)
+    angle = pos[:, None] * freq[None, :]
+    keep = torch.tensor([p is None for p in positions], dtype=torch.bool)[:, None]
+    cos = torch.where(keep, 1.0, angle.cos()).to(dtype)
+    sin = torch.where(keep, 0.0, angle.sin()).to(dtype)
+    return rotate(x, cos, sin, interleave, dtype)
+
+
+def cos_sin_cache(max_pos, rotary_dim, rope_theta=1e4):
+    """The float32 [max_pos, rotary_dim] table (cos | sin) that vLLM-style models build."""
+    freq = rope_frequencies(rotary_dim, 1.0, rope_theta)
+    angle = torch.arange(max_pos, dtype=torch.float64)[:, None] * freq[None, :]
+    return torch.cat([angle.cos(), angle.sin()], dim=-1).float()
+
+
+def rope_with_cache(x, positions, cache, interleave, dtype=torch.float64):
+    half = cache.shape[1] // 2
+    rows = cache[positions.long()]
+    return rotate(x, rows[:, :half], rows[:, half:], interleave, dtype)

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+import flashinfer
+import reference as ref
+from helpers import assert_matches, poison_allocator, poisoned_like, strided_rows
+
+NAMES = ["silu_and_mul", "gelu_and_mul", "gelu_tanh_and_mul"]
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [1, 3, 64, 100, 4096, 14336])
+@pytest.mark.parametrize("rows", [0, 1, 7])
+def test_act_and_mul(device, name, dtype, d, rows):
+    x = torch.randn(rows, 2 * d, dtype=dtype, device=device) * 3
+    fn = getattr(flashinfer, name)
+    expect, base = ref.act_and_mul(name, x), ref.act_and_mul(name, x, dtype=dtype)
+    out = poisoned_like(x, (rows, d))
+    assert fn(x, out=out) is out
+    assert_matches(out, expect, base, f"{name} out=")
+    poison_allocator(device, out.numel() * out.element_size())
+    assert_matches(fn(x), expect, base, name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("layout", ["row_stride", "unaligned", "heads"])
+def test_act_and_mul_strided(device, name, layout):
+    shape = (5, 3, 256) if layout == "heads" else (9, 2 * 1024)
+    x = strided_rows(shape, torch.bfloat16, device, layout)
+    out = getattr(flashinfer, name)(x)
+    assert out.shape == (*shape[:-1], shape[-1] // 2)
+    assert_matches(out, ref.act_and_mul(name, x), ref.act_and_mul(name, x, dtype=torch.bfloat16), name)
+
+
+def test_act_and_mul_strided_out(device):
+    x = torch.randn(4, 3, 512, dtype=torch.float16, device=device)
+    wide = torch.full((4, 3, 300), float("nan"), dtype=torch.float16, device=device)
+    out = wide[..., 10:266]
+    flashinfer.silu_and_mul(x, out=out)
+    assert_matches(out, ref.act_and_mul("silu_and_mul", x), ref.act_and_mul("silu_and_mul", x, dtype=torch.float16))
+    assert torch.isnan(wide[..., :10]).all() and torch.isnan(wide[..., 266:]).all()

@@ -1,0 +1,60 @@
+"""Every op is complete in every layer (schema, CPU, CUDA when built, fake, opcheck samples), and the schema
+list is pinned so any change shows up as a reviewed diff."""
+
+import expecttest
+import pytest
+import torch
+
+import flashinfer
+from op_samples import SAMPLES
+
+
+def flashinfer_ops():
+    return sorted(s.name.split("::")[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("flashinfer::"))
+
+
+OPS = flashinfer_ops()
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_every_op_has_all_kernels(name):
+    qualname = f"flashinfer::{name}"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CPU"), f"{name}: no CPU kernel"
+    if flashinfer.built_with_cuda():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA"), f"{name}: no CUDA kernel"
+    entry = torch._library.simple_registry.singleton.find(qualname)
+    assert entry.fake_impl.kernel is not None, f"{name}: no fake (register it in meta_kernels/)"
+    op = getattr(torch.ops.flashinfer, name).default
+    assert torch.Tag.pt2_compliant_tag in op.tags
+
+
+def test_every_op_has_samples():
+    assert sorted(SAMPLES) == OPS
+
+
+def test_cuda_kernels_present_when_built_with_cuda():
+    # A CUDA build that silently dropped the kernels would pass every CPU test; the GPU box asserts this.
+    if torch.cuda.is_available():
+        assert flashinfer.built_with_cuda()
+
+
+class TestSchemas(expecttest.TestCase):
+    def test_schemas(self):
+        schemas = sorted(str(s) for s in torch._C._jit_get_all_schemas() if s.name.startswith("flashinfer::"))
+        self.assertExpectedInline("\n".join(schemas), """\
+flashinfer::apply_rope(Tensor q, Tensor k, Tensor indptr, Tensor offsets, int rotary_dim, bool interleave, float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, float old_context_len) -> (Tensor, Tensor)
+flashinfer::apply_rope_inplace(Tensor(a!) q, Tensor(b!) k, Tensor indptr, Tensor offsets, int rotary_dim, bool interleave, float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, float old_context_len) -> ()
+flashinfer::apply_rope_pos_ids(Tensor q, Tensor k, Tensor pos_ids, int rotary_dim, bool interleave, float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, float old_context_len) -> (Tensor, Tensor)
+flashinfer::apply_rope_pos_ids_inplace(Tensor(a!) q, Tensor(b!) k, Tensor pos_ids, int rotary_dim, bool interleave, float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, float old_context_len) -> ()
+flashinfer::apply_rope_with_cos_sin_cache(Tensor positions, Tensor query, Tensor key, int head_size, Tensor cos_sin_cache, bool is_neox) -> (Tensor, Tensor)
+flashinfer::apply_rope_with_cos_sin_cache_inplace(Tensor positions, Tensor(a!) query, Tensor(b!) key, int head_size, Tensor cos_sin_cache, bool is_neox) -> ()
+flashinfer::fused_add_rmsnorm(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps, bool gemma) -> ()
+flashinfer::gelu_and_mul(Tensor input) -> Tensor
+flashinfer::gelu_and_mul_out(Tensor(a!) out, Tensor input) -> ()
+flashinfer::gelu_tanh_and_mul(Tensor input) -> Tensor
+flashinfer::gelu_tanh_and_mul_out(Tensor(a!) out, Tensor input) -> ()
+flashinfer::layernorm(Tensor input, Tensor gamma, Tensor beta, float eps) -> Tensor
+flashinfer::rmsnorm(Tensor input, Tensor weight, float eps, bool gemma) -> Tensor
+flashinfer::rmsnorm_out(Tensor(a!) out, Tensor input, Tensor weight, float eps, bool gemma) -> ()
+flashinfer::silu_and_mul(Tensor input) -> Tensor
+flashinfer::silu_and_mul_out(Tensor(a!) out, Tensor input) -> ()""")
