@@ -22,7 +22,7 @@ def with_cuda() -> bool:
 
 def extension():
     os.chdir(ROOT)  # sources are relative paths, so the build works from any directory
-    sources = ["csrc/registration.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/registration.cpp", "csrc/checks.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3"]
     if not with_cuda():
         return CppExtension("flashinfer._C", sources, extra_compile_args={"cxx": cxx})

@@ -17,7 +17,7 @@ if [ ! -f "$TORCH_DIR/include/c10/cuda/impl/cuda_cmake_macros.h" ]; then
 fi
 status=0
 for src in csrc/cuda/*.cu; do
-  if "$NVCC" -c "$src" -o "$OUT/$(basename "$src").o" -std=c++17 -O3 --expt-relaxed-constexpr \
+  if "$NVCC" -c "$src" -o "$OUT/$(basename "$src").o" -std=c++20 -O3 --expt-relaxed-constexpr \
       -gencode=arch=compute_90a,code=sm_90a -Xptxas=-warn-spills \
       -isystem "$TORCH_DIR/include" -isystem "$TORCH_DIR/include/torch/csrc/api/include" -isystem "$PY_INC" "${SHIM[@]}" \
       -DTORCH_EXTENSION_NAME=_C -D_GLIBCXX_USE_CXX11_ABI=1 -DFLASHINFER_WITH_CUDA \

@@ -1,140 +1,48 @@
 // Argument validation shared by the CPU and CUDA implementations, so both reject bad input with the same
-// message. Every message starts with the op name and names the argument and what was expected.
+// message: every message starts with the op name and names the argument and what was expected.
+// Definitions are in checks.cpp (see there for why nothing here is inline).
 #pragma once
 #include <ATen/ATen.h>
 
-#include <string>
+#include <optional>
 #include <vector>
 
-namespace flashinfer {
+#include "kernels/common/row_layout.h"
 
+// For .cpp files only; CUDA adapters call the functions below instead of formatting messages themselves.
 #define FI_CHECK(cond, op, ...) TORCH_CHECK(cond, "flashinfer.", op, ": ", __VA_ARGS__)
 
-inline void check_float_dtype(const at::Tensor& t, const char* name, const char* op) {
-  const auto d = t.scalar_type();
-  FI_CHECK(d == at::kHalf || d == at::kBFloat16 || d == at::kFloat, op, name,
-           " must be float16, bfloat16 or float32, got ", d);
-}
+namespace flashinfer {
 
-inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
-                              const char* ref_name, const char* op) {
-  FI_CHECK(t.device() == ref.device(), op, name, " must be on the same device as ", ref_name, " (",
-           ref.device(), "), got ", t.device());
-}
-
-inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name,
-                             const char* op) {
-  FI_CHECK(t.scalar_type() == ref.scalar_type(), op, name, " must have the dtype of ", ref_name, " (",
-           ref.scalar_type(), "), got ", t.scalar_type());
-}
-
-inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* op) {
-  FI_CHECK(t.dim() == dim, op, name, " must be ", dim, "-D, got shape ", t.sizes());
-}
-
+// ---- generic ----
+void check_float_dtype(const at::Tensor& t, const char* name, const char* op);
+void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name,
+                       const char* op);
+void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name,
+                      const char* op);
+void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* op);
 // A per-feature parameter vector (norm weight / bias): 1-D of length `hidden`, the input's dtype or fp32.
-inline void check_param_vector(const at::Tensor& p, const char* name, const at::Tensor& input, const char* op) {
-  check_same_device(p, name, input, "input", op);
-  FI_CHECK(p.dim() == 1 && p.size(0) == input.size(-1), op, name, " must have shape [", input.size(-1),
-           "] (the last dim of input), got ", p.sizes());
-  FI_CHECK(p.scalar_type() == input.scalar_type() || p.scalar_type() == at::kFloat, op, name,
-           " must have the dtype of input (", input.scalar_type(), ") or float32, got ", p.scalar_type());
-}
+void check_param_vector(const at::Tensor& p, const char* name, const at::Tensor& input, const char* op);
+// An output tensor supplied by the caller: the expected shape, dtype and device of `ref`.
+void check_out(const at::Tensor& out, const char* name, const at::Tensor& ref, const char* ref_name,
+               at::IntArrayRef expected_sizes, const char* op);
+void check_int32_vector(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* op);
 
-// An output tensor supplied by the caller: same shape, dtype and device as `ref`.
-inline void check_out(const at::Tensor& out, const char* name, const at::Tensor& ref, const char* ref_name,
-                      at::IntArrayRef expected_sizes, const char* op) {
-  check_same_device(out, name, ref, ref_name, op);
-  check_same_dtype(out, name, ref, ref_name, op);
-  FI_CHECK(out.sizes() == expected_sizes, op, name, " must have shape ", expected_sizes, ", got ", out.sizes());
-}
+// ---- norm / activation ----
+void check_norm_input(const at::Tensor& input, const char* op);
+void check_fused_add(const at::Tensor& input, const at::Tensor& residual, const char* op);
+// Gated activations read [..., 2d] and write [..., d]; returns the output shape.
+std::vector<int64_t> check_gated_input(const at::Tensor& input, const char* op);
 
-inline void check_int32_vector(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* op) {
-  check_same_device(t, name, ref, "q", op);
-  FI_CHECK(t.scalar_type() == at::kInt, op, name, " must be int32, got ", t.scalar_type());
-  FI_CHECK(t.dim() == 1, op, name, " must be 1-D, got shape ", t.sizes());
-}
-
-}  // namespace flashinfer
-
-namespace flashinfer {
-
-// ---- per-family argument checks ----
-
-inline void check_norm_input(const at::Tensor& input, const char* op) {
-  check_float_dtype(input, "input", op);
-  FI_CHECK(input.dim() >= 1, op, "input must have at least 1 dim ([..., hidden]), got a scalar");
-}
-
-inline void check_fused_add(const at::Tensor& input, const at::Tensor& residual, const char* op) {
-  check_same_device(residual, "residual", input, "input", op);
-  check_same_dtype(residual, "residual", input, "input", op);
-  FI_CHECK(residual.sizes() == input.sizes(), op, "residual must have the shape of input (", input.sizes(),
-           "), got ", residual.sizes());
-}
-
-// Gated activations read [..., 2d] and write [..., d].
-inline std::vector<int64_t> check_gated_input(const at::Tensor& input, const char* op) {
-  check_float_dtype(input, "input", op);
-  FI_CHECK(input.dim() >= 1 && input.size(-1) % 2 == 0, op,
-           "input must be [..., 2 * d] (gate then up halves), got shape ", input.sizes());
-  std::vector<int64_t> out_sizes(input.sizes().begin(), input.sizes().end());
-  out_sizes.back() /= 2;
-  return out_sizes;
-}
-
+// ---- rope ----
 // q [nnz, Hq, D] and k [nnz, Hk, D]; rotary_dim even in (0, D].
-inline void check_rope_qk(const at::Tensor& q, const at::Tensor& k, int64_t rotary_dim, const char* op) {
-  check_float_dtype(q, "q", op);
-  check_dim(q, 3, "q", op);
-  check_dim(k, 3, "k", op);
-  check_same_device(k, "k", q, "q", op);
-  check_same_dtype(k, "k", q, "q", op);
-  FI_CHECK(k.size(0) == q.size(0), op, "k must have as many tokens as q (", q.size(0), "), got ", k.size(0));
-  FI_CHECK(k.size(2) == q.size(2), op, "k must have the head_dim of q (", q.size(2), "), got ", k.size(2));
-  FI_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= q.size(2), op,
-           "rotary_dim must be even and in (0, head_dim=", q.size(2), "], got ", rotary_dim);
-}
-
-inline void check_positions(const at::Tensor& pos, const char* name, const at::Tensor& q, const char* op) {
-  check_same_device(pos, name, q, "q", op);
-  FI_CHECK(pos.scalar_type() == at::kInt || pos.scalar_type() == at::kLong, op, name,
-           " must be int32 or int64, got ", pos.scalar_type());
-  FI_CHECK(pos.dim() == 1 && pos.size(0) == q.size(0), op, name, " must have shape [nnz=", q.size(0), "], got ",
-           pos.sizes());
-}
-
-inline void check_ragged(const at::Tensor& indptr, const at::Tensor& offsets, const at::Tensor& q, const char* op) {
-  check_int32_vector(indptr, "indptr", q, op);
-  check_int32_vector(offsets, "offsets", q, op);
-  FI_CHECK(indptr.size(0) == offsets.size(0) + 1, op, "indptr must have batch_size + 1 = ", offsets.size(0) + 1,
-           " entries (offsets has ", offsets.size(0), "), got ", indptr.size(0));
-}
-
+void check_rope_qk(const at::Tensor& q, const at::Tensor& k, int64_t rotary_dim, const char* op);
+void check_positions(const at::Tensor& pos, const char* name, const at::Tensor& q, const char* op);
+void check_ragged(const at::Tensor& indptr, const at::Tensor& offsets, const at::Tensor& q, const char* op);
 // query/key of the cos/sin-cache form: [nnz, H * head_size] or [nnz, H, head_size]; returns the 3-D view.
-inline at::Tensor heads_view(const at::Tensor& t, const char* name, int64_t head_size, const char* op) {
-  FI_CHECK(head_size > 0, op, "head_size must be positive, got ", head_size);
-  FI_CHECK((t.dim() == 2 && t.size(1) % head_size == 0) || (t.dim() == 3 && t.size(2) == head_size), op, name,
-           " must be [nnz, num_heads * head_size] or [nnz, num_heads, head_size] with head_size=", head_size,
-           ", got shape ", t.sizes());
-  if (t.dim() == 3) return t;
-  FI_CHECK(t.size(1) <= 1 || t.stride(1) == 1, op, name, " must have a contiguous last dim, got strides ",
-           t.strides());
-  return t.as_strided({t.size(0), t.size(1) / head_size, head_size}, {t.stride(0), head_size, 1});
-}
-
-inline void check_cos_sin_cache(const at::Tensor& cache, const at::Tensor& q, const char* op) {
-  check_same_device(cache, "cos_sin_cache", q, "query", op);
-  FI_CHECK(cache.scalar_type() == at::kFloat, op, "cos_sin_cache must be float32, got ", cache.scalar_type());
-  FI_CHECK(cache.dim() == 2 && cache.size(1) % 2 == 0 && cache.size(1) > 0 && cache.size(1) <= q.size(2), op,
-           "cos_sin_cache must be [max_seq_len, rotary_dim] with rotary_dim even and <= head_size=", q.size(2),
-           ", got shape ", cache.sizes());
-  FI_CHECK(cache.stride(1) == 1, op, "cos_sin_cache must have a contiguous last dim");
-}
-
-}  // namespace flashinfer
-
-namespace flashinfer {
+at::Tensor heads_view(const at::Tensor& t, const char* name, int64_t head_size, const char* op);
+void check_cos_sin_cache(const at::Tensor& cache, const at::Tensor& q, const char* op);
+void check_rope_freq(double rope_scale, double rope_theta, const char* op);
 
 // Llama 3.1 frequency smoothing as a linear ramp in the frequency: smooth = clamp(freq * a + b, 0, 1), then
 // freq' = (1 - smooth) * freq / scale + smooth * freq. Equivalent to the wavelength bands of the Llama 3.1
@@ -142,21 +50,20 @@ namespace flashinfer {
 struct Llama31Smoothing {
   double a, b;
 };
+Llama31Smoothing llama31_smoothing(double low_freq_factor, double high_freq_factor, double old_context_len,
+                                   const char* op);
 
-inline Llama31Smoothing llama31_smoothing(double low_freq_factor, double high_freq_factor, double old_context_len,
-                                          const char* op) {
-  FI_CHECK(high_freq_factor > low_freq_factor && low_freq_factor > 0, op,
-           "Llama 3.1 RoPE needs 0 < low_freq_factor < high_freq_factor, got low_freq_factor=", low_freq_factor,
-           ", high_freq_factor=", high_freq_factor);
-  FI_CHECK(old_context_len > 0, op, "old_context_len must be positive, got ", old_context_len);
-  constexpr double kTwoPi = 6.283185307179586;
-  return {old_context_len / (kTwoPi * (high_freq_factor - low_freq_factor)),
-          -low_freq_factor / (high_freq_factor - low_freq_factor)};
-}
-
-inline void check_rope_freq(double rope_scale, double rope_theta, const char* op) {
-  FI_CHECK(rope_scale > 0, op, "rope_scale must be positive, got ", rope_scale);
-  FI_CHECK(rope_theta > 0, op, "rope_theta must be positive, got ", rope_theta);
-}
+// ---- layouts and failures of the CUDA adapters ----
+// Leading dims of a [..., D] tensor collapsed to at most two (size, stride) levels; nullopt when the last dim
+// is strided or more levels are needed.
+std::optional<RowLayout> row_layout(const at::Tensor& t);
+// Inputs that cannot be addressed in place are copied once (exotic layouts only).
+at::Tensor rows_readable(const at::Tensor& t);
+// Tensors written in place must be addressable as they are.
+RowLayout rows_writable(const at::Tensor& t, const char* name, const char* op);
+void check_last_dim_contiguous(const at::Tensor& t, const char* name, const char* op);
+void check_int32_range(int64_t value, const char* what, const char* op);
+[[noreturn]] void fail_launch(const char* op, const char* error);
+[[noreturn]] void fail_dtype(const char* op, at::ScalarType dtype);
 
 }  // namespace flashinfer

@@ -22,7 +22,7 @@ void act_and_mul_out_cuda(at::Tensor& out, const at::Tensor& input_) {
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = rows_readable(input_);
   const int64_t d = out_sizes.back();
-  FI_CHECK(d <= INT32_MAX / 2, op, "input's last dim ", 2 * d, " is too large");
+  check_int32_range(2 * d, "input's last dim", op);
 
   activation::Params p{};
   p.out = out.data_ptr();

@@ -15,7 +15,7 @@ void launch_norm(const char* op, const at::Tensor& out, const at::Tensor& input,
                  const at::Tensor& weight, const at::Tensor* bias, double eps, bool gemma) {
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t hidden = input.size(-1);
-  FI_CHECK(hidden <= INT32_MAX, op, "hidden size ", hidden, " is too large");
+  check_int32_range(hidden, "hidden size", op);
   norm::Params p{};
   p.out = out.data_ptr();
   p.in = input.data_ptr();

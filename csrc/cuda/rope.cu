@@ -21,10 +21,8 @@ struct Source {                   // where positions and angles come from
 void launch_rope(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_out,
                  const at::Tensor& k_out, int64_t rotary_dim, bool interleave, const Source& src) {
   const c10::cuda::CUDAGuard guard(q.device());
-  for (auto [t, name] : {std::pair{&q_out, "q"}, std::pair{&k_out, "k"}}) {
-    FI_CHECK(t->size(2) <= 1 || t->stride(2) == 1, op, name, " must have a contiguous last dim, got strides ",
-             t->strides());
-  }
+  check_last_dim_contiguous(q_out, "q", op);
+  check_last_dim_contiguous(k_out, "k", op);
   rope::Params p{};
   p.q = q.data_ptr();
   p.k = k.data_ptr();

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "row_layout.h"
+
 namespace flashinfer {
 
 // N elements of T moved as one aligned access (16 bytes for 8 x bf16, the widest LDG/STG).
@@ -40,17 +42,5 @@ __host__ inline int widest_vec(int elem_bytes, int64_t n, std::initializer_list<
   }
   return 1;
 }
-
-// Row addressing for [..., D] tensors whose leading dims collapse to at most two levels: row r lives at
-// (r / n1) * stride0 + (r % n1) * stride1. Covers contiguous rows, row-strided views and [T, H, D] heads
-// sliced out of a packed projection (stride0 = packed row, stride1 = head).
-struct RowLayout {
-  int64_t n1;       // size of the inner leading dim (1 when there is one leading dim)
-  int64_t stride0;  // elements between outer rows
-  int64_t stride1;  // elements between inner rows
-  __host__ __device__ __forceinline__ int64_t offset(int64_t r) const {
-    return n1 == 1 ? r * stride0 : (r / n1) * stride0 + (r % n1) * stride1;
-  }
-};
 
 }  // namespace flashinfer
