@@ -1,0 +1,98 @@
+"""Shared benchmark machinery: CUDA-graph timing over rotating input sets, bandwidth, and the upstream
+FlashInfer peer run in a subprocess (it also imports as `flashinfer`).
+
+Each bench_<family>.py defines CASES: name -> (sizes, make(size) -> state, {impl: fn(state)}, bytes(size)).
+The same file runs in the peer's process with --impl upstream, where `import flashinfer` is upstream's.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+L2_BYTES = 50 * 2**20
+
+
+def time_us(fn, make, nbytes):
+    """Median time of one call, in us. Calls run inside a CUDA graph (no launch gaps) and rotate over enough
+    input sets that the working set exceeds L2 twice, so small shapes are timed from memory, not cache."""
+    import triton.testing
+
+    sets = max(1, min(64, (2 * L2_BYTES) // max(nbytes, 1) + 1))
+    states = [make() for _ in range(sets)]
+
+    def run_all():
+        for s in states:
+            fn(s)
+
+    run_all()  # warm-up: upstream's JIT compile, Inductor's autotuning
+    torch.cuda.synchronize()
+    ms = triton.testing.do_bench_cudagraph(run_all, rep=200, return_mode="median")
+    return ms * 1e3 / sets
+
+
+def run_impls(cases, impls):
+    rows = []
+    for case, (sizes, make, fns, nbytes) in cases.items():
+        for size in sizes:
+            for impl in impls:
+                if impl not in fns:
+                    continue
+                try:
+                    us = time_us(lambda s: fns[impl](s), lambda: make(size), nbytes(size))
+                    rows.append(dict(case=case, size=str(size), impl=impl, us=us, gbps=nbytes(size) / us / 1e3))
+                except Exception as e:  # a peer that cannot run a shape is reported, not fatal
+                    rows.append(dict(case=case, size=str(size), impl=impl, error=f"{type(e).__name__}: {e}"[:200]))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def upstream_rows(script, peer_path):
+    """Runs `script --impl upstream` with the peer first on the path; returns its rows (or one error row)."""
+    env = dict(os.environ, PYTHONPATH=peer_path, FLASHINFER_CUDA_ARCH_LIST="9.0a")
+    proc = subprocess.run([sys.executable, script, "--impl", "upstream", "--json", "-"], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return [dict(case="*", size="*", impl="upstream", error=proc.stderr[-2000:])]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(script, cases, local_impls):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--impl", default="local", help="'local' (ours and torch peers) or 'upstream'")
+    ap.add_argument("--peer", default=os.environ.get("FLASHINFER_PEER", "/tmp/peer"))
+    ap.add_argument("--json", default=None, help="write rows as JSON to this path ('-': stdout)")
+    args = ap.parse_args()
+    if args.impl == "upstream":
+        rows = run_impls(cases, ["upstream"])
+    else:
+        rows = run_impls(cases, local_impls)
+        if os.path.isdir(args.peer):
+            rows += upstream_rows(script, args.peer)
+    if args.json == "-":
+        print(json.dumps(rows))
+    elif args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f)
+    print_table(rows)
+
+
+def print_table(rows):
+    """One line per (case, size): us and GB/s of each impl, ratio of ours to the best peer."""
+    by_key = {}
+    for r in rows:
+        by_key.setdefault((r["case"], r["size"]), {})[r["impl"]] = r
+    impls = sorted({r["impl"] for r in rows}, key=lambda i: (i != "ours", i))
+    print("| case | size | " + " | ".join(f"{i} us (GB/s)" for i in impls) + " | ours / best peer |", file=sys.stderr)
+    print("|---" * (len(impls) + 3) + "|", file=sys.stderr)
+    for (case, size), d in by_key.items():
+        cells = []
+        for i in impls:
+            r = d.get(i)
+            cells.append("-" if r is None else ("error" if "error" in r else f"{r['us']:.1f} ({r['gbps']:.0f})"))
+        peers = [r["us"] for i, r in d.items() if i != "ours" and "us" in r]
+        ratio = f"{min(peers) / d['ours']['us']:.2f}x" if peers and "us" in d.get("ours", {}) else "-"
+        print(f"| {case} | {size} | " + " | ".join(cells) + f" | {ratio} |", file=sys.stderr)
