@@ -15,6 +15,11 @@ import torch
 
 L2_BYTES = 50 * 2**20
 
+# The torch.compile peers compile once per shape (dynamic=False); keep all of them compiled.
+for _name in ("cache_size_limit", "recompile_limit"):
+    if hasattr(torch._dynamo.config, _name):
+        setattr(torch._dynamo.config, _name, 256)
+
 
 def time_us(fn, make, nbytes):
     """Median time of one call, in us. Calls run inside a CUDA graph (no launch gaps) and rotate over enough
