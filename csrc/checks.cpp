@@ -1,11 +1,54 @@
 // Argument validation shared by the CPU and CUDA implementations (declared in checks.h).
 //
-// Everything that formats a message lives in this g++-compiled file: nvcc-compiled translation units that
-// stream integers into an ostream instantiate libstdc++'s ostream internals locally, and on the H100 machine
-// those copies crashed (SIGSEGV in _M_insert<long>) when a check failed. The .cu adapters only call these.
+// Every message is built here, and built without std::ostream: on the H100 machine, streaming an integer
+// from inside the extension (c10::str / TORCH_CHECK with int or IntArrayRef arguments) crashed in a copy of
+// std::ostream::_M_insert<long> local to _C.so (SIGSEGV), from g++- and nvcc-compiled code alike. Numbers
+// are formatted with std::to_string / snprintf and the finished string is handed to TORCH_CHECK.
 #include "checks.h"
 
 #include <ATen/ATen.h>
+
+#include <cstdio>
+#include <string>
+#include <type_traits>
+
+namespace flashinfer {
+namespace {
+
+std::string piece(const char* s) { return s; }
+std::string piece(const std::string& s) { return s; }
+std::string piece(at::ScalarType t) { return c10::toString(t); }
+std::string piece(const c10::Device& d) { return d.str(); }
+std::string piece(at::IntArrayRef a) {
+  std::string s = "[";
+  for (size_t i = 0; i < a.size(); ++i) s += (i ? ", " : "") + std::to_string(a[i]);
+  return s + "]";
+}
+template <typename T, std::enable_if_t<std::is_arithmetic_v<T>, int> = 0>
+std::string piece(T v) {
+  if constexpr (std::is_floating_point_v<T>) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%g", (double)v);
+    return buf;
+  } else {
+    return std::to_string(v);
+  }
+}
+
+template <typename... Args>
+[[noreturn]] void fail(const char* op, const Args&... args) {
+  std::string msg = std::string("flashinfer.") + op + ": ";
+  (msg.append(piece(args)), ...);
+  TORCH_CHECK(false, msg);
+}
+
+}  // namespace
+}  // namespace flashinfer
+
+#define FI_CHECK(cond, op, ...)                              \
+  do {                                                       \
+    if (!(cond)) ::flashinfer::fail(op, __VA_ARGS__);        \
+  } while (0)
 
 namespace flashinfer {
 
@@ -185,11 +228,11 @@ void check_last_dim_contiguous(const at::Tensor& t, const char* name, const char
 }
 
 void check_int32_range(int64_t value, const char* what, const char* op) {
-  FI_CHECK(value <= INT32_MAX, op, what, " ", value, " is too large (at most ", INT32_MAX, ")");
+  FI_CHECK(value <= INT32_MAX, op, what, " ", value, " is too large (at most ", (int64_t)INT32_MAX, ")");
 }
 
-void fail_launch(const char* op, const char* error) { FI_CHECK(false, op, "CUDA launch failed: ", error); }
+void fail_launch(const char* op, const char* error) { fail(op, "CUDA launch failed: ", error); }
 
-void fail_dtype(const char* op, at::ScalarType dtype) { FI_CHECK(false, op, "unsupported dtype ", dtype); }
+void fail_dtype(const char* op, at::ScalarType dtype) { fail(op, "unsupported dtype ", dtype); }
 
 }  // namespace flashinfer

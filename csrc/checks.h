@@ -9,9 +9,6 @@
 
 #include "kernels/common/row_layout.h"
 
-// For .cpp files only; CUDA adapters call the functions below instead of formatting messages themselves.
-#define FI_CHECK(cond, op, ...) TORCH_CHECK(cond, "flashinfer.", op, ": ", __VA_ARGS__)
-
 namespace flashinfer {
 
 // ---- generic ----
