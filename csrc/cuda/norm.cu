@@ -10,9 +10,11 @@ namespace {
 using norm::Kind;
 
 // out/residual may be the input (fused add writes `input` in place).
+// `out_name` names the written tensor in errors: "out", or "input" for the fused variant that rewrites it.
 template <Kind K>
-void launch_norm(const char* op, const at::Tensor& out, const at::Tensor& input, const at::Tensor* residual,
-                 const at::Tensor& weight, const at::Tensor* bias, double eps, bool gemma) {
+void launch_norm(const char* op, const char* out_name, const at::Tensor& out, const at::Tensor& input,
+                 const at::Tensor* residual, const at::Tensor& weight, const at::Tensor* bias, double eps,
+                 bool gemma) {
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t hidden = input.size(-1);
   check_int32_range(hidden, "hidden size", op);
@@ -22,7 +24,7 @@ void launch_norm(const char* op, const at::Tensor& out, const at::Tensor& input,
   p.weight = weight.data_ptr();
   p.bias = bias ? bias->data_ptr() : nullptr;
   p.residual = residual ? residual->data_ptr() : nullptr;
-  p.out_layout = rows_writable(out, "out", op);
+  p.out_layout = rows_writable(out, out_name, op);
   p.in_layout = rows_writable(input, "input", op);
   p.res_layout = residual ? rows_writable(*residual, "residual", op) : RowLayout{1, 0, 0};
   p.hidden = (int)hidden;
@@ -54,7 +56,7 @@ void rmsnorm_out_cuda(at::Tensor& out, const at::Tensor& input, const at::Tensor
   check_norm_input(input, op);
   check_param_vector(weight, "weight", input, op);
   check_out(out, "out", input, "input", input.sizes(), op);
-  launch_norm<Kind::kRms>(op, out, rows_readable(input), nullptr, weight.contiguous(), nullptr, eps, gemma);
+  launch_norm<Kind::kRms>(op, "out", out, rows_readable(input), nullptr, weight.contiguous(), nullptr, eps, gemma);
 }
 
 at::Tensor rmsnorm_cuda(const at::Tensor& input, const at::Tensor& weight, double eps, bool gemma) {
@@ -69,7 +71,7 @@ void fused_add_rmsnorm_cuda(at::Tensor& input, at::Tensor& residual, const at::T
   check_norm_input(input, op);
   check_fused_add(input, residual, op);
   check_param_vector(weight, "weight", input, op);
-  launch_norm<Kind::kFusedAddRms>(op, input, input, &residual, weight.contiguous(), nullptr, eps, gemma);
+  launch_norm<Kind::kFusedAddRms>(op, "input", input, input, &residual, weight.contiguous(), nullptr, eps, gemma);
 }
 
 at::Tensor layernorm_cuda(const at::Tensor& input, const at::Tensor& gamma, const at::Tensor& beta, double eps) {
@@ -80,7 +82,7 @@ at::Tensor layernorm_cuda(const at::Tensor& input, const at::Tensor& gamma, cons
   check_same_dtype(beta, "beta", gamma, "gamma", op);
   auto out = at::empty(input.sizes(), input.options());
   const at::Tensor b = beta.contiguous();
-  launch_norm<Kind::kLayer>(op, out, rows_readable(input), nullptr, gamma.contiguous(), &b, eps, false);
+  launch_norm<Kind::kLayer>(op, "out", out, rows_readable(input), nullptr, gamma.contiguous(), &b, eps, false);
   return out;
 }
 
