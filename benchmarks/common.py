@@ -35,7 +35,7 @@ def time_us(fn, make, nbytes):
 
     run_all()  # warm-up: upstream's JIT compile, Inductor's autotuning
     torch.cuda.synchronize()
-    ms = triton.testing.do_bench_cudagraph(run_all, rep=200, return_mode="median")
+    ms = triton.testing.do_bench_cudagraph(run_all, rep=100, return_mode="median")
     return ms * 1e3 / sets
 
 
