@@ -31,42 +31,26 @@ __device__ __forceinline__ float act(float x) {
 }
 
 constexpr int kThreads = 128;
-constexpr int kUnroll = 2;  // vectors per thread, loaded together: more bytes in flight, half the blocks
 
-// grid.x: rows; grid.y: column chunks of kThreads * kUnroll vectors.
+// grid.x: rows; grid.y: column chunks of kThreads vectors.
 template <typename T, int VEC, Act A>
 __global__ void __launch_bounds__(kThreads) act_and_mul_kernel(Params p) {
   using TV = Vec<T, VEC>;
   const int64_t row = blockIdx.x;
+  const int i = (blockIdx.y * kThreads + threadIdx.x) * VEC;
+  if (i >= p.d) return;
   const T* x = static_cast<const T*>(p.in) + p.in_layout.offset(row);
-  T* y = static_cast<T*>(p.out) + p.out_layout.offset(row);
-  const int base = blockIdx.y * kThreads * kUnroll + threadIdx.x;
-  TV g[kUnroll], u[kUnroll];
+  TV g = TV::load(x + i), u = TV::load(x + p.d + i), o;
 #pragma unroll
-  for (int k = 0; k < kUnroll; ++k) {
-    const int i = (base + k * kThreads) * VEC;
-    if (i < p.d) {
-      g[k] = TV::load(x + i);
-      u[k] = TV::load(x + p.d + i);
-    }
-  }
-#pragma unroll
-  for (int k = 0; k < kUnroll; ++k) {
-    const int i = (base + k * kThreads) * VEC;
-    if (i < p.d) {
-      TV o;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) o.v[j] = from_float<T>(act<A>(to_float(g[k].v[j])) * to_float(u[k].v[j]));
-      o.store(y + i);
-    }
-  }
+  for (int j = 0; j < VEC; ++j) o.v[j] = from_float<T>(act<A>(to_float(g.v[j])) * to_float(u.v[j]));
+  o.store(static_cast<T*>(p.out) + p.out_layout.offset(row) + i);
 }
 
 template <typename T, Act A>
 cudaError_t launch(const Params& p, int vec, cudaStream_t stream) {
   if (p.rows == 0 || p.d == 0) return cudaSuccess;
   FI_DISPATCH_VEC(vec, VEC, {
-    const unsigned chunks = (unsigned)((p.d / VEC + kThreads * kUnroll - 1) / (kThreads * kUnroll));
+    const unsigned chunks = (unsigned)((p.d / VEC + kThreads - 1) / kThreads);
     act_and_mul_kernel<T, VEC, A><<<dim3((unsigned)p.rows, chunks), kThreads, 0, stream>>>(p);
   });
   return cudaGetLastError();

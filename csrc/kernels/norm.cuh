@@ -1,15 +1,14 @@
 // RMSNorm (plain, Gemma-style, fused with the residual add) and LayerNorm over rows of a [..., D] tensor.
 // Torch-free: raw pointers, element strides, a stream; launchers return cudaError_t.
 //
-// One block per row. Each thread keeps up to kCacheElems of its row (and the matching weights) in registers
-// between the statistics pass and the output pass, so a row is read from memory once (hidden <= 8192 with
-// 512 threads); longer rows re-read the remainder. Statistics are accumulated in fp32, and one block
-// reduction serves both RMSNorm and LayerNorm.
+// One block per row. Each thread keeps up to kCacheElems of its row in registers between the statistics
+// pass and the output pass, so a row is read from memory once (hidden <= 8192 with 512 threads); longer
+// rows re-read the remainder. Statistics are accumulated in fp32.
 #pragma once
 #include <cuda_runtime.h>
 
 #include "common/dispatch.h"
-#include "common/reduce.cuh"  // warp_sum
+#include "common/reduce.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -36,26 +35,21 @@ constexpr int kMaxThreads = 512; // leaves 128 registers a thread: the cache nev
 template <typename T, typename W, int VEC, Kind K>
 __global__ void __launch_bounds__(kMaxThreads) norm_kernel(Params p) {
   constexpr int kCache = kCacheElems / VEC;
-  constexpr bool kLayer = K == Kind::kLayer, kFused = K == Kind::kFusedAddRms;
   using TV = Vec<T, VEC>;
   using WV = Vec<W, VEC>;
-  __shared__ float scratch[2][32];
+  __shared__ float scratch[32];
 
   const int64_t row = blockIdx.x;
   const T* x = static_cast<const T*>(p.in) + p.in_layout.offset(row);
   T* y = static_cast<T*>(p.out) + p.out_layout.offset(row);
-  T* res = kFused ? static_cast<T*>(p.residual) + p.res_layout.offset(row) : nullptr;
+  T* res = K == Kind::kFusedAddRms ? static_cast<T*>(p.residual) + p.res_layout.offset(row) : nullptr;
   const W* w = static_cast<const W*>(p.weight);
-  const W* b = static_cast<const W*>(p.bias);
   const int nvec = p.hidden / VEC;
-  // LayerNorm accumulates around a pivot (the row's first element, read by every thread) so that one
-  // reduction of (sum, sum of squares) gives an accurate variance even when |mean| >> spread.
-  const float pivot = kLayer ? to_float(x[0]) : 0.f;
 
-  // Row vector v as fp32, with the residual folded in (and written back) for the fused variant.
+  // Row element i as fp32, with the residual folded in (and written back) for the fused variant.
   auto load = [&](int v, float (&f)[VEC], bool write_residual) {
     TV a = TV::load(x + v * VEC);
-    if constexpr (kFused) {
+    if constexpr (K == Kind::kFusedAddRms) {
       TV r = TV::load(res + v * VEC);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
@@ -68,75 +62,80 @@ __global__ void __launch_bounds__(kMaxThreads) norm_kernel(Params p) {
       for (int j = 0; j < VEC; ++j) f[j] = to_float(a.v[j]);
     }
   };
-  float s1 = 0.f, s2 = 0.f;
-  auto accumulate = [&](const float (&f)[VEC]) {
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const float d = f[j] - pivot;
-      s1 += d;
-      s2 += d * d;
-    }
-  };
 
-  // Pass 1: the row (and, for small rows, the affine parameters) into registers, all loads in flight at
-  // once so a short row costs one memory round trip.
   float cache[kCache][VEC];
-  WV wcache[kCache], bcache[kLayer ? kCache : 1];
+  float sum = 0.f;
 #pragma unroll
   for (int c = 0; c < kCache; ++c) {
     const int v = c * blockDim.x + threadIdx.x;
     if (v < nvec) {
-      wcache[c] = WV::load(w + v * VEC);
-      if constexpr (kLayer) bcache[c] = WV::load(b + v * VEC);
       load(v, cache[c], true);
-      accumulate(cache[c]);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) sum += K == Kind::kLayer ? cache[c][j] : cache[c][j] * cache[c][j];
     }
   }
   for (int v = kCache * blockDim.x + threadIdx.x; v < nvec; v += blockDim.x) {
     float f[VEC];
     load(v, f, true);
-    accumulate(f);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sum += K == Kind::kLayer ? f[j] : f[j] * f[j];
+  }
+  sum = block_sum(sum, scratch);
+
+  float mean = 0.f, rstd;
+  if constexpr (K == Kind::kLayer) {
+    // Two-pass variance over the cached values: exact for rows whose mean is large against their spread.
+    mean = sum / p.hidden;
+    float sq = 0.f;
+#pragma unroll
+    for (int c = 0; c < kCache; ++c) {
+      if (c * blockDim.x + threadIdx.x < nvec) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) sq += (cache[c][j] - mean) * (cache[c][j] - mean);
+      }
+    }
+    for (int v = kCache * blockDim.x + threadIdx.x; v < nvec; v += blockDim.x) {
+      float f[VEC];
+      load(v, f, false);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) sq += (f[j] - mean) * (f[j] - mean);
+    }
+    rstd = rsqrtf(block_sum(sq, scratch) / p.hidden + p.eps);
+  } else {
+    rstd = rsqrtf(sum / p.hidden + p.eps);
   }
 
-  // One block reduction of both sums.
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = (blockDim.x + 31) / 32;
-  s1 = warp_sum(s1);
-  s2 = warp_sum(s2);
-  if (lane == 0) scratch[0][warp] = s1, scratch[1][warp] = s2;
-  __syncthreads();
-  s1 = warp_sum(lane < nwarps ? scratch[0][lane] : 0.f);
-  s2 = warp_sum(lane < nwarps ? scratch[1][lane] : 0.f);
-  const float m1 = s1 / p.hidden, m2 = s2 / p.hidden;
-  const float mean = kLayer ? pivot + m1 : 0.f;
-  const float rstd = rsqrtf((kLayer ? fmaxf(m2 - m1 * m1, 0.f) : m2) + p.eps);
-
-  auto store = [&](int v, const float (&f)[VEC], const WV& g, const WV& bb) {
+  auto store = [&](int v, const float (&f)[VEC]) {
+    WV g = WV::load(w + v * VEC);
     TV o;
+    if constexpr (K == Kind::kLayer) {
+      WV b = WV::load(static_cast<const W*>(p.bias) + v * VEC);
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      o.v[j] = kLayer ? from_float<T>((f[j] - mean) * rstd * to_float(g.v[j]) + to_float(bb.v[j]))
-                      : from_float<T>(f[j] * rstd * (to_float(g.v[j]) + p.weight_offset));
+      for (int j = 0; j < VEC; ++j)
+        o.v[j] = from_float<T>((f[j] - mean) * rstd * to_float(g.v[j]) + to_float(b.v[j]));
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) o.v[j] = from_float<T>(f[j] * rstd * (to_float(g.v[j]) + p.weight_offset));
     }
     o.store(y + v * VEC);
   };
 
-  // Pass 2: normalise and write.
 #pragma unroll
   for (int c = 0; c < kCache; ++c) {
     const int v = c * blockDim.x + threadIdx.x;
-    if (v < nvec) store(v, cache[c], wcache[c], bcache[kLayer ? c : 0]);
+    if (v < nvec) store(v, cache[c]);
   }
   for (int v = kCache * blockDim.x + threadIdx.x; v < nvec; v += blockDim.x) {
     // Past the register cache: re-read. The fused variant re-reads the residual it already updated.
     float f[VEC];
-    if constexpr (kFused) {
+    if constexpr (K == Kind::kFusedAddRms) {
       TV r = TV::load(res + v * VEC);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) f[j] = to_float(r.v[j]);
     } else {
       load(v, f, false);
     }
-    store(v, f, WV::load(w + v * VEC), kLayer ? WV::load(b + v * VEC) : WV{});
+    store(v, f);
   }
 }
 
