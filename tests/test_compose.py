@@ -87,7 +87,25 @@ def test_export_save_load_fresh_process(device, block, tmp_path):
         _close(residual, expect_args[1])
 
 
+_AOTI_PROBE = {}
+
+
+def _aoti_works_here(device, tmp_path):
+    """Whether an AOTInductor package of a plain nn.Linear (no flashinfer op) loads and runs in a fresh process.
+    On the GPU machine's torch 2.11 environment it does not (SIGSEGV at load, for any model); the flashinfer
+    round trip is then reported as skipped with that reason rather than as a flashinfer failure."""
+    if device not in _AOTI_PROBE:
+        lin = torch.nn.Linear(64, 8).to(device)
+        ep = torch.export.export(lin, (torch.randn(4, 64, device=device),))
+        path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "probe.pt2"))
+        code = f"import torch; m = torch._inductor.aoti_load_package({str(path)!r}); m(torch.randn(4, 64, device={device!r}))"
+        _AOTI_PROBE[device] = subprocess.run([sys.executable, "-c", code], capture_output=True).returncode
+    return _AOTI_PROBE[device] == 0
+
+
 def test_aoti_package_round_trip(device, block, tmp_path):
+    if not _aoti_works_here(device, tmp_path):
+        pytest.skip(f"AOTInductor packages without flashinfer ops already crash on load on this {device} setup")
     ep = _export(block, device)
     path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "block_aoti.pt2"))
     for t in (2, 9):
