@@ -192,6 +192,81 @@ void check_rope_freq(double rope_scale, double rope_theta, const char* op) {
 
 namespace flashinfer {
 
+// ---- page ----
+
+PagedKV paged_kv_views(const at::Tensor& k_cache, const std::optional<at::Tensor>& v_cache,
+                       const std::string& kv_layout, const char* op) {
+  FI_CHECK(kv_layout == "NHD" || kv_layout == "HND", op, "kv_layout must be \"NHD\" or \"HND\", got \"", kv_layout,
+           "\"");
+  const bool hnd = kv_layout == "HND";
+  at::Tensor k, v;
+  if (!v_cache.has_value()) {
+    FI_CHECK(k_cache.dim() == 5 && k_cache.size(1) == 2, op, "paged_kv_cache must be 5-D [num_pages, 2, ",
+             hnd ? "num_kv_heads, page_size" : "page_size, num_kv_heads", ", head_dim] or a (k_cache, v_cache) "
+             "tuple of 4-D tensors, got shape ", k_cache.sizes());
+    k = k_cache.select(1, 0);
+    v = k_cache.select(1, 1);
+  } else {
+    FI_CHECK(k_cache.dim() == 4, op, "k_cache must be 4-D [num_pages, ",
+             hnd ? "num_kv_heads, page_size" : "page_size, num_kv_heads", ", head_dim], got shape ", k_cache.sizes());
+    FI_CHECK(v_cache->sizes() == k_cache.sizes(), op, "v_cache must have the shape of k_cache (",
+             k_cache.sizes(), "), got ", v_cache->sizes());
+    check_same_device(*v_cache, "v_cache", k_cache, "k_cache", op);
+    check_same_dtype(*v_cache, "v_cache", k_cache, "k_cache", op);
+    k = k_cache;
+    v = *v_cache;
+  }
+  if (hnd) {
+    k = k.permute({0, 2, 1, 3});
+    v = v.permute({0, 2, 1, 3});
+  }
+  for (const auto& t : {k, v}) {
+    FI_CHECK(t.size(3) <= 1 || t.stride(3) == 1, op, "the paged KV cache must have a contiguous head_dim, got strides ",
+             k_cache.strides());
+  }
+  return {k, v, k.size(1)};
+}
+
+void check_page_table(const at::Tensor& indptr, const char* indptr_name, const at::Tensor& per_request,
+                      const char* per_request_name, const char* op) {
+  for (auto [t, name] : {std::pair{&indptr, indptr_name}, std::pair{&per_request, per_request_name}}) {
+    FI_CHECK(t->scalar_type() == at::kInt, op, name, " must be int32, got ", t->scalar_type());
+    FI_CHECK(t->dim() == 1, op, name, " must be 1-D, got shape ", t->sizes());
+  }
+  check_same_device(per_request, per_request_name, indptr, indptr_name, op);
+  FI_CHECK(indptr.size(0) == per_request.size(0) + 1, op, indptr_name, " must have batch_size + 1 = ",
+           per_request.size(0) + 1, " entries (", per_request_name, " has ", per_request.size(0), "), got ",
+           indptr.size(0));
+}
+
+void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tensor& batch_indices,
+                  const at::Tensor& positions, const PagedKV& cache, const at::Tensor& kv_indices,
+                  const at::Tensor& kv_indptr, const at::Tensor& kv_last_page_len, const char* op) {
+  check_float_dtype(key, "append_key", op);
+  check_dim(key, 3, "append_key", op);
+  FI_CHECK(value.sizes() == key.sizes(), op, "append_value must have the shape of append_key (", key.sizes(),
+           "), got ", value.sizes());
+  check_same_dtype(value, "append_value", key, "append_key", op);
+  for (auto [t, name] : {std::pair{&value, "append_value"}, std::pair{&cache.k, "paged_kv_cache"},
+                         std::pair{&batch_indices, "batch_indices"}, std::pair{&positions, "positions"},
+                         std::pair{&kv_indices, "kv_indices"}, std::pair{&kv_indptr, "kv_indptr"}}) {
+    check_same_device(*t, name, key, "append_key", op);
+  }
+  check_same_dtype(cache.k, "paged_kv_cache", key, "append_key", op);
+  FI_CHECK(cache.k.size(2) == key.size(1) && cache.k.size(3) == key.size(2), op,
+           "paged_kv_cache must hold num_kv_heads=", key.size(1), " and head_dim=", key.size(2),
+           " (those of append_key), got ", cache.k.size(2), " heads of dim ", cache.k.size(3));
+  for (auto [t, name] : {std::pair{&batch_indices, "batch_indices"}, std::pair{&positions, "positions"}}) {
+    FI_CHECK(t->scalar_type() == at::kInt, op, name, " must be int32, got ", t->scalar_type());
+    FI_CHECK(t->dim() == 1 && t->size(0) == key.size(0), op, name, " must have shape [nnz=", key.size(0), "], got ",
+             t->sizes());
+  }
+  FI_CHECK(kv_indices.scalar_type() == at::kInt && kv_indices.dim() == 1, op,
+           "kv_indices must be 1-D int32, got ", kv_indices.scalar_type(), " of shape ", kv_indices.sizes());
+  check_page_table(kv_indptr, "kv_indptr", kv_last_page_len, "kv_last_page_len", op);
+  FI_CHECK(cache.page_size > 0, op, "the paged KV cache must have page_size > 0");
+}
+
 // ---- layouts and failures of the CUDA adapters ----
 
 std::optional<RowLayout> row_layout(const at::Tensor& t) {

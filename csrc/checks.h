@@ -50,6 +50,21 @@ struct Llama31Smoothing {
 Llama31Smoothing llama31_smoothing(double low_freq_factor, double high_freq_factor, double old_context_len,
                                    const char* op);
 
+// ---- page ----
+// The paged cache as K and V views in logical [num_pages, page_size, heads, head_dim] order (permuted views of
+// HND storage; the two halves of a 5-D [P, 2, ...] cache). Checked against the appended key/value.
+struct PagedKV {
+  at::Tensor k, v;
+  int64_t page_size;
+};
+PagedKV paged_kv_views(const at::Tensor& k_cache, const std::optional<at::Tensor>& v_cache,
+                       const std::string& kv_layout, const char* op);
+void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tensor& batch_indices,
+                  const at::Tensor& positions, const PagedKV& cache, const at::Tensor& kv_indices,
+                  const at::Tensor& kv_indptr, const at::Tensor& kv_last_page_len, const char* op);
+void check_page_table(const at::Tensor& indptr, const char* indptr_name, const at::Tensor& per_request,
+                      const char* per_request_name, const char* op);
+
 // ---- layouts and failures of the CUDA adapters ----
 // Leading dims of a [..., D] tensor collapsed to at most two (size, stride) levels; nullopt when the last dim
 // is strided or more levels are needed.

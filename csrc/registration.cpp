@@ -61,6 +61,19 @@ TORCH_LIBRARY(flashinfer, m) {
       "apply_rope_with_cos_sin_cache_inplace(Tensor positions, Tensor(a!) query, Tensor(b!) key, int head_size, "
       "Tensor cos_sin_cache, bool is_neox) -> ()",
       tags);
+
+  // ---- page: paged KV cache, one 5-D [P, 2, page, Hkv, D] (NHD) / [P, 2, Hkv, page, D] (HND) tensor, or K and
+  // V as two 4-D tensors (then paged_v_cache is given). int32 page tables; out-of-range entries are skipped. ----
+  // Writes append_key/value [nnz, Hkv, D]: token i to request batch_indices[i] at position positions[i].
+  m.def(
+      "append_paged_kv_cache(Tensor append_key, Tensor append_value, Tensor batch_indices, Tensor positions, "
+      "Tensor(a!) paged_k_cache, Tensor(b!)? paged_v_cache, Tensor kv_indices, Tensor kv_indptr, "
+      "Tensor kv_last_page_len, str kv_layout) -> ()",
+      tags);
+  // (request, position) of each of nnz appended tokens; -1, -1 for tokens past append_indptr[-1].
+  m.def("get_batch_indices_positions(Tensor append_indptr, Tensor seq_lens, int nnz) -> (Tensor, Tensor)", tags);
+  // KV length of each request: page_size * (pages - 1) + last_page_len.
+  m.def("get_seq_lens(Tensor kv_indptr, Tensor kv_last_page_len, int page_size) -> Tensor", tags);
 }
 
 // `import flashinfer._C` runs the static registrations above; the module itself holds nothing.

@@ -101,7 +101,34 @@ def apply_rope_with_cos_sin_cache(device, inplace=False):
     return out
 
 
+def append_paged_kv_cache(device):
+    out = []
+    for layout, form in (("NHD", "5d"), ("HND", "tuple")):
+        shape = (6, 2, 4, 2, 64) if layout == "NHD" else (6, 2, 2, 4, 64)
+        cache = torch.randn(shape, dtype=torch.float16, device=device)
+        k, v = (cache, None) if form == "5d" else (cache[:, 0].clone(), cache[:, 1].clone())
+        key = torch.randn(3, 2, 64, dtype=torch.float16, device=device)
+        i32 = dict(dtype=torch.int32, device=device)
+        out.append(((key, torch.randn_like(key), torch.tensor([0, 1, 1], **i32), torch.tensor([5, 0, 2], **i32), k, v,
+                     torch.tensor([3, 1, 4], **i32), torch.tensor([0, 2, 3], **i32), torch.tensor([2, 3], **i32),
+                     layout), {}))
+    return out
+
+
+def get_batch_indices_positions(device):
+    i32 = dict(dtype=torch.int32, device=device)
+    return [((torch.tensor([0, 2, 2, 5], **i32), torch.tensor([9, 1, 3], **i32), 6), {})]
+
+
+def get_seq_lens(device):
+    i32 = dict(dtype=torch.int32, device=device)
+    return [((torch.tensor([0, 2, 2, 5], **i32), torch.tensor([3, 0, 16], **i32), 16), {})]
+
+
 SAMPLES = {
+    "append_paged_kv_cache": append_paged_kv_cache,
+    "get_batch_indices_positions": get_batch_indices_positions,
+    "get_seq_lens": get_seq_lens,
     "rmsnorm": rmsnorm,
     "rmsnorm_out": rmsnorm_out,
     "fused_add_rmsnorm": fused_add_rmsnorm,

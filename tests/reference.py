@@ -121,3 +121,30 @@ def rope_with_cache(x, positions, cache, interleave, dtype=torch.float64):
     half = cache.shape[1] // 2
     rows = cache[positions.long()]
     return rotate(x, rows[:, :half], rows[:, half:], interleave, dtype)
+
+
+# ---- page ----
+
+def seq_lens(kv_indptr, kv_last_page_len, page_size):
+    return [max(0, (int(kv_indptr[b + 1]) - int(kv_indptr[b]) - 1) * page_size + int(kv_last_page_len[b]))
+            if int(kv_indptr[b + 1]) > int(kv_indptr[b]) else 0 for b in range(len(kv_last_page_len))]
+
+
+def append_paged_kv_cache(k_pages, v_pages, key, value, batch_indices, positions, kv_indices, kv_indptr,
+                          kv_last_page_len):
+    """k_pages/v_pages: [P, page, H, D] (logical NHD order), updated in place one token at a time; a token whose
+    request, position or page is out of range is skipped."""
+    page = k_pages.shape[1]
+    lens = seq_lens(kv_indptr, kv_last_page_len, page)
+    for i in range(key.shape[0]):
+        b, pos = int(batch_indices[i]), int(positions[i])
+        if not (0 <= b < len(lens)) or not (0 <= pos < lens[b]):
+            continue
+        slot = int(kv_indptr[b]) + pos // page
+        if slot >= len(kv_indices):
+            continue
+        p = int(kv_indices[slot])
+        if not (0 <= p < k_pages.shape[0]):
+            continue
+        k_pages[p, pos % page] = key[i]
+        v_pages[p, pos % page] = value[i]

@@ -71,6 +71,41 @@ CASES = {
                             torch.randn(16, 64, device=d)),
                         r"query must be \[nnz, num_heads \* head_size\] or \[nnz, num_heads, head_size\] with "
                         r"head_size=64, got shape \[4, 100\]"),
+    "append int64 positions": (lambda d: flashinfer.append_paged_kv_cache(
+                                   _x(d, 2, 2, 64), _x(d, 2, 2, 64), torch.zeros(2, dtype=torch.int32, device=d),
+                                   torch.zeros(2, dtype=torch.int64, device=d), _x(d, 4, 2, 16, 2, 64),
+                                   torch.zeros(4, dtype=torch.int32, device=d),
+                                   torch.tensor([0, 4], dtype=torch.int32, device=d),
+                                   torch.ones(1, dtype=torch.int32, device=d)),
+                               r"append_paged_kv_cache: positions must be int32, got Long"),
+    "append cache heads": (lambda d: flashinfer.append_paged_kv_cache(
+                               _x(d, 2, 2, 64), _x(d, 2, 2, 64), torch.zeros(2, dtype=torch.int32, device=d),
+                               torch.zeros(2, dtype=torch.int32, device=d), _x(d, 4, 2, 16, 4, 64),
+                               torch.zeros(4, dtype=torch.int32, device=d),
+                               torch.tensor([0, 4], dtype=torch.int32, device=d),
+                               torch.ones(1, dtype=torch.int32, device=d)),
+                           r"append_paged_kv_cache: paged_kv_cache must hold num_kv_heads=2 and head_dim=64"),
+    "append cache dtype": (lambda d: flashinfer.append_paged_kv_cache(
+                               _x(d, 2, 2, 64), _x(d, 2, 2, 64), torch.zeros(2, dtype=torch.int32, device=d),
+                               torch.zeros(2, dtype=torch.int32, device=d),
+                               _x(d, 4, 2, 16, 2, 64, dtype=torch.float16),
+                               torch.zeros(4, dtype=torch.int32, device=d),
+                               torch.tensor([0, 4], dtype=torch.int32, device=d),
+                               torch.ones(1, dtype=torch.int32, device=d)),
+                           r"append_paged_kv_cache: paged_kv_cache must have the dtype of append_key \(BFloat16\)"),
+    "append layout": (lambda d: flashinfer.append_paged_kv_cache(
+                          _x(d, 2, 2, 64), _x(d, 2, 2, 64), torch.zeros(2, dtype=torch.int32, device=d),
+                          torch.zeros(2, dtype=torch.int32, device=d), _x(d, 4, 2, 16, 2, 64),
+                          torch.zeros(4, dtype=torch.int32, device=d),
+                          torch.tensor([0, 4], dtype=torch.int32, device=d),
+                          torch.ones(1, dtype=torch.int32, device=d), kv_layout="NDH"),
+                      r'append_paged_kv_cache: kv_layout must be "NHD" or "HND", got "NDH"'),
+    "seq_lens int64 indptr": (lambda d: flashinfer.get_seq_lens(torch.tensor([0, 2], device=d),
+                                                                torch.ones(1, dtype=torch.int32, device=d), 16),
+                              r"get_seq_lens: kv_indptr must be int32, got Long"),
+    "seq_lens indptr length": (lambda d: flashinfer.get_seq_lens(torch.tensor([0, 2], dtype=torch.int32, device=d),
+                                                                 torch.ones(2, dtype=torch.int32, device=d), 16),
+                               r"get_seq_lens: kv_indptr must have batch_size \+ 1 = 3 entries"),
 }
 
 

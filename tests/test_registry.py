@@ -42,6 +42,7 @@ class TestSchemas(expecttest.TestCase):
     def test_schemas(self):
         schemas = sorted(str(s) for s in torch._C._jit_get_all_schemas() if s.name.startswith("flashinfer::"))
         self.assertExpectedInline("\n".join(schemas), """\
+flashinfer::append_paged_kv_cache(Tensor append_key, Tensor append_value, Tensor batch_indices, Tensor positions, Tensor(a!) paged_k_cache, Tensor(b!)? paged_v_cache, Tensor kv_indices, Tensor kv_indptr, Tensor kv_last_page_len, str kv_layout) -> ()
 flashinfer::apply_rope(Tensor q, Tensor k, Tensor indptr, Tensor offsets, int rotary_dim, bool interleave, float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, float old_context_len) -> (Tensor, Tensor)
 flashinfer::apply_rope_inplace(Tensor(a!) q, Tensor(b!) k, Tensor indptr, Tensor offsets, int rotary_dim, bool interleave, float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, float old_context_len) -> ()
 flashinfer::apply_rope_pos_ids(Tensor q, Tensor k, Tensor pos_ids, int rotary_dim, bool interleave, float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, float old_context_len) -> (Tensor, Tensor)
@@ -53,6 +54,8 @@ flashinfer::gelu_and_mul(Tensor input) -> Tensor
 flashinfer::gelu_and_mul_out(Tensor(a!) out, Tensor input) -> ()
 flashinfer::gelu_tanh_and_mul(Tensor input) -> Tensor
 flashinfer::gelu_tanh_and_mul_out(Tensor(a!) out, Tensor input) -> ()
+flashinfer::get_batch_indices_positions(Tensor append_indptr, Tensor seq_lens, int nnz) -> (Tensor, Tensor)
+flashinfer::get_seq_lens(Tensor kv_indptr, Tensor kv_last_page_len, int page_size) -> Tensor
 flashinfer::layernorm(Tensor input, Tensor gamma, Tensor beta, float eps) -> Tensor
 flashinfer::rmsnorm(Tensor input, Tensor weight, float eps, bool gemma) -> Tensor
 flashinfer::rmsnorm_out(Tensor(a!) out, Tensor input, Tensor weight, float eps, bool gemma) -> ()
