@@ -10,25 +10,83 @@ of range (or past its request's length) is skipped, so no metadata can make a wr
 in another request's pages. Nothing here synchronises with the host.
 """
 
-from typing import Tuple, Union
+import os
+from typing import Optional, Tuple, Union
 
 import torch
 
-__all__ = ["append_paged_kv_cache", "get_batch_indices_positions", "get_seq_lens"]
+__all__ = ["append_paged_kv_cache", "get_batch_indices_positions", "get_seq_lens", "validate_page_table"]
+
+# FLASHINFER_VALIDATE=1 turns on validate=True for every call that takes it.
+_VALIDATE_ENV = os.environ.get("FLASHINFER_VALIDATE", "0") == "1"
+
+
+def _validating(validate: Optional[bool]) -> bool:
+    # Host checks read device tensors (a synchronisation), so they never run while compiling or capturing.
+    on = _VALIDATE_ENV if validate is None else validate
+    return on and not torch.compiler.is_compiling() and not (
+        torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def validate_page_table(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,
+                        num_pages: int, page_size: int) -> None:
+    """Checks page-table metadata on the host and raises ValueError naming the first problem found.
+
+    The kernels never read or write outside the cache whatever the metadata says (bad entries are skipped); this
+    is for finding the bug that produced them. Cost: one device-to-host copy of the three tables (a sync), so
+    it is meant for eager debugging, not for the serving loop."""
+    indptr, indices, last = (t.detach().to("cpu", torch.int64) for t in (kv_indptr, kv_indices, kv_last_page_len))
+    if indptr.numel() != last.numel() + 1:
+        raise ValueError(f"kv_indptr must have batch_size + 1 = {last.numel() + 1} entries, got {indptr.numel()}")
+    if indptr.numel() and indptr[0] < 0:
+        raise ValueError(f"kv_indptr[0] must be >= 0, got {int(indptr[0])}")
+    steps = indptr[1:] - indptr[:-1]
+    if (steps < 0).any():
+        b = int((steps < 0).nonzero()[0])
+        raise ValueError(f"kv_indptr must be non-decreasing: kv_indptr[{b + 1}]={int(indptr[b + 1])} < "
+                         f"kv_indptr[{b}]={int(indptr[b])}")
+    if indptr.numel() and indptr[-1] > indices.numel():
+        raise ValueError(f"kv_indptr[-1]={int(indptr[-1])} exceeds the {indices.numel()} entries of kv_indices")
+    used = indices[int(indptr[0]):int(indptr[-1])] if indptr.numel() else indices[:0]
+    bad = (used < 0) | (used >= num_pages)
+    if bad.any():
+        i = int(bad.nonzero()[0]) + (int(indptr[0]) if indptr.numel() else 0)
+        raise ValueError(f"kv_indices[{i}]={int(indices[i])} is not a page of the cache (0..{num_pages - 1})")
+    has_pages = steps > 0
+    bad = has_pages & ((last < 1) | (last > page_size))
+    if bad.any():
+        b = int(bad.nonzero()[0])
+        raise ValueError(f"kv_last_page_len[{b}]={int(last[b])} must be in [1, page_size={page_size}] for a request "
+                         "with pages")
 
 
 def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, batch_indices: torch.Tensor,
                           positions: torch.Tensor,
                           paged_kv_cache: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]],
                           kv_indices: torch.Tensor, kv_indptr: torch.Tensor, kv_last_page_len: torch.Tensor,
-                          kv_layout: str = "NHD") -> None:
+                          kv_layout: str = "NHD", *, validate: Optional[bool] = None) -> None:
     """Writes ``append_key``/``append_value`` ``[nnz, num_kv_heads, head_dim]`` into the cache in place: token
     ``i`` goes to request ``batch_indices[i]`` at position ``positions[i]`` of its KV sequence (see
-    :func:`get_batch_indices_positions`). The page tables must already include the new tokens."""
+    :func:`get_batch_indices_positions`). The page tables must already include the new tokens.
+
+    ``validate=True`` (or FLASHINFER_VALIDATE=1) first checks the page tables on the host
+    (:func:`validate_page_table`) and that every appended token lands inside its request; eager only."""
     if isinstance(paged_kv_cache, (tuple, list)):
         k_cache, v_cache = paged_kv_cache
     else:
         k_cache, v_cache = paged_kv_cache, None
+    if _validating(validate):
+        hnd = kv_layout == "HND"
+        pages = k_cache.shape[0]
+        page_size = k_cache.shape[(2 if hnd else 1) + (0 if v_cache is not None else 1)]
+        validate_page_table(kv_indptr, kv_indices, kv_last_page_len, pages, page_size)
+        lens = get_seq_lens(kv_indptr, kv_last_page_len, page_size).cpu()
+        b, p = batch_indices.cpu().long(), positions.cpu().long()
+        bad = (b < -1) | (b >= lens.numel()) | ((b >= 0) & ((p < 0) | (p >= lens[b.clamp(0, max(lens.numel() - 1, 0))])))
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"appended token {i} (batch_indices={int(b[i])}, positions={int(p[i])}) does not land "
+                             "inside its request's pages")
     torch.ops.flashinfer.append_paged_kv_cache(append_key, append_value, batch_indices, positions, k_cache, v_cache,
                                                kv_indices, kv_indptr, kv_last_page_len, kv_layout)
 

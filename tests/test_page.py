@@ -121,3 +121,25 @@ def test_append_compiles_in_place(device):
     assert "torch.ops.flashinfer.append_paged_kv_cache.default(" in code
     for copy in ("clone", "copy_"):
         assert copy not in code, f"generated code holds a {copy} (of the cache?)"
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (dict(indptr=[0, 3, 2]), r"kv_indptr must be non-decreasing: kv_indptr\[2\]=2 < kv_indptr\[1\]=3"),
+    (dict(indptr=[0, 2, 9]), r"kv_indptr\[-1\]=9 exceeds the 4 entries of kv_indices"),
+    (dict(indices=[0, 1, 7, 3]), r"kv_indices\[2\]=7 is not a page of the cache \(0\.\.5\)"),
+    (dict(last=[0, 4]), r"kv_last_page_len\[0\]=0 must be in \[1, page_size=4\]"),
+    (dict(positions=[0, 8]), r"appended token 1 \(batch_indices=1, positions=8\) does not land inside"),
+])
+def test_append_validate_names_the_problem(bad, msg):
+    cache = torch.zeros(6, 2, 4, 1, 64)
+    t = dict(indptr=[0, 2, 4], indices=[0, 1, 2, 3], last=[4, 4], positions=[0, 1])
+    t.update(bad)
+    i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    key = torch.randn(2, 1, 64)
+    with pytest.raises(ValueError, match=msg):
+        flashinfer.append_paged_kv_cache(key, key, i32([0, 1]), i32(t["positions"]), cache, i32(t["indices"]),
+                                         i32(t["indptr"]), i32(t["last"]), validate=True)
+    assert not cache.any(), "a rejected call wrote to the cache"
+    # Without validation the same call is memory-safe: bad entries are skipped, good ones written.
+    flashinfer.append_paged_kv_cache(key, key, i32([0, 1]), i32(t["positions"]), cache, i32(t["indices"]),
+                                     i32(t["indptr"]), i32(t["last"]))
