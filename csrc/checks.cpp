@@ -267,6 +267,32 @@ void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tens
   FI_CHECK(cache.page_size > 0, op, "the paged KV cache must have page_size > 0");
 }
 
+// ---- decode ----
+
+void check_decode(const at::Tensor& q, const PagedKV& cache, const at::Tensor& kv_indptr,
+                  const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len, const char* op) {
+  FI_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,
+           "q must be float16 or bfloat16, got ", q.scalar_type());
+  check_dim(q, 3, "q", op);
+  const int64_t d = q.size(2), hq = q.size(1), hkv = cache.k.size(2);
+  FI_CHECK(d == 64 || d == 128 || d == 256, op, "unsupported head_dim ", d, ": supported 64, 128, 256");
+  FI_CHECK(cache.k.size(3) == d, op, "paged_kv_cache must have head_dim ", d, " (that of q), got ", cache.k.size(3));
+  FI_CHECK(hkv > 0 && hq % hkv == 0, op, "num_qo_heads (", hq, ") must be a multiple of num_kv_heads (", hkv, ")");
+  const auto kd = cache.k.scalar_type();
+  FI_CHECK(kd == q.scalar_type() || kd == at::kFloat8_e4m3fn || kd == at::kFloat8_e5m2, op,
+           "paged_kv_cache must have the dtype of q (", q.scalar_type(), ") or be float8_e4m3fn / float8_e5m2, got ",
+           kd);
+  for (auto [t, name] : {std::pair{&cache.k, "paged_kv_cache"}, std::pair{&kv_indices, "kv_indices"},
+                         std::pair{&kv_indptr, "kv_indptr"}}) {
+    check_same_device(*t, name, q, "q", op);
+  }
+  FI_CHECK(kv_indices.scalar_type() == at::kInt && kv_indices.dim() == 1, op,
+           "kv_indices must be 1-D int32, got ", kv_indices.scalar_type(), " of shape ", kv_indices.sizes());
+  check_page_table(kv_indptr, "kv_indptr", kv_last_page_len, "kv_last_page_len", op);
+  FI_CHECK(kv_last_page_len.size(0) == q.size(0), op, "kv_last_page_len must have batch_size=", q.size(0),
+           " entries (q's first dim), got ", kv_last_page_len.size(0));
+}
+
 // ---- layouts and failures of the CUDA adapters ----
 
 std::optional<RowLayout> row_layout(const at::Tensor& t) {
@@ -305,6 +331,8 @@ void check_last_dim_contiguous(const at::Tensor& t, const char* name, const char
 void check_int32_range(int64_t value, const char* what, const char* op) {
   FI_CHECK(value <= INT32_MAX, op, what, " ", value, " is too large (at most ", (int64_t)INT32_MAX, ")");
 }
+
+void check_condition(bool ok, const char* op, const char* message) { FI_CHECK(ok, op, message); }
 
 void fail_launch(const char* op, const char* error) { fail(op, "CUDA launch failed: ", error); }
 

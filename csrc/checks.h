@@ -65,6 +65,12 @@ void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tens
 void check_page_table(const at::Tensor& indptr, const char* indptr_name, const at::Tensor& per_request,
                       const char* per_request_name, const char* op);
 
+// ---- decode ----
+// q [batch, num_qo_heads, head_dim] (fp16/bf16) against a paged cache of q's dtype or fp8; head_dim 64/128/256;
+// num_qo_heads a multiple of num_kv_heads.
+void check_decode(const at::Tensor& q, const PagedKV& cache, const at::Tensor& kv_indptr,
+                  const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len, const char* op);
+
 // ---- layouts and failures of the CUDA adapters ----
 // Leading dims of a [..., D] tensor collapsed to at most two (size, stride) levels; nullopt when the last dim
 // is strided or more levels are needed.
@@ -75,6 +81,7 @@ at::Tensor rows_readable(const at::Tensor& t);
 RowLayout rows_writable(const at::Tensor& t, const char* name, const char* op);
 void check_last_dim_contiguous(const at::Tensor& t, const char* name, const char* op);
 void check_int32_range(int64_t value, const char* what, const char* op);
+void check_condition(bool ok, const char* op, const char* message);
 [[noreturn]] void fail_launch(const char* op, const char* error);
 [[noreturn]] void fail_dtype(const char* op, at::ScalarType dtype);
 

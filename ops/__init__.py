@@ -9,8 +9,13 @@ import torch
 
 from . import _C  # noqa: F401  registers the schemas and the CPU/CUDA kernels
 from . import meta_kernels  # noqa: F401  registers the fakes
-from . import activation, norm, page, rope
+from . import activation, decode, norm, page, rope
 from .activation import gelu_and_mul, gelu_tanh_and_mul, silu_and_mul
+from .decode import (
+    BatchDecodeWithPagedKVCacheWrapper,
+    CUDAGraphBatchDecodeWithPagedKVCacheWrapper,
+    single_decode_with_kv_cache,
+)
 from .norm import fused_add_rmsnorm, gemma_fused_add_rmsnorm, gemma_rmsnorm, layernorm, rmsnorm
 from .page import append_paged_kv_cache, get_batch_indices_positions, get_seq_lens
 from .rope import (

@@ -148,3 +148,54 @@ def append_paged_kv_cache(k_pages, v_pages, key, value, batch_indices, positions
             continue
         k_pages[p, pos % page] = key[i]
         v_pages[p, pos % page] = value[i]
+
+
+# ---- decode ----
+
+def _rope_rows(x, positions, rope_scale, rope_theta):
+    """NeoX-style RoPE of rows x [L, ..., D] at the given positions (float64)."""
+    d = x.shape[-1]
+    freq = rope_frequencies(d, rope_scale, rope_theta)
+    ang = torch.as_tensor(positions, dtype=torch.float64)[:, None] * freq[None, :]
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (d // 2,)
+    c, s = ang.cos().view(shape), ang.sin().view(shape)
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+def decode_one(q, k, v, sm_scale, window_left=-1, logits_soft_cap=0.0, rope=None, dtype=torch.float64):
+    """One request: q [Hq, D], k/v [L, Hkv, D] (already dequantised). rope = (scale, theta) applies RoPE to q at
+    position L - 1 and to k at positions 0..L-1. Returns out [Hq, D], lse [Hq] (log base 2). RoPE angles are
+    always float64; the rest is computed in `dtype`."""
+    q, k, v = q.double(), k.double(), v.double()
+    hq, d = q.shape
+    length, hkv = k.shape[0], k.shape[1]
+    if length == 0:
+        return torch.zeros(hq, d, dtype=torch.float64), torch.full((hq,), float("-inf"), dtype=torch.float64)
+    if rope is not None:
+        q = _rope_rows(q[None], [length - 1], *rope)[0]
+        k = _rope_rows(k, list(range(length)), *rope)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    kh = k.repeat_interleave(hq // hkv, dim=1)  # [L, Hq, D]
+    vh = v.repeat_interleave(hq // hkv, dim=1)
+    s = torch.einsum("hd,lhd->hl", q, kh) * sm_scale
+    if logits_soft_cap > 0:
+        s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
+    if window_left >= 0:
+        keep = torch.arange(length) >= length - 1 - window_left
+        s = s.masked_fill(~keep[None, :], float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.softmax(s, dim=-1)
+    return torch.einsum("hl,lhd->hd", p, vh).double(), lse.double() / math.log(2)
+
+
+def paged_kv(k_pages, v_pages, indptr, indices, last_page_len, b):
+    """Request b's K and V [L, Hkv, D] gathered from [P, page, Hkv, D] pages."""
+    page = k_pages.shape[1]
+    pages = [int(p) for p in indices[int(indptr[b]) : int(indptr[b + 1])]]
+    if not pages:
+        return k_pages[:0, 0], v_pages[:0, 0]
+    length = (len(pages) - 1) * page + int(last_page_len[b])
+    k = torch.cat([k_pages[p] for p in pages])[:length]
+    v = torch.cat([v_pages[p] for p in pages])[:length]
+    return k, v

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "../checks.h"
+#include "rope.h"
 
 namespace flashinfer {
 namespace {
@@ -177,6 +178,16 @@ void apply_rope_with_cos_sin_cache_inplace_cpu(const at::Tensor& positions, at::
 }
 
 }  // namespace
+
+at::Tensor rope_neox_float(const at::Tensor& x, const at::Tensor& positions, double rope_scale, double rope_theta) {
+  const int64_t d = x.size(-1);
+  auto pos = positions.to(at::kDouble);
+  auto cs = computed_cos_sin(pos, at::ones({pos.size(0)}, pos.options().dtype(at::kBool)), d, rope_scale,
+                             rope_theta, false, {0, 0});
+  auto out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  rotate(x.to(at::kFloat), out, cs, /*interleave=*/false);
+  return out;
+}
 
 TORCH_LIBRARY_IMPL(flashinfer, CPU, m) {
   m.impl("apply_rope", &apply_rope_cpu);

@@ -1,0 +1,211 @@
+"""Decode attention over a paged KV cache (FlashInfer 0.6 ``flashinfer.decode`` API).
+
+``plan()`` only records metadata (moved to the device without blocking, or copied into the fixed buffers of a
+CUDA-graph wrapper); ``run()`` is one call of ``torch.ops.flashinfer.batch_decode_with_paged_kv_cache``, so
+Dynamo traces through it and a captured step replays with new lengths and page tables. How the KV of each
+request is split across blocks is decided on the device from the page tables.
+
+``use_tensor_cores`` is accepted and currently runs the same CUDA-core kernel.
+"""
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .page import _validating, validate_page_table
+
+__all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper",
+           "CUDAGraphBatchDecodeWithPagedKVCacheWrapper"]
+
+_HEAD_DIMS = (64, 128, 256)
+
+
+def _rope_mode(pos_encoding_mode: str) -> bool:
+    if pos_encoding_mode not in ("NONE", "ROPE_LLAMA"):
+        raise ValueError(f'pos_encoding_mode must be "NONE" or "ROPE_LLAMA", got "{pos_encoding_mode}"')
+    return pos_encoding_mode == "ROPE_LLAMA"
+
+
+def _decode(q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope, window_left, logits_soft_cap,
+            sm_scale, q_scale, k_scale, v_scale, rope_scale, rope_theta):
+    head_dim = q.shape[-1]
+    scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * (1.0 if q_scale is None else q_scale)
+    return torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
+        q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope, window_left,
+        0.0 if logits_soft_cap is None else float(logits_soft_cap), float(scale),
+        1.0 if k_scale is None else float(k_scale), 1.0 if v_scale is None else float(v_scale),
+        1.0 if rope_scale is None else float(rope_scale), 1e4 if rope_theta is None else float(rope_theta))
+
+
+def _split_cache(paged_kv_cache):
+    if isinstance(paged_kv_cache, (tuple, list)):
+        return paged_kv_cache[0], paged_kv_cache[1]
+    return paged_kv_cache, None
+
+
+def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layout: str = "NHD",
+                                pos_encoding_mode: str = "NONE", use_tensor_cores: bool = False,
+                                q_scale: Optional[float] = None, k_scale: Optional[float] = None,
+                                v_scale: Optional[float] = None, window_left: int = -1,
+                                logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
+                                rope_scale: Optional[float] = None, rope_theta: Optional[float] = None,
+                                return_lse: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """One query ``q [num_qo_heads, head_dim]`` against ``k``/``v`` ``[kv_len, num_kv_heads, head_dim]`` (NHD) or
+    ``[num_kv_heads, kv_len, head_dim]`` (HND). Returns ``out`` (and ``lse``, log base 2) like upstream."""
+    rope = _rope_mode(pos_encoding_mode)
+    kv_len = k.shape[0] if kv_layout == "NHD" else k.shape[1]
+    if kv_len == 0:  # no page of size 0: answer the empty attention directly
+        out = torch.zeros_like(q)
+        lse = torch.full(q.shape[:1], float("-inf"), dtype=torch.float32, device=q.device)
+        return (out, lse) if return_lse else out
+    # The whole sequence as one page of kv_len entries; the page table is built on the device.
+    indptr = torch.arange(2, dtype=torch.int32, device=q.device)
+    indices = torch.zeros(1, dtype=torch.int32, device=q.device)
+    last = torch.full((1,), kv_len, dtype=torch.int32, device=q.device)
+    out, lse = _decode(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), indptr, indices, last, kv_layout, rope,
+                       window_left, logits_soft_cap, sm_scale, q_scale, k_scale, v_scale, rope_scale, rope_theta)
+    return (out[0], lse[0]) if return_lse else out[0]
+
+
+class BatchDecodeWithPagedKVCacheWrapper:
+    """Decode for a batch of requests over a paged KV cache, with upstream's constructor, ``plan`` and ``run``.
+
+    With ``use_cuda_graph=True`` the page tables are copied into the fixed buffers given to the constructor, so a
+    decode step captured once replays after each ``plan`` with new lengths and pages."""
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 use_tensor_cores: bool = False, paged_kv_indptr_buffer: Optional[torch.Tensor] = None,
+                 paged_kv_indices_buffer: Optional[torch.Tensor] = None,
+                 paged_kv_last_page_len_buffer: Optional[torch.Tensor] = None, backend: str = "auto",
+                 jit_args=None) -> None:
+        if kv_layout not in ("NHD", "HND"):
+            raise ValueError(f'kv_layout must be "NHD" or "HND", got "{kv_layout}"')
+        self._float_workspace_buffer = float_workspace_buffer
+        self.device = float_workspace_buffer.device
+        self._kv_layout = kv_layout
+        self._use_cuda_graph = use_cuda_graph
+        self._use_tensor_cores = use_tensor_cores
+        if use_cuda_graph:
+            for name, buf in (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
+                              ("paged_kv_indices_buffer", paged_kv_indices_buffer),
+                              ("paged_kv_last_page_len_buffer", paged_kv_last_page_len_buffer)):
+                if buf is None or buf.dtype != torch.int32:
+                    raise ValueError(f"use_cuda_graph=True needs {name} as an int32 tensor")
+        self._indptr_buf = paged_kv_indptr_buffer
+        self._indices_buf = paged_kv_indices_buffer
+        self._last_buf = paged_kv_last_page_len_buffer
+        self._planned = False
+
+    @property
+    def use_tensor_cores(self) -> bool:
+        return self._use_tensor_cores
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._use_cuda_graph
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
+        self._float_workspace_buffer = float_workspace_buffer
+
+    def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, num_qo_heads: int,
+             num_kv_heads: int, head_dim: int, page_size: int, pos_encoding_mode: str = "NONE",
+             window_left: int = -1, logits_soft_cap: Optional[float] = None,
+             q_data_type: Optional[Union[str, torch.dtype]] = "float16",
+             kv_data_type: Optional[Union[str, torch.dtype]] = None,
+             o_data_type: Optional[Union[str, torch.dtype]] = None,
+             data_type: Optional[Union[str, torch.dtype]] = None, sm_scale: Optional[float] = None,
+             rope_scale: Optional[float] = None, rope_theta: Optional[float] = None, non_blocking: bool = True,
+             block_tables: Optional[torch.Tensor] = None, seq_lens: Optional[torch.Tensor] = None,
+             fixed_split_size: Optional[int] = None, disable_split_kv: bool = False, *,
+             validate: Optional[bool] = None) -> None:
+        """Records the batch's page tables and attention parameters; never waits for the device.
+
+        ``validate=True`` (or FLASHINFER_VALIDATE=1) checks the page tables on the host first (a sync)."""
+        if head_dim not in _HEAD_DIMS:
+            raise ValueError(f"unsupported head_dim {head_dim}: supported 64, 128, 256")
+        if num_kv_heads <= 0 or num_qo_heads % num_kv_heads != 0:
+            raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        for name, t in (("indptr", indptr), ("indices", indices), ("last_page_len", last_page_len)):
+            if t.dtype != torch.int32:
+                raise ValueError(f"{name} must be int32, got {t.dtype}")
+        if _validating(validate):
+            num_pages = torch.iinfo(torch.int32).max  # the cache is not known until run(); ids checked there
+            validate_page_table(indptr, indices, last_page_len, num_pages, page_size)
+        batch = last_page_len.shape[0]
+        if self._use_cuda_graph:
+            if indptr.shape[0] > self._indptr_buf.shape[0] or indices.shape[0] > self._indices_buf.shape[0]:
+                raise ValueError("the batch does not fit the CUDA-graph buffers given to the constructor")
+            self._indptr_buf[: batch + 1].copy_(indptr, non_blocking=non_blocking)
+            self._indices_buf[: indices.shape[0]].copy_(indices, non_blocking=non_blocking)
+            self._last_buf[:batch].copy_(last_page_len, non_blocking=non_blocking)
+            self._indptr, self._indices, self._last = (self._indptr_buf[: batch + 1], self._indices_buf,
+                                                       self._last_buf[:batch])
+        else:
+            self._indptr, self._indices, self._last = (t.to(self.device, non_blocking=non_blocking)
+                                                       for t in (indptr, indices, last_page_len))
+        self._num_qo_heads, self._num_kv_heads, self._head_dim = num_qo_heads, num_kv_heads, head_dim
+        self._page_size = page_size
+        self._rope = _rope_mode(pos_encoding_mode)
+        self._window_left = window_left
+        self._logits_soft_cap = logits_soft_cap
+        self._sm_scale, self._rope_scale, self._rope_theta = sm_scale, rope_scale, rope_theta
+        self._planned = True
+
+    begin_forward = plan
+
+    def end_forward(self) -> None:
+        pass
+
+    def run(self, q: torch.Tensor, paged_kv_cache: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], *args,
+            q_scale: Optional[float] = None, k_scale: Optional[float] = None, v_scale: Optional[float] = None,
+            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None, return_lse: bool = False,
+            enable_pdl: Optional[bool] = None, window_left: Optional[int] = None, sinks=None,
+            q_len_per_req: Optional[int] = 1, skip_softmax_threshold_scale_factor=None):
+        """Attention of ``q [batch, num_qo_heads, head_dim]`` over the planned requests. Returns ``out`` (and
+        ``lse`` ``[batch, num_qo_heads]``, log base 2, when ``return_lse``)."""
+        if not self._planned:
+            raise RuntimeError("BatchDecodeWithPagedKVCacheWrapper.run() called before plan()")
+        if sinks is not None or (q_len_per_req or 1) != 1:
+            raise NotImplementedError("attention sinks and q_len_per_req > 1 are not supported")
+        k_cache, v_cache = _split_cache(paged_kv_cache)
+        o, s = _decode(q, k_cache, v_cache, self._indptr, self._indices, self._last, self._kv_layout, self._rope,
+                       self._window_left if window_left is None else window_left, self._logits_soft_cap,
+                       self._sm_scale, q_scale, k_scale, v_scale, self._rope_scale, self._rope_theta)
+        if out is not None:
+            out.copy_(o)
+            o = out
+        if lse is not None:
+            lse.copy_(s)
+            s = lse
+        return (o, s) if return_lse else o
+
+    def run_return_lse(self, q, paged_kv_cache, *args, **kwargs):
+        return self.run(q, paged_kv_cache, *args, return_lse=True, **kwargs)
+
+    def forward(self, q, paged_kv_cache, pos_encoding_mode: str = "NONE", q_scale=None, k_scale=None, v_scale=None,
+                window_left: int = -1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None):
+        """Legacy entry point: parameters given per call instead of to plan()."""
+        self._rope = _rope_mode(pos_encoding_mode)
+        self._logits_soft_cap, self._sm_scale = logits_soft_cap, sm_scale
+        self._rope_scale, self._rope_theta = rope_scale, rope_theta
+        return self.run(q, paged_kv_cache, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, window_left=window_left)
+
+    def forward_return_lse(self, q, paged_kv_cache, pos_encoding_mode: str = "NONE", q_scale=None, k_scale=None,
+                           v_scale=None, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
+                           rope_scale=None, rope_theta=None):
+        self._rope = _rope_mode(pos_encoding_mode)
+        self._logits_soft_cap, self._sm_scale = logits_soft_cap, sm_scale
+        self._rope_scale, self._rope_theta = rope_scale, rope_theta
+        return self.run(q, paged_kv_cache, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, window_left=window_left,
+                        return_lse=True)
+
+
+class CUDAGraphBatchDecodeWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):
+    """The CUDA-graph form: fixed page-table buffers given up front."""
+
+    def __init__(self, workspace_buffer: torch.Tensor, indptr_buffer: torch.Tensor, indices_buffer: torch.Tensor,
+                 last_page_len_buffer: torch.Tensor, kv_layout: str = "NHD", use_tensor_cores: bool = False) -> None:
+        super().__init__(workspace_buffer, kv_layout, use_cuda_graph=True, use_tensor_cores=use_tensor_cores,
+                         paged_kv_indptr_buffer=indptr_buffer, paged_kv_indices_buffer=indices_buffer,
+                         paged_kv_last_page_len_buffer=last_page_len_buffer)

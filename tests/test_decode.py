@@ -1,0 +1,204 @@
+import math
+
+import pytest
+import torch
+
+import flashinfer
+import reference as ref
+from helpers import assert_matches, poison_allocator
+
+
+def _batch(lengths, page_size, hkv, d, kv_dtype, device, layout="NHD", form="5d", num_pages=None, seed=0):
+    """A paged cache holding requests of the given lengths on randomly ordered pages, and its page tables."""
+    g = torch.Generator().manual_seed(seed)
+    counts = [(n + page_size - 1) // page_size for n in lengths]
+    num_pages = num_pages or sum(counts) + 3
+    perm = torch.randperm(num_pages, generator=g)[: sum(counts)].to(torch.int32)
+    indptr = torch.tensor([0] + torch.tensor(counts, dtype=torch.int64).cumsum(0).tolist(), dtype=torch.int32)
+    last = torch.tensor([(n - 1) % page_size + 1 if n else 0 for n in lengths], dtype=torch.int32)
+    shape = (num_pages, 2, page_size, hkv, d) if layout == "NHD" else (num_pages, 2, hkv, page_size, d)
+    cache = (torch.randn(shape, generator=g) * 2).to(kv_dtype).to(device)
+    if form == "tuple":
+        cache = (cache[:, 0].contiguous(), cache[:, 1].contiguous())
+    return cache, perm.to(device), indptr.to(device), last.to(device)
+
+
+def _logical(cache, layout):
+    k, v = cache if isinstance(cache, tuple) else (cache[:, 0], cache[:, 1])
+    if layout == "HND":
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+    return k.cpu().double(), v.cpu().double()
+
+
+def _expect(q, cache, layout, indptr, indices, last, dtype, **kw):
+    k_pages, v_pages = _logical(cache, layout)
+    k_scale, v_scale = kw.pop("k_scale", 1.0), kw.pop("v_scale", 1.0)
+    outs, lses, base_outs, base_lses = [], [], [], []
+    for b in range(q.shape[0]):
+        k, v = ref.paged_kv(k_pages, v_pages, indptr.cpu(), indices.cpu(), last.cpu(), b)
+        o, s = ref.decode_one(q[b].cpu(), k * k_scale, v * v_scale, **kw)
+        bo, bs = ref.decode_one(q[b].cpu(), k * k_scale, v * v_scale, dtype=dtype, **kw)
+        outs.append(o), lses.append(s), base_outs.append(bo), base_lses.append(bs)
+    return torch.stack(outs), torch.stack(lses), torch.stack(base_outs), torch.stack(base_lses)
+
+
+def _check(out, lse, expect, device_what=""):
+    e_out, e_lse, b_out, b_lse = expect
+    assert_matches(out, e_out, b_out, f"{device_what} out")
+    finite = torch.isfinite(e_lse)
+    assert torch.equal(torch.isfinite(lse.cpu()), finite), "lse must be -inf exactly for empty requests"
+    assert_matches(lse.cpu()[finite], e_lse[finite], b_lse[finite], f"{device_what} lse")
+
+
+LENGTHS = [0, 1, 15, 16, 17, 100]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("group", [1, 4, 7])
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_batch_decode(device, dtype, head_dim, group, page_size, layout):
+    hkv = 2
+    cache, indices, indptr, last = _batch(LENGTHS, page_size, hkv, head_dim, dtype, device, layout)
+    # q sliced out of a packed projection: strided, not contiguous.
+    packed = torch.randn(len(LENGTHS), hkv * group + 3, head_dim, dtype=dtype, device=device)
+    q = packed[:, 1 : 1 + hkv * group]
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), kv_layout=layout)
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, head_dim, page_size, q_data_type=dtype)
+    poison_allocator(device, q.numel() * 4 * 40)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    _check(out, lse, _expect(q, cache, layout, indptr, indices, last, dtype, sm_scale=1 / math.sqrt(head_dim)))
+
+
+@pytest.mark.parametrize("feature", ["window", "soft_cap", "rope", "sm_scale", "tuple_cache"])
+def test_batch_decode_features(device, feature):
+    dtype, d, hkv, group, page = torch.bfloat16, 128, 2, 4, 16
+    form = "tuple" if feature == "tuple_cache" else "5d"
+    cache, indices, indptr, last = _batch(LENGTHS, page, hkv, d, dtype, device, form=form)
+    q = torch.randn(len(LENGTHS), hkv * group, d, dtype=dtype, device=device)
+    kw = dict(sm_scale=1 / math.sqrt(d))
+    plan = {}
+    if feature == "window":
+        plan["window_left"] = kw["window_left"] = 9
+    elif feature == "soft_cap":
+        plan["logits_soft_cap"] = kw["logits_soft_cap"] = 5.0
+    elif feature == "rope":
+        plan.update(pos_encoding_mode="ROPE_LLAMA", rope_theta=5e5)
+        kw["rope"] = (1.0, 5e5)
+    elif feature == "sm_scale":
+        plan["sm_scale"] = kw["sm_scale"] = 0.3
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page, **plan)
+    out, lse = wrapper.run_return_lse(q, cache)
+    _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, **kw), feature)
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_batch_decode_fp8_kv(device, kv_dtype):
+    dtype, d, hkv, group, page = torch.float16, 128, 2, 4, 16
+    cache, indices, indptr, last = _batch(LENGTHS, page, hkv, d, kv_dtype, device)
+    q = torch.randn(len(LENGTHS), hkv * group, d, dtype=dtype, device=device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page)
+    out, lse = wrapper.run(q, cache, k_scale=0.5, v_scale=2.0, return_lse=True)
+    _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, sm_scale=1 / math.sqrt(d),
+                             k_scale=0.5, v_scale=2.0), "fp8")
+
+
+def test_batch_decode_out_of_range_pages_are_masked(device):
+    d, hkv, page = 64, 1, 4
+    cache, indices, indptr, last = _batch([8, 8], page, hkv, d, torch.bfloat16, device, num_pages=4)
+    bad = indices.clone()
+    bad[1] = 1000  # request 0's second page points outside the cache: its 4 tokens are masked
+    q = torch.randn(2, 2, d, dtype=torch.bfloat16, device=device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(indptr, bad, last, 2, hkv, d, page)
+    out = wrapper.run(q, cache)
+    # Same as a request made of the first page only.
+    wrapper.plan(torch.tensor([0, 1, 3], dtype=torch.int32, device=device), bad[[0, 2, 3]],
+                 torch.tensor([4, 4], dtype=torch.int32, device=device), 2, hkv, d, page)
+    expect = wrapper.run(q, cache)
+    torch.testing.assert_close(out[0], expect[0])
+    torch.testing.assert_close(out[1], expect[1])
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_single_decode(device, layout):
+    d, hkv, hq, n = 128, 2, 8, 37
+    q = torch.randn(hq, d, dtype=torch.bfloat16, device=device)
+    k = torch.randn(n, hkv, d, dtype=torch.bfloat16, device=device)
+    v = torch.randn(n, hkv, d, dtype=torch.bfloat16, device=device)
+    kk, vv = (k, v) if layout == "NHD" else (k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous())
+    out, lse = flashinfer.single_decode_with_kv_cache(q, kk, vv, kv_layout=layout, return_lse=True)
+    e_out, e_lse = ref.decode_one(q.cpu(), k.cpu(), v.cpu(), 1 / math.sqrt(d))
+    b_out, b_lse = ref.decode_one(q.cpu(), k.cpu(), v.cpu(), 1 / math.sqrt(d), dtype=torch.bfloat16)
+    assert_matches(out, e_out, b_out, "single decode")
+    assert_matches(lse, e_lse, b_lse, "single decode lse")
+    empty = flashinfer.single_decode_with_kv_cache(q, k[:0], v[:0])
+    assert torch.equal(empty, torch.zeros_like(q))
+
+
+def test_decode_wrapper_compiles_fullgraph(device):
+    d, hkv, group, page = 64, 2, 2, 16
+    cache, indices, indptr, last = _batch([5, 40, 17], page, hkv, d, torch.bfloat16, device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page)
+    q = torch.randn(3, hkv * group, d, dtype=torch.bfloat16, device=device)
+    expect = wrapper.run(q, cache)
+    torch._dynamo.reset()
+    got = torch.compile(lambda q, c: wrapper.run(q, c), fullgraph=True)(q, cache)
+    torch.testing.assert_close(got, expect)
+
+
+@pytest.mark.parametrize("case,msg", [
+    (dict(head_dim=96), r"unsupported head_dim 96: supported 64, 128, 256"),
+    (dict(hq=6, hkv=4), r"num_qo_heads \(6\) must be a multiple of num_kv_heads \(4\)"),
+    (dict(indptr_dtype=torch.int64), r"indptr must be int32"),
+])
+def test_plan_bad_input(case, msg):
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1))
+    indptr = torch.tensor([0, 1], dtype=case.get("indptr_dtype", torch.int32))
+    with pytest.raises(ValueError, match=msg):
+        wrapper.plan(indptr, torch.zeros(1, dtype=torch.int32), torch.ones(1, dtype=torch.int32), case.get("hq", 4),
+                     case.get("hkv", 2), case.get("head_dim", 128), 16)
+
+
+def test_op_bad_input_named(device):
+    q = torch.randn(2, 4, 96, dtype=torch.bfloat16, device=device)
+    cache = torch.randn(3, 2, 16, 2, 96, dtype=torch.bfloat16, device=device)
+    i32 = dict(dtype=torch.int32, device=device)
+    with pytest.raises(RuntimeError, match=r"batch_decode_with_paged_kv_cache: unsupported head_dim 96"):
+        torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
+            q, cache, None, torch.tensor([0, 1, 2], **i32), torch.tensor([0, 1], **i32), torch.tensor([1, 1], **i32),
+            "NHD", False, -1, 0.0, 0.1, 1.0, 1.0, 1.0, 1e4)
+
+
+class _AppendDecode(torch.nn.Module):
+    """One decode step of one layer: write the new token's K/V into the cache, then attend."""
+
+    def forward(self, q, k_new, v_new, cache, batch_indices, positions, indices, indptr, last):
+        flashinfer.append_paged_kv_cache(k_new, v_new, batch_indices, positions, cache, indices, indptr, last)
+        return torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
+            q, cache, None, indptr, indices, last, "NHD", False, -1, 0.0, q.shape[-1] ** -0.5, 1.0, 1.0, 1.0, 1e4)[0]
+
+
+def test_export_append_and_decode(device):
+    d, hkv, group, page = 64, 2, 2, 16
+    lens = [5, 17, 32]  # after the append
+    cache, indices, indptr, last = _batch(lens, page, hkv, d, torch.bfloat16, device)
+    q = torch.randn(3, hkv * group, d, dtype=torch.bfloat16, device=device)
+    k_new = torch.randn(3, hkv, d, dtype=torch.bfloat16, device=device)
+    v_new = torch.randn(3, hkv, d, dtype=torch.bfloat16, device=device)
+    b = torch.arange(3, dtype=torch.int32, device=device)
+    pos = torch.tensor([n - 1 for n in lens], dtype=torch.int32, device=device)
+    args = (q, k_new, v_new, cache, b, pos, indices, indptr, last)
+    expect_cache = cache.clone()
+    expect = _AppendDecode()(q, k_new, v_new, expect_cache, *args[4:])
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    dyn = ({0: batch}, {0: batch}, {0: batch}, None, {0: batch}, {0: batch}, None, {0: batch + 1}, {0: batch})
+    ep = torch.export.export(_AppendDecode(), args, dynamic_shapes=dyn)
+    assert sorted(ep.run_decompositions({}).graph_signature.user_inputs_to_mutate.values()) == ["cache"]
+    got = ep.module()(*args)
+    torch.testing.assert_close(got, expect)
+    assert torch.equal(cache, expect_cache)
