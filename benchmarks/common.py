@@ -1,7 +1,8 @@
 """Shared benchmark machinery: CUDA-graph timing over rotating input sets, bandwidth, and the upstream
 FlashInfer peer run in a subprocess (it also imports as `flashinfer`).
 
-Each bench_<family>.py defines CASES: name -> (sizes, make(size) -> state, {impl: fn(state)}, bytes(size)).
+Each bench_<family>.py defines CASES: name -> (sizes, make(size) -> state, {impl: fn(state) or (make, fn)},
+bytes(size)).
 The same file runs in the peer's process with --impl upstream, where `import flashinfer` is upstream's.
 """
 
@@ -46,8 +47,10 @@ def run_impls(cases, impls):
             for impl in impls:
                 if impl not in fns:
                     continue
+                # An impl is fn(state), or (make, fn) when it needs inputs of its own (e.g. a contiguous cache).
+                make_i, fn = fns[impl] if isinstance(fns[impl], tuple) else (make, fns[impl])
                 try:
-                    us = time_us(lambda s: fns[impl](s), lambda: make(size), nbytes(size))
+                    us = time_us(fn, lambda: make_i(size), nbytes(size))
                     rows.append(dict(case=case, size=str(size), impl=impl, us=us, gbps=nbytes(size) / us / 1e3))
                 except Exception as e:  # a peer that cannot run a shape is reported, not fatal
                     rows.append(dict(case=case, size=str(size), impl=impl, error=f"{type(e).__name__}: {e}"[:200]))
@@ -72,7 +75,7 @@ def main(script, cases, local_impls):
     ap.add_argument("--json", default=None, help="write rows as JSON to this path ('-': stdout)")
     args = ap.parse_args()
     if args.impl == "upstream":
-        rows = run_impls(cases, ["upstream"])
+        rows = run_impls(cases, sorted({i for c in cases.values() for i in c[2] if i.startswith("upstream")}))
     else:
         rows = run_impls(cases, local_impls)
         if os.path.isdir(args.peer):
