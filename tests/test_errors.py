@@ -13,6 +13,16 @@ def _x(device, *shape, dtype=bf16):
     return torch.randn(*shape, dtype=dtype, device=device)
 
 
+def _append(d, positions=None, cache=None, kv_layout="NHD"):
+    """A valid append of 2 tokens into a 4-page cache, with one argument replaced."""
+    i32 = dict(dtype=torch.int32, device=d)
+    flashinfer.append_paged_kv_cache(
+        _x(d, 2, 2, 64), _x(d, 2, 2, 64), torch.zeros(2, **i32),
+        torch.zeros(2, **i32) if positions is None else positions,
+        _x(d, 4, 2, 16, 2, 64) if cache is None else cache, torch.zeros(4, **i32), torch.tensor([0, 4], **i32),
+        torch.ones(1, **i32), kv_layout=kv_layout)
+
+
 CASES = {
     "rmsnorm int input": (lambda d: flashinfer.rmsnorm(torch.ones(2, 8, dtype=torch.int32, device=d), _x(d, 8)),
                           r"rmsnorm: input must be float16, bfloat16 or float32, got Int"),
@@ -71,34 +81,13 @@ CASES = {
                             torch.randn(16, 64, device=d)),
                         r"query must be \[nnz, num_heads \* head_size\] or \[nnz, num_heads, head_size\] with "
                         r"head_size=64, got shape \[4, 100\]"),
-    "append int64 positions": (lambda d: flashinfer.append_paged_kv_cache(
-                                   _x(d, 2, 2, 64), _x(d, 2, 2, 64), torch.zeros(2, dtype=torch.int32, device=d),
-                                   torch.zeros(2, dtype=torch.int64, device=d), _x(d, 4, 2, 16, 2, 64),
-                                   torch.zeros(4, dtype=torch.int32, device=d),
-                                   torch.tensor([0, 4], dtype=torch.int32, device=d),
-                                   torch.ones(1, dtype=torch.int32, device=d)),
+    "append int64 positions": (lambda d: _append(d, positions=torch.zeros(2, dtype=torch.int64, device=d)),
                                r"append_paged_kv_cache: positions must be int32, got Long"),
-    "append cache heads": (lambda d: flashinfer.append_paged_kv_cache(
-                               _x(d, 2, 2, 64), _x(d, 2, 2, 64), torch.zeros(2, dtype=torch.int32, device=d),
-                               torch.zeros(2, dtype=torch.int32, device=d), _x(d, 4, 2, 16, 4, 64),
-                               torch.zeros(4, dtype=torch.int32, device=d),
-                               torch.tensor([0, 4], dtype=torch.int32, device=d),
-                               torch.ones(1, dtype=torch.int32, device=d)),
+    "append cache heads": (lambda d: _append(d, cache=_x(d, 4, 2, 16, 4, 64)),
                            r"append_paged_kv_cache: paged_kv_cache must hold num_kv_heads=2 and head_dim=64"),
-    "append cache dtype": (lambda d: flashinfer.append_paged_kv_cache(
-                               _x(d, 2, 2, 64), _x(d, 2, 2, 64), torch.zeros(2, dtype=torch.int32, device=d),
-                               torch.zeros(2, dtype=torch.int32, device=d),
-                               _x(d, 4, 2, 16, 2, 64, dtype=torch.float16),
-                               torch.zeros(4, dtype=torch.int32, device=d),
-                               torch.tensor([0, 4], dtype=torch.int32, device=d),
-                               torch.ones(1, dtype=torch.int32, device=d)),
+    "append cache dtype": (lambda d: _append(d, cache=_x(d, 4, 2, 16, 2, 64, dtype=torch.float16)),
                            r"append_paged_kv_cache: paged_kv_cache must have the dtype of append_key \(BFloat16\)"),
-    "append layout": (lambda d: flashinfer.append_paged_kv_cache(
-                          _x(d, 2, 2, 64), _x(d, 2, 2, 64), torch.zeros(2, dtype=torch.int32, device=d),
-                          torch.zeros(2, dtype=torch.int32, device=d), _x(d, 4, 2, 16, 2, 64),
-                          torch.zeros(4, dtype=torch.int32, device=d),
-                          torch.tensor([0, 4], dtype=torch.int32, device=d),
-                          torch.ones(1, dtype=torch.int32, device=d), kv_layout="NDH"),
+    "append layout": (lambda d: _append(d, kv_layout="NDH"),
                       r'append_paged_kv_cache: kv_layout must be "NHD" or "HND", got "NDH"'),
     "seq_lens int64 indptr": (lambda d: flashinfer.get_seq_lens(torch.tensor([0, 2], device=d),
                                                                 torch.ones(1, dtype=torch.int32, device=d), 16),
