@@ -239,6 +239,20 @@ void check_page_table(const at::Tensor& indptr, const char* indptr_name, const a
            indptr.size(0));
 }
 
+// The cache and its page tables: on `ref`'s device, int32 tables of consistent sizes, pages of at least one entry.
+void check_paged_tables(const PagedKV& cache, const at::Tensor& kv_indices, const at::Tensor& kv_indptr,
+                        const at::Tensor& kv_last_page_len, const at::Tensor& ref, const char* ref_name,
+                        const char* op) {
+  for (auto [t, name] : {std::pair{&cache.k, "paged_kv_cache"}, std::pair{&kv_indices, "kv_indices"},
+                         std::pair{&kv_indptr, "kv_indptr"}}) {
+    check_same_device(*t, name, ref, ref_name, op);
+  }
+  FI_CHECK(kv_indices.scalar_type() == at::kInt && kv_indices.dim() == 1, op,
+           "kv_indices must be 1-D int32, got ", kv_indices.scalar_type(), " of shape ", kv_indices.sizes());
+  check_page_table(kv_indptr, "kv_indptr", kv_last_page_len, "kv_last_page_len", op);
+  FI_CHECK(cache.page_size > 0, op, "the paged KV cache must have page_size > 0");
+}
+
 void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tensor& batch_indices,
                   const at::Tensor& positions, const PagedKV& cache, const at::Tensor& kv_indices,
                   const at::Tensor& kv_indptr, const at::Tensor& kv_last_page_len, const char* op) {
@@ -247,9 +261,8 @@ void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tens
   FI_CHECK(value.sizes() == key.sizes(), op, "append_value must have the shape of append_key (", key.sizes(),
            "), got ", value.sizes());
   check_same_dtype(value, "append_value", key, "append_key", op);
-  for (auto [t, name] : {std::pair{&value, "append_value"}, std::pair{&cache.k, "paged_kv_cache"},
-                         std::pair{&batch_indices, "batch_indices"}, std::pair{&positions, "positions"},
-                         std::pair{&kv_indices, "kv_indices"}, std::pair{&kv_indptr, "kv_indptr"}}) {
+  for (auto [t, name] : {std::pair{&value, "append_value"}, std::pair{&batch_indices, "batch_indices"},
+                         std::pair{&positions, "positions"}}) {
     check_same_device(*t, name, key, "append_key", op);
   }
   check_same_dtype(cache.k, "paged_kv_cache", key, "append_key", op);
@@ -261,10 +274,7 @@ void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tens
     FI_CHECK(t->dim() == 1 && t->size(0) == key.size(0), op, name, " must have shape [nnz=", key.size(0), "], got ",
              t->sizes());
   }
-  FI_CHECK(kv_indices.scalar_type() == at::kInt && kv_indices.dim() == 1, op,
-           "kv_indices must be 1-D int32, got ", kv_indices.scalar_type(), " of shape ", kv_indices.sizes());
-  check_page_table(kv_indptr, "kv_indptr", kv_last_page_len, "kv_last_page_len", op);
-  FI_CHECK(cache.page_size > 0, op, "the paged KV cache must have page_size > 0");
+  check_paged_tables(cache, kv_indices, kv_indptr, kv_last_page_len, key, "append_key", op);
 }
 
 // ---- decode ----
@@ -282,13 +292,7 @@ void check_decode(const at::Tensor& q, const PagedKV& cache, const at::Tensor& k
   FI_CHECK(kd == q.scalar_type() || kd == at::kFloat8_e4m3fn || kd == at::kFloat8_e5m2, op,
            "paged_kv_cache must have the dtype of q (", q.scalar_type(), ") or be float8_e4m3fn / float8_e5m2, got ",
            kd);
-  for (auto [t, name] : {std::pair{&cache.k, "paged_kv_cache"}, std::pair{&kv_indices, "kv_indices"},
-                         std::pair{&kv_indptr, "kv_indptr"}}) {
-    check_same_device(*t, name, q, "q", op);
-  }
-  FI_CHECK(kv_indices.scalar_type() == at::kInt && kv_indices.dim() == 1, op,
-           "kv_indices must be 1-D int32, got ", kv_indices.scalar_type(), " of shape ", kv_indices.sizes());
-  check_page_table(kv_indptr, "kv_indptr", kv_last_page_len, "kv_last_page_len", op);
+  check_paged_tables(cache, kv_indices, kv_indptr, kv_last_page_len, q, "q", op);
   FI_CHECK(kv_last_page_len.size(0) == q.size(0), op, "kv_last_page_len must have batch_size=", q.size(0),
            " entries (q's first dim), got ", kv_last_page_len.size(0));
 }

@@ -59,6 +59,9 @@ struct PagedKV {
 };
 PagedKV paged_kv_views(const at::Tensor& k_cache, const std::optional<at::Tensor>& v_cache,
                        const std::string& kv_layout, const char* op);
+void check_paged_tables(const PagedKV& cache, const at::Tensor& kv_indices, const at::Tensor& kv_indptr,
+                        const at::Tensor& kv_last_page_len, const at::Tensor& ref, const char* ref_name,
+                        const char* op);
 void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tensor& batch_indices,
                   const at::Tensor& positions, const PagedKV& cache, const at::Tensor& kv_indices,
                   const at::Tensor& kv_indptr, const at::Tensor& kv_last_page_len, const char* op);

@@ -3,6 +3,7 @@
 import torch
 
 from . import checks
+from .page import paged_cache_heads_dim
 
 
 @torch.library.register_fake("flashinfer::batch_decode_with_paged_kv_cache")
@@ -10,22 +11,18 @@ def batch_decode_with_paged_kv_cache(q, paged_k_cache, paged_v_cache, kv_indptr,
                                      kv_layout, rope_llama, window_left, logits_soft_cap, sm_scale, k_scale, v_scale,
                                      rope_scale, rope_theta):
     op = "batch_decode_with_paged_kv_cache"
-    checks.check(kv_layout in ("NHD", "HND"), op, f'kv_layout must be "NHD" or "HND", got "{kv_layout}"')
+    hkv, cache_dim = paged_cache_heads_dim(paged_k_cache, paged_v_cache, kv_layout, op)
     checks.check(q.dtype in (torch.float16, torch.bfloat16), op,
                  f"q must be float16 or bfloat16, got {checks.dtype_name(q.dtype)}")
     checks.check(q.dim() == 3, op, f"q must be 3-D, got shape {list(q.shape)}")
-    k = paged_k_cache if paged_v_cache is not None else paged_k_cache.select(1, 0)
-    checks.check(k.dim() == 4, op, "the paged KV cache must be 5-D or a tuple of 4-D tensors, got shape "
-                 f"{list(paged_k_cache.shape)}")
-    hkv = k.shape[1] if kv_layout == "HND" else k.shape[2]
     d = q.shape[2]
     checks.check(d in (64, 128, 256), op, f"unsupported head_dim {d}: supported 64, 128, 256")
-    checks.check(k.shape[3] == d, op, f"paged_kv_cache must have head_dim {d} (that of q), got {k.shape[3]}")
+    checks.check(cache_dim == d, op, f"paged_kv_cache must have head_dim {d} (that of q), got {cache_dim}")
     checks.check(hkv > 0 and q.shape[1] % hkv == 0, op,
                  f"num_qo_heads ({q.shape[1]}) must be a multiple of num_kv_heads ({hkv})")
-    checks.check(k.dtype in (q.dtype, torch.float8_e4m3fn, torch.float8_e5m2), op,
+    checks.check(paged_k_cache.dtype in (q.dtype, torch.float8_e4m3fn, torch.float8_e5m2), op,
                  f"paged_kv_cache must have the dtype of q ({checks.dtype_name(q.dtype)}) or be float8_e4m3fn / "
-                 f"float8_e5m2, got {checks.dtype_name(k.dtype)}")
+                 f"float8_e5m2, got {checks.dtype_name(paged_k_cache.dtype)}")
     checks.same_device(paged_k_cache, "paged_kv_cache", q, "q", op)
     checks.check(kv_last_page_len.shape[0] == q.shape[0], op,
                  f"kv_last_page_len must have batch_size={q.shape[0]} entries (q's first dim), got "

@@ -15,15 +15,20 @@ def _page_table(indptr, indptr_name, per_request, per_request_name, op):
                  f"has {per_request.shape[0]}), got {indptr.shape[0]}")
 
 
+def paged_cache_heads_dim(paged_k_cache, paged_v_cache, kv_layout, op):
+    """(num_kv_heads, head_dim) of a 5-D cache (paged_v_cache None) or of K/V 4-D caches, after checking the form."""
+    checks.check(kv_layout in ("NHD", "HND"), op, f'kv_layout must be "NHD" or "HND", got "{kv_layout}"')
+    k = paged_k_cache if paged_v_cache is not None else paged_k_cache.select(1, 0)
+    checks.check(k.dim() == 4, op, "the paged KV cache must be 5-D or a tuple of 4-D tensors, got shape "
+                 f"{list(paged_k_cache.shape)}")
+    return (k.shape[1] if kv_layout == "HND" else k.shape[2]), k.shape[3]
+
+
 @torch.library.register_fake("flashinfer::append_paged_kv_cache")
 def append_paged_kv_cache(append_key, append_value, batch_indices, positions, paged_k_cache, paged_v_cache,
                           kv_indices, kv_indptr, kv_last_page_len, kv_layout):
     op = "append_paged_kv_cache"
-    checks.check(kv_layout in ("NHD", "HND"), op, f'kv_layout must be "NHD" or "HND", got "{kv_layout}"')
-    k = paged_k_cache if paged_v_cache is not None else paged_k_cache.select(1, 0)
-    checks.check(k.dim() == 4, op, f"the paged KV cache must be 5-D or a tuple of 4-D tensors, got shape "
-                 f"{list(paged_k_cache.shape)}")
-    heads, dim = (k.shape[1], k.shape[3]) if kv_layout == "HND" else (k.shape[2], k.shape[3])
+    heads, dim = paged_cache_heads_dim(paged_k_cache, paged_v_cache, kv_layout, op)
     checks.float_dtype(append_key, "append_key", op)
     checks.check(append_key.dim() == 3, op, f"append_key must be 3-D, got shape {list(append_key.shape)}")
     checks.check(append_value.shape == append_key.shape, op,

@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .page import _validating, validate_page_table
+from .page import _validating, split_paged_kv_cache, validate_page_table
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper",
            "CUDAGraphBatchDecodeWithPagedKVCacheWrapper"]
@@ -36,12 +36,6 @@ def _decode(q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope
         0.0 if logits_soft_cap is None else float(logits_soft_cap), float(scale),
         1.0 if k_scale is None else float(k_scale), 1.0 if v_scale is None else float(v_scale),
         1.0 if rope_scale is None else float(rope_scale), 1e4 if rope_theta is None else float(rope_theta))
-
-
-def _split_cache(paged_kv_cache):
-    if isinstance(paged_kv_cache, (tuple, list)):
-        return paged_kv_cache[0], paged_kv_cache[1]
-    return paged_kv_cache, None
 
 
 def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layout: str = "NHD",
@@ -130,8 +124,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
             if t.dtype != torch.int32:
                 raise ValueError(f"{name} must be int32, got {t.dtype}")
         if _validating(validate):
-            num_pages = torch.iinfo(torch.int32).max  # the cache is not known until run(); ids checked there
-            validate_page_table(indptr, indices, last_page_len, num_pages, page_size)
+            # The cache is not known until run(): page ids are only checked to be >= 0 here.
+            validate_page_table(indptr, indices, last_page_len, None, page_size)
         batch = last_page_len.shape[0]
         if self._use_cuda_graph:
             if indptr.shape[0] > self._indptr_buf.shape[0] or indices.shape[0] > self._indices_buf.shape[0]:
@@ -168,7 +162,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise RuntimeError("BatchDecodeWithPagedKVCacheWrapper.run() called before plan()")
         if sinks is not None or (q_len_per_req or 1) != 1:
             raise NotImplementedError("attention sinks and q_len_per_req > 1 are not supported")
-        k_cache, v_cache = _split_cache(paged_kv_cache)
+        k_cache, v_cache, _, _ = split_paged_kv_cache(paged_kv_cache, self._kv_layout)
         o, s = _decode(q, k_cache, v_cache, self._indptr, self._indices, self._last, self._kv_layout, self._rope,
                        self._window_left if window_left is None else window_left, self._logits_soft_cap,
                        self._sm_scale, q_scale, k_scale, v_scale, self._rope_scale, self._rope_theta)
@@ -184,21 +178,17 @@ class BatchDecodeWithPagedKVCacheWrapper:
         return self.run(q, paged_kv_cache, *args, return_lse=True, **kwargs)
 
     def forward(self, q, paged_kv_cache, pos_encoding_mode: str = "NONE", q_scale=None, k_scale=None, v_scale=None,
-                window_left: int = -1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None):
-        """Legacy entry point: parameters given per call instead of to plan()."""
-        self._rope = _rope_mode(pos_encoding_mode)
-        self._logits_soft_cap, self._sm_scale = logits_soft_cap, sm_scale
-        self._rope_scale, self._rope_theta = rope_scale, rope_theta
-        return self.run(q, paged_kv_cache, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, window_left=window_left)
-
-    def forward_return_lse(self, q, paged_kv_cache, pos_encoding_mode: str = "NONE", q_scale=None, k_scale=None,
-                           v_scale=None, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
-                           rope_scale=None, rope_theta=None):
+                window_left: int = -1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None,
+                return_lse: bool = False):
+        """Legacy entry point: attention parameters given per call instead of to plan()."""
         self._rope = _rope_mode(pos_encoding_mode)
         self._logits_soft_cap, self._sm_scale = logits_soft_cap, sm_scale
         self._rope_scale, self._rope_theta = rope_scale, rope_theta
         return self.run(q, paged_kv_cache, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, window_left=window_left,
-                        return_lse=True)
+                        return_lse=return_lse)
+
+    def forward_return_lse(self, q, paged_kv_cache, *args, **kwargs):
+        return self.forward(q, paged_kv_cache, *args, return_lse=True, **kwargs)
 
 
 class CUDAGraphBatchDecodeWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):

@@ -15,7 +15,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-__all__ = ["append_paged_kv_cache", "get_batch_indices_positions", "get_seq_lens", "validate_page_table"]
+__all__ = ["append_paged_kv_cache", "get_batch_indices_positions", "get_seq_lens", "split_paged_kv_cache",
+           "validate_page_table"]
 
 # FLASHINFER_VALIDATE=1 turns on validate=True for every call that takes it.
 _VALIDATE_ENV = os.environ.get("FLASHINFER_VALIDATE", "0") == "1"
@@ -28,9 +29,22 @@ def _validating(validate: Optional[bool]) -> bool:
         torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
+def split_paged_kv_cache(paged_kv_cache, kv_layout: str = "NHD"):
+    """(k_cache, v_cache or None, num_pages, page_size) of a 5-D cache or a (k_cache, v_cache) tuple; the ops take
+    the 5-D form as k_cache with v_cache None."""
+    if isinstance(paged_kv_cache, (tuple, list)):
+        k_cache, v_cache = paged_kv_cache
+        k = k_cache
+    else:
+        k_cache, v_cache = paged_kv_cache, None
+        k = paged_kv_cache.select(1, 0)
+    return k_cache, v_cache, k.shape[0], k.shape[2] if kv_layout == "HND" else k.shape[1]
+
+
 def validate_page_table(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,
-                        num_pages: int, page_size: int) -> None:
-    """Checks page-table metadata on the host and raises ValueError naming the first problem found.
+                        num_pages: Optional[int], page_size: int) -> None:
+    """Checks page-table metadata on the host and raises ValueError naming the first problem found. Page ids
+    are checked against num_pages when it is known (None: only that they are >= 0).
 
     The kernels never read or write outside the cache whatever the metadata says (bad entries are skipped); this
     is for finding the bug that produced them. Cost: one device-to-host copy of the three tables (a sync), so
@@ -48,10 +62,11 @@ def validate_page_table(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_la
     if indptr.numel() and indptr[-1] > indices.numel():
         raise ValueError(f"kv_indptr[-1]={int(indptr[-1])} exceeds the {indices.numel()} entries of kv_indices")
     used = indices[int(indptr[0]):int(indptr[-1])] if indptr.numel() else indices[:0]
-    bad = (used < 0) | (used >= num_pages)
+    bad = (used < 0) | (used >= (num_pages if num_pages is not None else torch.iinfo(torch.int64).max))
     if bad.any():
         i = int(bad.nonzero()[0]) + (int(indptr[0]) if indptr.numel() else 0)
-        raise ValueError(f"kv_indices[{i}]={int(indices[i])} is not a page of the cache (0..{num_pages - 1})")
+        pages = f"0..{num_pages - 1}" if num_pages is not None else ">= 0"
+        raise ValueError(f"kv_indices[{i}]={int(indices[i])} is not a page of the cache ({pages})")
     has_pages = steps > 0
     bad = has_pages & ((last < 1) | (last > page_size))
     if bad.any():
@@ -71,18 +86,15 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, 
 
     ``validate=True`` (or FLASHINFER_VALIDATE=1) first checks the page tables on the host
     (:func:`validate_page_table`) and that every appended token lands inside its request; eager only."""
-    if isinstance(paged_kv_cache, (tuple, list)):
-        k_cache, v_cache = paged_kv_cache
-    else:
-        k_cache, v_cache = paged_kv_cache, None
+    k_cache, v_cache, num_pages, page_size = split_paged_kv_cache(paged_kv_cache, kv_layout)
     if _validating(validate):
-        hnd = kv_layout == "HND"
-        pages = k_cache.shape[0]
-        page_size = k_cache.shape[(2 if hnd else 1) + (0 if v_cache is not None else 1)]
-        validate_page_table(kv_indptr, kv_indices, kv_last_page_len, pages, page_size)
-        lens = get_seq_lens(kv_indptr, kv_last_page_len, page_size).cpu()
+        validate_page_table(kv_indptr, kv_indices, kv_last_page_len, num_pages, page_size)
+        lens = get_seq_lens(kv_indptr, kv_last_page_len, page_size).cpu().long()
         b, p = batch_indices.cpu().long(), positions.cpu().long()
-        bad = (b < -1) | (b >= lens.numel()) | ((b >= 0) & ((p < 0) | (p >= lens[b.clamp(0, max(lens.numel() - 1, 0))])))
+        inside = (b >= 0) & (b < lens.numel())  # -1 marks padding, which append skips
+        length = torch.zeros_like(p)
+        length[inside] = lens[b[inside]]
+        bad = (b < -1) | (b >= lens.numel()) | (inside & ((p < 0) | (p >= length)))
         if bad.any():
             i = int(bad.nonzero()[0])
             raise ValueError(f"appended token {i} (batch_indices={int(b[i])}, positions={int(p[i])}) does not land "

@@ -50,3 +50,28 @@ def strided_rows(shape, dtype, device, layout):
         packed = torch.randn(t, (h + 2) * d, dtype=dtype, device=device)
         return packed[:, d : d + h * d].view(t, h, d)
     raise ValueError(layout)
+
+
+# ---- paged KV caches ----
+
+def page_table(lens, page_size):
+    """(indptr, last_page_len), int32 on the CPU, for requests of the given KV lengths."""
+    counts = [(n + page_size - 1) // page_size for n in lens]
+    indptr = torch.tensor([0] + torch.tensor(counts, dtype=torch.int64).cumsum(0).tolist(), dtype=torch.int32)
+    last = torch.tensor([(n - 1) % page_size + 1 if n > 0 else 0 for n in lens], dtype=torch.int32)
+    return indptr, last
+
+
+def paged_cache(num_pages, page_size, heads, dim, dtype, device, layout="NHD", form="5d", generator=None):
+    """A random cache: one 5-D NHD/HND tensor, or (form="tuple") separate K and V 4-D tensors."""
+    shape = (num_pages, 2, page_size, heads, dim) if layout == "NHD" else (num_pages, 2, heads, page_size, dim)
+    cache = (torch.randn(shape, generator=generator) * 2).to(dtype).to(device)
+    return (cache[:, 0].contiguous(), cache[:, 1].contiguous()) if form == "tuple" else cache
+
+
+def logical_pages(cache, layout):
+    """K and V pages as [num_pages, page_size, heads, head_dim] views of either cache form."""
+    k, v = cache if isinstance(cache, tuple) else (cache[:, 0], cache[:, 1])
+    if layout == "HND":
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+    return k, v

@@ -5,33 +5,21 @@ import torch
 
 import flashinfer
 import reference as ref
-from helpers import assert_matches, poison_allocator
+from helpers import assert_matches, logical_pages, page_table, paged_cache, poison_allocator
 
 
 def _batch(lengths, page_size, hkv, d, kv_dtype, device, layout="NHD", form="5d", num_pages=None, seed=0):
     """A paged cache holding requests of the given lengths on randomly ordered pages, and its page tables."""
     g = torch.Generator().manual_seed(seed)
-    counts = [(n + page_size - 1) // page_size for n in lengths]
-    num_pages = num_pages or sum(counts) + 3
-    perm = torch.randperm(num_pages, generator=g)[: sum(counts)].to(torch.int32)
-    indptr = torch.tensor([0] + torch.tensor(counts, dtype=torch.int64).cumsum(0).tolist(), dtype=torch.int32)
-    last = torch.tensor([(n - 1) % page_size + 1 if n else 0 for n in lengths], dtype=torch.int32)
-    shape = (num_pages, 2, page_size, hkv, d) if layout == "NHD" else (num_pages, 2, hkv, page_size, d)
-    cache = (torch.randn(shape, generator=g) * 2).to(kv_dtype).to(device)
-    if form == "tuple":
-        cache = (cache[:, 0].contiguous(), cache[:, 1].contiguous())
+    indptr, last = page_table(lengths, page_size)
+    num_pages = num_pages or int(indptr[-1]) + 3
+    perm = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
+    cache = paged_cache(num_pages, page_size, hkv, d, kv_dtype, device, layout, form, generator=g)
     return cache, perm.to(device), indptr.to(device), last.to(device)
 
 
-def _logical(cache, layout):
-    k, v = cache if isinstance(cache, tuple) else (cache[:, 0], cache[:, 1])
-    if layout == "HND":
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
-    return k.cpu().double(), v.cpu().double()
-
-
 def _expect(q, cache, layout, indptr, indices, last, dtype, **kw):
-    k_pages, v_pages = _logical(cache, layout)
+    k_pages, v_pages = (t.cpu().double() for t in logical_pages(cache, layout))
     k_scale, v_scale = kw.pop("k_scale", 1.0), kw.pop("v_scale", 1.0)
     outs, lses, base_outs, base_lses = [], [], [], []
     for b in range(q.shape[0]):
@@ -202,3 +190,10 @@ def test_export_append_and_decode(device):
     got = ep.module()(*args)
     torch.testing.assert_close(got, expect)
     assert torch.equal(cache, expect_cache)
+
+
+def test_plan_validate_names_a_negative_page_id():
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1))
+    i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    with pytest.raises(ValueError, match=r"kv_indices\[1\]=-2 is not a page of the cache \(>= 0\)"):
+        wrapper.plan(i32([0, 2]), i32([3, -2]), i32([5]), 4, 2, 64, 16, validate=True)

@@ -6,15 +6,16 @@ import pytest
 import torch
 
 import flashinfer
+from helpers import page_table
 
 B, HKV, GROUP, D, PAGE, MAX_PAGES = 4, 2, 4, 128, 16, 16
 
 
 def _tables(lens, page_order):
-    counts = [(n + PAGE - 1) // PAGE for n in lens]
+    """Page tables giving request b the first pages of page_order[b]."""
+    indptr, last = page_table(lens, PAGE)
+    counts = (indptr[1:] - indptr[:-1]).tolist()
     indices = torch.cat([page_order[b, :c] for b, c in enumerate(counts)])
-    indptr = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int32)
-    last = torch.tensor([(n - 1) % PAGE + 1 for n in lens], dtype=torch.int32)
     return indptr, indices.to(torch.int32), last
 
 

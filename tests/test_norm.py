@@ -12,14 +12,18 @@ HIDDEN = [1, 7, 100, 4096, 8200, 16387]
 ROWS = [0, 1, 5]
 
 
+def RMS_GRID(test):
+    """dtype x hidden x rows x (plain or Gemma) for the RMSNorm tests."""
+    for name, values in (("gemma", [False, True]), ("rows", ROWS), ("hidden", HIDDEN), ("dtype", DTYPES)):
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
 def _x(rows, hidden, dtype, device, layout="contiguous"):
     return strided_rows((rows, hidden), dtype, device, layout)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.parametrize("gemma", [False, True])
+@RMS_GRID
 def test_rmsnorm(device, dtype, hidden, rows, gemma):
     x = _x(rows, hidden, dtype, device)
     w = torch.randn(hidden, dtype=dtype, device=device)
@@ -51,10 +55,7 @@ def test_rmsnorm_fp32_weight(device, dtype):
     assert_matches(flashinfer.rmsnorm(x, w), ref.rmsnorm(x, w), ref.rmsnorm(x, w.to(dtype), dtype=dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.parametrize("gemma", [False, True])
+@RMS_GRID
 def test_fused_add_rmsnorm(device, dtype, hidden, rows, gemma):
     x = _x(rows, hidden, dtype, device)
     r = _x(rows, hidden, dtype, device)

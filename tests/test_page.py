@@ -3,32 +3,14 @@ import torch
 
 import flashinfer
 import reference as ref
+from helpers import logical_pages, page_table, paged_cache
 
 
 def _tables(lens, page_size, num_pages, device, seed=0):
     """Page tables for requests of the given KV lengths, pages drawn in random order from num_pages."""
-    g = torch.Generator().manual_seed(seed)
-    counts = [(n + page_size - 1) // page_size for n in lens]
-    perm = torch.randperm(num_pages, generator=g)[: sum(counts)]
-    indptr = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int32)
-    last = torch.tensor([(n - 1) % page_size + 1 if n > 0 else 0 for n in lens], dtype=torch.int32)
+    indptr, last = page_table(lens, page_size)
+    perm = torch.randperm(num_pages, generator=torch.Generator().manual_seed(seed))[: int(indptr[-1])]
     return perm.to(torch.int32).to(device), indptr.to(device), last.to(device)
-
-
-def _cache(num_pages, page_size, heads, dim, dtype, device, layout, form):
-    shape = (num_pages, 2, page_size, heads, dim) if layout == "NHD" else (num_pages, 2, heads, page_size, dim)
-    cache = torch.randn(shape, dtype=dtype, device=device)
-    if form == "tuple":
-        return (cache[:, 0].clone(), cache[:, 1].clone())
-    return cache
-
-
-def _logical(cache, layout):
-    """K and V pages as [P, page, H, D] views of either cache form."""
-    k, v = cache if isinstance(cache, tuple) else (cache[:, 0], cache[:, 1])
-    if layout == "HND":
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
-    return k, v
 
 
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
@@ -41,8 +23,8 @@ def test_append_paged_kv_cache(device, layout, form, page_size, dtype):
     new = [3, 0, 17, 1, 2]           # tokens appended per request (0: request untouched)
     lens = [o + n for o, n in zip(old, new)]
     indices, indptr, last = _tables(lens, page_size, 64, device)
-    cache = _cache(64, page_size, heads, dim, dtype, device, layout, form)
-    expect_k, expect_v = (t.clone() for t in _logical(cache, layout))
+    cache = paged_cache(64, page_size, heads, dim, dtype, device, layout, form)
+    expect_k, expect_v = (t.clone() for t in logical_pages(cache, layout))
 
     append_indptr = torch.tensor([0] + torch.tensor(new).cumsum(0).tolist(), dtype=torch.int32, device=device)
     nnz = sum(new)
@@ -57,7 +39,7 @@ def test_append_paged_kv_cache(device, layout, form, page_size, dtype):
     key, value = kv[:, heads : 2 * heads], kv[:, 2 * heads :]
     flashinfer.append_paged_kv_cache(key, value, batch_indices, positions, cache, indices, indptr, last, layout)
     ref.append_paged_kv_cache(expect_k, expect_v, key, value, batch_indices, positions, indices, indptr, last)
-    got_k, got_v = _logical(cache, layout)
+    got_k, got_v = logical_pages(cache, layout)
     assert torch.equal(got_k, expect_k) and torch.equal(got_v, expect_v)
 
 

@@ -73,6 +73,11 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(Params p) {
   const int64_t chunk = (len - lo + p.num_splits - 1) / p.num_splits;
   const int64_t t0 = lo + split * chunk, t1 = min(len, t0 + chunk);
 
+  // RoPE frequencies of this thread's 8 elements (a thread's elements all lie in one half of the head).
+  float freq[kVec];
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) freq[j] = ROPE ? rope_freq(p, (e0 + j) % (D / 2), D) : 0.f;
+
   for (int g0 = 0; g0 < group; g0 += kGT) {
     // Query heads g0.. of this KV head into shared memory as fp32, rotated to position len - 1.
     for (int idx = threadIdx.x; idx < kGT * D; idx += kThreads) {
@@ -137,10 +142,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(Params p) {
 #pragma unroll
         for (int j = 0; j < kVec; ++j) {
           const float partner = __shfl_xor_sync(0xffffffffu, kf[j], kTPT / 2);
-          const int e = e0 + j;
           float sn, cs;
-          sincosf((float)t * rope_freq(p, e % (D / 2), D), &sn, &cs);
-          kf[j] = e < D / 2 ? kf[j] * cs - partner * sn : kf[j] * cs + partner * sn;
+          sincosf((float)t * freq[j], &sn, &cs);
+          kf[j] = e0 < D / 2 ? kf[j] * cs - partner * sn : kf[j] * cs + partner * sn;
         }
       }
 #pragma unroll

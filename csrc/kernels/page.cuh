@@ -34,18 +34,18 @@ struct AppendParams {
   int batch, heads, head_dim, page_size;
 };
 
-// Returns the cache offset (in elements, before the head) of token i, or -1 when its metadata is out of range.
-__device__ __forceinline__ int64_t token_slot(const AppendParams& p, int64_t i, const CacheLayout& l) {
+// Page and entry of token i, or false when its request, position or page is out of range.
+__device__ __forceinline__ bool token_slot(const AppendParams& p, int64_t i, int64_t& page, int64_t& entry) {
   const int b = p.batch_indices[i], pos = p.positions[i];
-  if (b < 0 || b >= p.batch || pos < 0) return -1;
+  if (b < 0 || b >= p.batch || pos < 0) return false;
   const int64_t start = p.indptr[b], end = p.indptr[b + 1];
   const int64_t npages = end - start;
-  if (npages <= 0 || start < 0 || end > p.num_indices) return -1;
+  if (npages <= 0 || start < 0 || end > p.num_indices) return false;
   const int64_t seq_len = (npages - 1) * p.page_size + p.last_page_len[b];
-  if (pos >= seq_len) return -1;
-  const int64_t page = p.indices[start + pos / p.page_size];
-  if (page < 0 || page >= p.num_pages) return -1;
-  return page * l.stride_page + (int64_t)(pos % p.page_size) * l.stride_entry;
+  if (pos >= seq_len) return false;
+  page = p.indices[start + pos / p.page_size];
+  entry = pos % p.page_size;
+  return page >= 0 && page < p.num_pages;
 }
 
 // grid.x: tokens; each thread moves one VEC-vector of K and of V per (head, chunk) it owns.
@@ -53,16 +53,17 @@ template <typename T, int VEC>
 __global__ void append_kernel(AppendParams p) {
   using TV = Vec<T, VEC>;
   const int64_t i = blockIdx.x;
-  const int64_t k_slot = token_slot(p, i, p.k_layout);
-  if (k_slot < 0) return;
-  const int64_t v_slot = token_slot(p, i, p.v_layout);
+  int64_t page, entry;
+  if (!token_slot(p, i, page, entry)) return;
+  T* k_row = static_cast<T*>(p.k_cache) + page * p.k_layout.stride_page + entry * p.k_layout.stride_entry;
+  T* v_row = static_cast<T*>(p.v_cache) + page * p.v_layout.stride_page + entry * p.v_layout.stride_entry;
   const int chunks = p.head_dim / VEC;
   for (int it = threadIdx.x; it < p.heads * chunks; it += blockDim.x) {
     const int h = it / chunks, e = (it % chunks) * VEC;
     TV::load(static_cast<const T*>(p.key) + i * p.key_stride_n + h * p.key_stride_h + e)
-        .store(static_cast<T*>(p.k_cache) + k_slot + h * p.k_layout.stride_head + e);
+        .store(k_row + h * p.k_layout.stride_head + e);
     TV::load(static_cast<const T*>(p.value) + i * p.value_stride_n + h * p.value_stride_h + e)
-        .store(static_cast<T*>(p.v_cache) + v_slot + h * p.v_layout.stride_head + e);
+        .store(v_row + h * p.v_layout.stride_head + e);
   }
 }
 
