@@ -16,7 +16,7 @@ SIZES = [(1, 8192), (16, 4096), (64, 4096), (128, 8192), (32, 32768), (256, 2048
 DT = torch.bfloat16
 
 
-def make(size, use_tensor_cores=False):
+def make(size, use_tensor_cores=False, **wrapper_kw):
     b, n = size
     pages_per = (n + PAGE - 1) // PAGE
     num_pages = b * pages_per
@@ -26,7 +26,7 @@ def make(size, use_tensor_cores=False):
     last = torch.full((b,), (n - 1) % PAGE + 1, dtype=torch.int32, device="cuda")
     q = torch.randn(b, HQ, D, dtype=DT, device="cuda")
     ws = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")
-    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=use_tensor_cores)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=use_tensor_cores, **wrapper_kw)
     wrapper.plan(indptr, indices, last, HQ, HKV, D, PAGE, q_data_type=DT, kv_data_type=DT)
     return dict(q=q, cache=cache, wrapper=wrapper)
 
@@ -54,6 +54,7 @@ def _run(s):
 CASES = {
     "decode": (SIZES, make, {
         "ours": _run,
+        "ours cuda-core": (lambda size: make(size, backend="cuda_core"), _run),
         "upstream": _run,
         "upstream_tc": (lambda size: make(size, use_tensor_cores=True), _run),
         "sdpa (contiguous KV)": (make_sdpa, _sdpa),
@@ -61,4 +62,4 @@ CASES = {
 }
 
 if __name__ == "__main__":
-    main(os.path.abspath(__file__), CASES, ["ours", "sdpa (contiguous KV)"])
+    main(os.path.abspath(__file__), CASES, ["ours", "ours cuda-core", "sdpa (contiguous KV)"])

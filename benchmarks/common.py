@@ -101,6 +101,6 @@ def print_table(rows):
         for i in impls:
             r = d.get(i)
             cells.append("-" if r is None else ("error" if "error" in r else f"{r['us']:.1f} ({r['gbps']:.0f})"))
-        peers = [r["us"] for i, r in d.items() if i != "ours" and "us" in r]
+        peers = [r["us"] for i, r in d.items() if not i.startswith("ours") and "us" in r]
         ratio = f"{min(peers) / d['ours']['us']:.2f}x" if peers and "us" in d.get("ours", {}) else "-"
         print(f"| {case} | {size} | " + " | ".join(cells) + f" | {ratio} |", file=sys.stderr)

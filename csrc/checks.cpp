@@ -279,6 +279,11 @@ void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tens
 
 // ---- decode ----
 
+void check_decode_backend(const std::string& backend, const char* op) {
+  FI_CHECK(backend == "auto" || backend == "tensor_core" || backend == "cuda_core", op,
+           "backend must be \"auto\", \"tensor_core\" or \"cuda_core\", got \"", backend, "\"");
+}
+
 void check_decode(const at::Tensor& q, const PagedKV& cache, const at::Tensor& kv_indptr,
                   const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len, const char* op) {
   FI_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,

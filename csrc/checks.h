@@ -73,6 +73,8 @@ void check_page_table(const at::Tensor& indptr, const char* indptr_name, const a
 // num_qo_heads a multiple of num_kv_heads.
 void check_decode(const at::Tensor& q, const PagedKV& cache, const at::Tensor& kv_indptr,
                   const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len, const char* op);
+// backend is "auto", "tensor_core" or "cuda_core".
+void check_decode_backend(const std::string& backend, const char* op);
 
 // ---- layouts and failures of the CUDA adapters ----
 // Leading dims of a [..., D] tensor collapsed to at most two (size, stride) levels; nullopt when the last dim

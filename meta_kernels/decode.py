@@ -9,8 +9,10 @@ from .page import paged_cache_heads_dim
 @torch.library.register_fake("flashinfer::batch_decode_with_paged_kv_cache")
 def batch_decode_with_paged_kv_cache(q, paged_k_cache, paged_v_cache, kv_indptr, kv_indices, kv_last_page_len,
                                      kv_layout, rope_llama, window_left, logits_soft_cap, sm_scale, k_scale, v_scale,
-                                     rope_scale, rope_theta):
+                                     rope_scale, rope_theta, backend="auto"):
     op = "batch_decode_with_paged_kv_cache"
+    checks.check(backend in ("auto", "tensor_core", "cuda_core"), op,
+                 f'backend must be "auto", "tensor_core" or "cuda_core", got "{backend}"')
     hkv, cache_dim = paged_cache_heads_dim(paged_k_cache, paged_v_cache, kv_layout, op)
     checks.check(q.dtype in (torch.float16, torch.bfloat16), op,
                  f"q must be float16 or bfloat16, got {checks.dtype_name(q.dtype)}")

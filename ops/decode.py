@@ -5,7 +5,11 @@ CUDA-graph wrapper); ``run()`` is one call of ``torch.ops.flashinfer.batch_decod
 Dynamo traces through it and a captured step replays with new lengths and page tables. How the KV of each
 request is split across blocks is decided on the device from the page tables.
 
-``use_tensor_cores`` is accepted and currently runs the same CUDA-core kernel.
+Two kernels compute decode on CUDA: a tensor-core one (16-bit KV without RoPE; the query heads of a GQA group
+are the rows of an mma tile) and a CUDA-core one (every case, fp8 KV and ROPE_LLAMA included). ``backend="auto"``
+(the default, also what ``use_tensor_cores=False`` means) takes tensor cores wherever they apply, since they are
+faster at every group size; ``use_tensor_cores=True`` asks for them explicitly; ``backend="cuda_core"`` forces
+CUDA cores. All give the same result within rounding.
 """
 
 import math
@@ -27,15 +31,22 @@ def _rope_mode(pos_encoding_mode: str) -> bool:
     return pos_encoding_mode == "ROPE_LLAMA"
 
 
+def _backend(use_tensor_cores: bool, backend: str) -> str:
+    # Upstream's backend names ("fa2", "trtllm-gen", ...) pick among its own kernels; here they mean "auto".
+    if backend in ("tensor_core", "cuda_core"):
+        return backend
+    return "tensor_core" if use_tensor_cores else "auto"
+
+
 def _decode(q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope, window_left, logits_soft_cap,
-            sm_scale, q_scale, k_scale, v_scale, rope_scale, rope_theta):
+            sm_scale, q_scale, k_scale, v_scale, rope_scale, rope_theta, backend="auto"):
     head_dim = q.shape[-1]
     scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * (1.0 if q_scale is None else q_scale)
     return torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
         q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope, window_left,
         0.0 if logits_soft_cap is None else float(logits_soft_cap), float(scale),
         1.0 if k_scale is None else float(k_scale), 1.0 if v_scale is None else float(v_scale),
-        1.0 if rope_scale is None else float(rope_scale), 1e4 if rope_theta is None else float(rope_theta))
+        1.0 if rope_scale is None else float(rope_scale), 1e4 if rope_theta is None else float(rope_theta), backend)
 
 
 def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layout: str = "NHD",
@@ -58,7 +69,8 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     indices = torch.zeros(1, dtype=torch.int32, device=q.device)
     last = torch.full((1,), kv_len, dtype=torch.int32, device=q.device)
     out, lse = _decode(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), indptr, indices, last, kv_layout, rope,
-                       window_left, logits_soft_cap, sm_scale, q_scale, k_scale, v_scale, rope_scale, rope_theta)
+                       window_left, logits_soft_cap, sm_scale, q_scale, k_scale, v_scale, rope_scale, rope_theta,
+                       _backend(use_tensor_cores, "auto"))
     return (out[0], lse[0]) if return_lse else out[0]
 
 
@@ -80,6 +92,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         self._kv_layout = kv_layout
         self._use_cuda_graph = use_cuda_graph
         self._use_tensor_cores = use_tensor_cores
+        self._backend = _backend(use_tensor_cores, backend)
         if use_cuda_graph:
             for name, buf in (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
                               ("paged_kv_indices_buffer", paged_kv_indices_buffer),
@@ -165,7 +178,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         k_cache, v_cache, _, _ = split_paged_kv_cache(paged_kv_cache, self._kv_layout)
         o, s = _decode(q, k_cache, v_cache, self._indptr, self._indices, self._last, self._kv_layout, self._rope,
                        self._window_left if window_left is None else window_left, self._logits_soft_cap,
-                       self._sm_scale, q_scale, k_scale, v_scale, self._rope_scale, self._rope_theta)
+                       self._sm_scale, q_scale, k_scale, v_scale, self._rope_scale, self._rope_theta, self._backend)
         if out is not None:
             out.copy_(o)
             o = out

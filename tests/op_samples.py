@@ -135,7 +135,7 @@ def batch_decode_with_paged_kv_cache(device):
         k, v = (cache, None) if form == "5d" else (cache[:, 0].clone(), cache[:, 1].clone())
         q = torch.randn(3, 4, d, dtype=torch.bfloat16, device=device)
         out.append(((q, k, v, *tables, layout, rope, 7 if rope else -1, 0.0 if rope else 30.0, d ** -0.5, 1.0, 1.0,
-                     1.0, 1e4), {}))
+                     1.0, 1e4), {"backend": "cuda_core"} if rope else {}))
     return out
 
 

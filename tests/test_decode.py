@@ -39,6 +39,8 @@ def _check(out, lse, expect, device_what=""):
 
 
 LENGTHS = [0, 1, 15, 16, 17, 100]
+# Both CUDA kernels (the tensor-core one takes 16-bit KV without RoPE; other cases fall back to CUDA cores).
+BACKENDS = ["tensor_core", "cuda_core"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -46,13 +48,15 @@ LENGTHS = [0, 1, 15, 16, 17, 100]
 @pytest.mark.parametrize("group", [1, 4, 7])
 @pytest.mark.parametrize("page_size", [1, 16])
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
-def test_batch_decode(device, dtype, head_dim, group, page_size, layout):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_decode(device, dtype, head_dim, group, page_size, layout, backend):
     hkv = 2
     cache, indices, indptr, last = _batch(LENGTHS, page_size, hkv, head_dim, dtype, device, layout)
     # q sliced out of a packed projection: strided, not contiguous.
     packed = torch.randn(len(LENGTHS), hkv * group + 3, head_dim, dtype=dtype, device=device)
     q = packed[:, 1 : 1 + hkv * group]
-    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), kv_layout=layout)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), kv_layout=layout,
+                                                            backend=backend)
     wrapper.plan(indptr, indices, last, hkv * group, hkv, head_dim, page_size, q_data_type=dtype)
     poison_allocator(device, q.numel() * 4 * 40)
     out, lse = wrapper.run(q, cache, return_lse=True)
@@ -60,7 +64,8 @@ def test_batch_decode(device, dtype, head_dim, group, page_size, layout):
 
 
 @pytest.mark.parametrize("feature", ["window", "soft_cap", "rope", "sm_scale", "tuple_cache"])
-def test_batch_decode_features(device, feature):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_decode_features(device, feature, backend):
     dtype, d, hkv, group, page = torch.bfloat16, 128, 2, 4, 16
     form = "tuple" if feature == "tuple_cache" else "5d"
     cache, indices, indptr, last = _batch(LENGTHS, page, hkv, d, dtype, device, form=form)
@@ -76,10 +81,39 @@ def test_batch_decode_features(device, feature):
         kw["rope"] = (1.0, 5e5)
     elif feature == "sm_scale":
         plan["sm_scale"] = kw["sm_scale"] = 0.3
-    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), backend=backend)
     wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page, **plan)
     out, lse = wrapper.run_return_lse(q, cache)
     _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, **kw), feature)
+
+
+@pytest.mark.parametrize("group", [5, 8, 16, 20, 40])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_decode_gqa_groups(device, group, backend):
+    # 20 and 40 take two head chunks per kv head (tensor cores serve 16 heads a block, CUDA cores 32 at D=128).
+    dtype, d, hkv, page = torch.bfloat16, 128, 1, 16
+    cache, indices, indptr, last = _batch(LENGTHS, page, hkv, d, dtype, device)
+    q = torch.randn(len(LENGTHS), hkv * group, d, dtype=dtype, device=device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), backend=backend)
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, sm_scale=1 / math.sqrt(d)), "gqa")
+
+
+@pytest.mark.parametrize("window_left", [-1, 300])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_decode_long_requests(device, window_left, backend):
+    # Enough requests x kv heads to fill the GPU without KV splits, so one block walks many pipeline tiles;
+    # lengths cross tile (64 tokens), page and window boundaries.
+    dtype, d, hkv, group, page = torch.float16, 128, 8, 2, 16
+    lengths = torch.randint(0, 1500, (40,), generator=torch.Generator().manual_seed(3)).tolist() + [1, 64, 65, 1024]
+    cache, indices, indptr, last = _batch(lengths, page, hkv, d, dtype, device)
+    q = torch.randn(len(lengths), hkv * group, d, dtype=dtype, device=device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), backend=backend)
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page, window_left=window_left)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    kw = dict(sm_scale=1 / math.sqrt(d)) | (dict(window_left=window_left) if window_left >= 0 else {})
+    _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, **kw), "long")
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
@@ -160,6 +194,12 @@ def test_op_bad_input_named(device):
         torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
             q, cache, None, torch.tensor([0, 1, 2], **i32), torch.tensor([0, 1], **i32), torch.tensor([1, 1], **i32),
             "NHD", False, -1, 0.0, 0.1, 1.0, 1.0, 1.0, 1e4)
+    q = torch.randn(2, 4, 64, dtype=torch.bfloat16, device=device)
+    cache = torch.randn(3, 2, 16, 2, 64, dtype=torch.bfloat16, device=device)
+    with pytest.raises(RuntimeError, match=r'backend must be "auto", "tensor_core" or "cuda_core", got "fa3"'):
+        torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
+            q, cache, None, torch.tensor([0, 1, 2], **i32), torch.tensor([0, 1], **i32), torch.tensor([1, 1], **i32),
+            "NHD", False, -1, 0.0, 0.1, 1.0, 1.0, 1.0, 1e4, "fa3")
 
 
 class _AppendDecode(torch.nn.Module):

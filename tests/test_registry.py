@@ -49,7 +49,7 @@ flashinfer::apply_rope_pos_ids(Tensor q, Tensor k, Tensor pos_ids, int rotary_di
 flashinfer::apply_rope_pos_ids_inplace(Tensor(a!) q, Tensor(b!) k, Tensor pos_ids, int rotary_dim, bool interleave, float rope_scale, float rope_theta, bool llama31, float low_freq_factor, float high_freq_factor, float old_context_len) -> ()
 flashinfer::apply_rope_with_cos_sin_cache(Tensor positions, Tensor query, Tensor key, int head_size, Tensor cos_sin_cache, bool is_neox) -> (Tensor, Tensor)
 flashinfer::apply_rope_with_cos_sin_cache_inplace(Tensor positions, Tensor(a!) query, Tensor(b!) key, int head_size, Tensor cos_sin_cache, bool is_neox) -> ()
-flashinfer::batch_decode_with_paged_kv_cache(Tensor q, Tensor paged_k_cache, Tensor? paged_v_cache, Tensor kv_indptr, Tensor kv_indices, Tensor kv_last_page_len, str kv_layout, bool rope_llama, int window_left, float logits_soft_cap, float sm_scale, float k_scale, float v_scale, float rope_scale, float rope_theta) -> (Tensor, Tensor)
+flashinfer::batch_decode_with_paged_kv_cache(Tensor q, Tensor paged_k_cache, Tensor? paged_v_cache, Tensor kv_indptr, Tensor kv_indices, Tensor kv_last_page_len, str kv_layout, bool rope_llama, int window_left, float logits_soft_cap, float sm_scale, float k_scale, float v_scale, float rope_scale, float rope_theta, str backend="auto") -> (Tensor, Tensor)
 flashinfer::fused_add_rmsnorm(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps, bool gemma) -> ()
 flashinfer::gelu_and_mul(Tensor input) -> Tensor
 flashinfer::gelu_and_mul_out(Tensor(a!) out, Tensor input) -> ()

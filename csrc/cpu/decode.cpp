@@ -19,9 +19,11 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cpu(const at::Tensor& q, const a
                                                     const at::Tensor& kv_last_page_len, c10::string_view kv_layout,
                                                     bool rope_llama, int64_t window_left, double logits_soft_cap,
                                                     double sm_scale, double k_scale, double v_scale,
-                                                    double rope_scale, double rope_theta) {
+                                                    double rope_scale, double rope_theta,
+                                                    c10::string_view backend) {
   const char* op = "batch_decode_with_paged_kv_cache";
   const PagedKV cache = paged_kv_views(k_cache, v_cache, std::string(kv_layout), op);
+  check_decode_backend(std::string(backend), op);
   check_decode(q, cache, kv_indptr, kv_indices, kv_last_page_len, op);
   const int64_t batch = q.size(0), hq = q.size(1), d = q.size(2), hkv = cache.k.size(2);
   const int64_t page = cache.page_size, num_pages = cache.k.size(0), num_indices = kv_indices.size(0);

@@ -1,19 +1,28 @@
 // Batch decode over a paged KV cache on CUDA cores: one query token per request. Torch-free.
 //
-// Grid (batch, num_kv_heads, num_splits). num_splits is fixed by the launcher from shapes and the SM count; each
-// block finds on the device which slice of its request's KV it owns ([lo, len) cut in num_splits chunks), so a
-// captured launch stays correct when lengths change between replays. Blocks whose chunk is empty write an empty
-// partial (lse = -inf). With more than one split, partials go to a workspace and merge_kernel combines them.
+// Grid (batch, num_kv_heads * head_chunks, num_splits). num_splits is fixed by the launcher from shapes and the
+// SM count; each block finds on the device which slice of its request's KV it owns, so a captured launch stays
+// correct when lengths change between replays. Empty slices write an empty partial (lse = -inf); with more than
+// one split, partials go to a workspace and merge_kernel combines them.
 //
-// Inside a block, groups of kTPT = head_dim / 8 threads each own one KV token at a time (8 elements a thread,
-// one 16-byte load for 16-bit KV); kTok = 128 / kTPT tokens are in flight per step. The query heads of the GQA
-// group are processed kGT at a time with per-thread online softmax (log2 domain), then the token groups are
-// merged through shared memory. Page-table entries are checked: a token on a page outside the cache is masked.
+// Memory: K and V tiles of kTile tokens stream through a kStages-deep cp.async pipeline in shared memory, so each
+// block keeps (kStages - 1) tiles in flight while it computes on the current one; the page-table lookups are part
+// of the load, so their latency hides behind the pipeline too. Tokens on pages outside the cache, or past the end
+// of the slice, are zero-filled and masked: no read ever leaves the cache.
+//
+// Compute: a row of kTPT = head_dim / 8 threads owns 8 elements of one token at a time; a thread keeps up to
+// kMaxGT query heads of the GQA group in registers, so each K/V element read from shared memory serves all of them.
+// The block's rows are split into head slots (enough for the group) and token slots; token slots merge at the end.
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 
+#include "common/cp_async.cuh"
+#include "common/fastdiv.cuh"
+#include "common/mma.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -30,7 +39,8 @@ struct Params {
   const int32_t* indices;     // [num_indices]
   const int32_t* last_page_len;  // [batch]
   int64_t num_indices, num_pages;
-  int batch, hq, hkv, page_size, num_splits;
+  int batch, hq, hkv, page_size, num_splits, head_chunks;
+  FastDiv page_div;           // by page_size; token positions are < 2^31 (checked by the adapter)
   void* out;                  // [batch, hq, head_dim], q's dtype (num_splits == 1)
   float* lse;                 // [batch, hq], log2 (num_splits == 1)
   float* tmp_o;               // [batch, num_splits, hq, head_dim] (num_splits > 1)
@@ -41,176 +51,315 @@ struct Params {
 };
 
 constexpr int kThreads = 128;
-constexpr int kVec = 8;
-constexpr int kGT = 4;  // query heads per pass
+constexpr int kVec = 8;     // elements of a token row per thread
+constexpr int kMaxGT = 4;   // query heads per thread
+constexpr int kSub = 4;     // tokens scored together before one softmax rescale
+constexpr int kStages = 3;
+constexpr int kMaxSplits = 128;
 constexpr float kLog2e = 1.4426950408889634f;
+
+// Tokens per pipeline stage: 8 KiB of 16-bit K, and as much V.
+__host__ __device__ constexpr int tile_tokens(int head_dim) { return 4096 / head_dim; }
+__host__ __device__ constexpr int rows(int head_dim) { return kThreads / (head_dim / kVec); }
+// Query heads one block serves; larger GQA groups are cut into head chunks along grid y.
+__host__ __device__ constexpr int heads_per_block(int head_dim) { return rows(head_dim) * kMaxGT; }
+
+// Shared memory: the K/V stages (reused for the final merge), then token validity per stage.
+__host__ __device__ constexpr size_t kv_stage_bytes(int head_dim, int kv_bytes) {
+  return (size_t)2 * kStages * tile_tokens(head_dim) * head_dim * kv_bytes;
+}
+__host__ __device__ constexpr size_t merge_bytes(int head_dim) {
+  return (size_t)rows(head_dim) * kMaxGT * (head_dim + 2) * 4;
+}
+__host__ __device__ constexpr size_t stage_region_bytes(int head_dim, int kv_bytes) {
+  return kv_stage_bytes(head_dim, kv_bytes) > merge_bytes(head_dim) ? kv_stage_bytes(head_dim, kv_bytes)
+                                                                     : merge_bytes(head_dim);
+}
+__host__ __device__ constexpr size_t smem_bytes(int head_dim, int kv_bytes) {
+  return stage_region_bytes(head_dim, kv_bytes) + (size_t)kStages * tile_tokens(head_dim) * 4;
+}
+
+// The KV range one block owns: split `split` of request b's [lo, len), cut in whole tiles, with every page-table
+// read guarded (an indptr running backwards or past kv_indices gives an empty request).
+struct Slice {
+  int64_t start;  // first kv_indices entry of the request
+  int64_t len;    // tokens in the request
+  int64_t t0, t1; // this block's tokens
+  int ntiles;
+};
+
+__device__ __forceinline__ Slice request_slice(const Params& p, int b, int split, int tile) {
+  Slice s;
+  s.start = max((int64_t)p.indptr[b], (int64_t)0);
+  const int64_t end = min((int64_t)p.indptr[b + 1], p.num_indices);
+  const int64_t npages = end - s.start;
+  s.len = npages > 0 ? min(max((npages - 1) * p.page_size + p.last_page_len[b], (int64_t)0), npages * p.page_size)
+                     : 0;
+  const int64_t lo = p.window_left >= 0 ? max((int64_t)0, s.len - 1 - p.window_left) : 0;
+  int64_t chunk = (s.len - lo + p.num_splits - 1) / p.num_splits;
+  chunk = (chunk + tile - 1) / tile * tile;  // whole tiles; short requests leave the last splits empty
+  s.t0 = lo + split * chunk;
+  s.t1 = min(s.len, s.t0 + chunk);
+  s.ntiles = s.t1 > s.t0 ? (int)((s.t1 - s.t0 + tile - 1) / tile) : 0;
+  return s;
+}
+
+// Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 8 elements per copy.
+// A load is two steps, one pipeline iteration apart, so the page-table reads of the next tile overlap the compute
+// of this one: find() reads the pages of this thread's kLoads token rows into registers, issue() starts their
+// copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read ever
+// leaves the cache. Positions are 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter).
+// kSwizzle lays rows out for ldmatrix (see swizzle() in common/mma.cuh).
+template <typename KV, int D, int kTile, int kThreads, bool kSwizzle>
+struct TileLoader {
+  static constexpr int kChunks = D / 8;  // copies per token row
+  static constexpr int kLoads = kTile * kChunks / kThreads;
+  static_assert(kTile * kChunks % kThreads == 0, "whole copies per thread");
+  const KV* k_base;
+  const KV* v_base;
+  const Params& p;
+  const Slice& s;
+  int page_of[kLoads], entry_of[kLoads];
+
+  __device__ __forceinline__ TileLoader(const Params& params, const Slice& slice, int kvh)
+      : k_base(static_cast<const KV*>(params.k_cache) + kvh * params.k_stride_head),
+        v_base(static_cast<const KV*>(params.v_cache) + kvh * params.v_stride_head), p(params), s(slice) {}
+
+  __device__ __forceinline__ void find(int tile) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const uint32_t t = (uint32_t)(s.t0 + (int64_t)tile * kTile) + (threadIdx.x + i * kThreads) / kChunks;
+      const uint32_t pi = p.page_div.div(t);
+      int page = -1;
+      if (tile < s.ntiles && t < (uint32_t)s.t1) {
+        page = p.indices[s.start + pi];
+        if (page >= p.num_pages) page = -1;
+      }
+      page_of[i] = page;
+      entry_of[i] = (int)p.page_div.mod(t, pi);
+    }
+  }
+
+  __device__ __forceinline__ void issue(KV* k_s, KV* v_s, int* valid_s, int stage) const {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int c = threadIdx.x + i * kThreads, tok = c / kChunks, ch = c % kChunks;
+      const bool ok = page_of[i] >= 0;
+      const int64_t pg = ok ? page_of[i] : 0, entry = ok ? entry_of[i] : 0;
+      int dst = tok * D + ch * 8;
+      if constexpr (kSwizzle) dst = swizzle<D>(tok, ch);
+      dst += stage * kTile * D;
+      cp_async<8 * sizeof(KV)>(k_s + dst, k_base + pg * p.k_stride_page + entry * p.k_stride_entry + ch * 8, ok);
+      cp_async<8 * sizeof(KV)>(v_s + dst, v_base + pg * p.v_stride_page + entry * p.v_stride_entry + ch * 8, ok);
+      if (ch == 0) valid_s[stage * kTile + tok] = ok;
+    }
+  }
+};
 
 // Inverse frequency of rotary pair i of a head_dim-wide NeoX rotation.
 __device__ __forceinline__ float rope_freq(const Params& p, int i, int head_dim) {
   return p.rope_rcp_scale * exp2f(-2.f * i / head_dim * p.rope_log2_theta);
 }
 
+template <typename KV>
+__device__ __forceinline__ void load_row(const KV* s, float (&x)[kVec]) {
+  const auto v = Vec<KV, kVec>::load(s);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) x[j] = to_float(v.v[j]);
+}
+
 template <typename Q, typename KV, int D, bool ROPE>
-__global__ void __launch_bounds__(kThreads) decode_kernel(Params p) {
-  constexpr int kTPT = D / kVec;          // threads per token
-  constexpr int kTok = kThreads / kTPT;   // tokens in flight per step
-  __shared__ float q_s[kGT][D];
-  __shared__ float red_m[kTok][kGT], red_l[kTok][kGT];
-  __shared__ float red_o[kTok][kGT][D];
+__global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
+  constexpr int kTPT = D / kVec;       // threads per token row
+  constexpr int kRows = kThreads / kTPT;
+  constexpr int kTile = tile_tokens(D);
+  static_assert(kTile % kRows == 0 && (kTile / kRows) % kSub == 0, "a token slot scores whole sub-tiles");
 
-  const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
-  const int lane = threadIdx.x % kTPT, tg = threadIdx.x / kTPT, e0 = lane * kVec;
+  extern __shared__ __align__(128) unsigned char smem[];
+  KV* k_s = reinterpret_cast<KV*>(smem);                  // [kStages][kTile][D]
+  KV* v_s = k_s + kStages * kTile * D;
+  int* valid_s = reinterpret_cast<int*>(smem + stage_region_bytes(D, sizeof(KV)));  // [kStages][kTile]
+
+  const int b = blockIdx.x, kvh = blockIdx.y / p.head_chunks, chunk = blockIdx.y % p.head_chunks;
+  const int tid = threadIdx.x, lane = tid % kTPT, row = tid / kTPT, e0 = lane * kVec;
   const int group = p.hq / p.hkv;
+  const int h_base = kvh * group + chunk * heads_per_block(D);                   // first query head served
+  const int nheads = min(group - chunk * heads_per_block(D), heads_per_block(D));
+  // Head slots: the fewest (a power of two) that keep each thread at <= kMaxGT heads; the other rows split tokens.
+  int slots = 1;
+  while (slots * kMaxGT < nheads) slots *= 2;
+  const int gt = (nheads + slots - 1) / slots;  // heads per thread
+  const int slot = row % slots, tslot = row / slots, tslots = kRows / slots;
 
-  // This request's extent, with every page-table read guarded.
-  const int64_t start = max((int64_t)p.indptr[b], (int64_t)0);
-  const int64_t end = min((int64_t)p.indptr[b + 1], p.num_indices);
-  const int64_t npages = end - start;
-  const int64_t len = npages > 0 ? min(max((npages - 1) * p.page_size + p.last_page_len[b], (int64_t)0),
-                                       npages * p.page_size)
-                                 : 0;
-  const int64_t lo = p.window_left >= 0 ? max((int64_t)0, len - 1 - p.window_left) : 0;
-  const int64_t chunk = (len - lo + p.num_splits - 1) / p.num_splits;
-  const int64_t t0 = lo + split * chunk, t1 = min(len, t0 + chunk);
+  const Slice sl = request_slice(p, b, blockIdx.z, kTile);
+  const int64_t len = sl.len, t0 = sl.t0;
+  const int ntiles = sl.ntiles;
+  TileLoader<KV, D, kTile, kThreads, false> loader(p, sl, kvh);
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    loader.find(s);
+    if (s < ntiles) loader.issue(k_s, v_s, valid_s, s);
+    cp_async_commit();
+  }
+  loader.find(kStages - 1);
 
-  // RoPE frequencies of this thread's 8 elements (a thread's elements all lie in one half of the head).
+  // This thread's query elements straight from global memory (rotated to position len - 1 under ROPE_LLAMA).
+  // Scores come out in the log2 domain: sm_scale, k_scale and log2(e) are folded into q (log2(e) after the cap).
+  const bool cap = p.logits_soft_cap > 0.f;
+  const float qscale = p.sm_scale * p.k_scale * (cap ? 1.f : kLog2e);
+  float qr[kMaxGT][kVec], o[kMaxGT][kVec], m[kMaxGT], l[kMaxGT];
+#pragma unroll
+  for (int g = 0; g < kMaxGT; ++g) {
+    const int hl = slot * gt + g;
+    const bool used = g < gt && hl < nheads;
+    const Q* qh = static_cast<const Q*>(p.q) + b * p.q_stride_n + (int64_t)(h_base + (used ? hl : 0)) * p.q_stride_h;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const int e = e0 + j;
+      float x = used ? to_float(qh[e]) : 0.f;
+      if constexpr (ROPE) {
+        const float partner = used ? to_float(qh[e < D / 2 ? e + D / 2 : e - D / 2]) : 0.f;
+        float sn, cs;
+        sincosf((float)(len - 1) * rope_freq(p, e % (D / 2), D), &sn, &cs);
+        x = e < D / 2 ? x * cs - partner * sn : x * cs + partner * sn;
+      }
+      qr[g][j] = x * qscale;
+      o[g][j] = 0.f;
+    }
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+  }
   float freq[kVec];
 #pragma unroll
   for (int j = 0; j < kVec; ++j) freq[j] = ROPE ? rope_freq(p, (e0 + j) % (D / 2), D) : 0.f;
 
-  for (int g0 = 0; g0 < group; g0 += kGT) {
-    // Query heads g0.. of this KV head into shared memory as fp32, rotated to position len - 1.
-    for (int idx = threadIdx.x; idx < kGT * D; idx += kThreads) {
-      const int gi = idx / D, e = idx % D;
-      float x = 0.f;
-      if (g0 + gi < group) {
-        const Q* qh = static_cast<const Q*>(p.q) + b * p.q_stride_n + (int64_t)(kvh * group + g0 + gi) * p.q_stride_h;
-        x = to_float(qh[e]);
+  for (int tile = 0; tile < ntiles; ++tile) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    // The stage refilled here was consumed in the previous iteration, before the barrier above.
+    if (tile + kStages - 1 < ntiles) loader.issue(k_s, v_s, valid_s, (tile + kStages - 1) % kStages);
+    cp_async_commit();
+    loader.find(tile + kStages);
+    const int stage = tile % kStages;
+    const KV* kt = k_s + stage * kTile * D;
+    const KV* vt = v_s + stage * kTile * D;
+
+    for (int u0 = tslot * (kTile / tslots); u0 < (tslot + 1) * (kTile / tslots); u0 += kSub) {
+      float s[kMaxGT][kSub];
+#pragma unroll
+      for (int u = 0; u < kSub; ++u) {
+        float kf[kVec];
+        load_row(kt + (u0 + u) * D + e0, kf);
         if constexpr (ROPE) {
-          const int i = e % (D / 2);
-          const float partner = to_float(qh[e < D / 2 ? e + D / 2 : e - D / 2]);
-          float sn, cs;
-          sincosf((float)(len - 1) * rope_freq(p, i, D), &sn, &cs);
-          x = e < D / 2 ? x * cs - partner * sn : x * cs + partner * sn;
-        }
-      }
-      q_s[gi][e] = x;
-    }
-    __syncthreads();
-    float qr[kGT][kVec];
+          // The partner of element e is e +- D/2, held by the lane kTPT/2 away in the same row.
+          const float pos = (float)(t0 + (int64_t)tile * kTile + u0 + u);
 #pragma unroll
-    for (int gi = 0; gi < kGT; ++gi)
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) qr[gi][j] = q_s[gi][e0 + j];
-
-    float m[kGT], l[kGT], o[kGT][kVec];
-#pragma unroll
-    for (int gi = 0; gi < kGT; ++gi) {
-      m[gi] = -INFINITY;
-      l[gi] = 0.f;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) o[gi][j] = 0.f;
-    }
-
-    // Every thread runs the same number of steps, so the shuffles below always have the whole warp.
-    for (int64_t base = t0; base < t1; base += kTok) {
-      const int64_t t = base + tg;
-      int64_t page = -1;
-      if (t < t1) {
-        page = p.indices[start + t / p.page_size];
-        if (page >= p.num_pages) page = -1;
-      }
-      const bool valid = page >= 0;
-      float kf[kVec], vf[kVec];
-      if (valid) {
-        const int64_t entry = t % p.page_size;
-        const auto kv = Vec<KV, kVec>::load(static_cast<const KV*>(p.k_cache) + page * p.k_stride_page +
-                                            entry * p.k_stride_entry + kvh * p.k_stride_head + e0);
-        const auto vv = Vec<KV, kVec>::load(static_cast<const KV*>(p.v_cache) + page * p.v_stride_page +
-                                            entry * p.v_stride_entry + kvh * p.v_stride_head + e0);
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          kf[j] = to_float(kv.v[j]) * p.k_scale;
-          vf[j] = to_float(vv.v[j]) * p.v_scale;
-        }
-      } else {
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) kf[j] = vf[j] = 0.f;
-      }
-      if constexpr (ROPE) {
-        // The partner of element e is e +- D/2, held by the lane kTPT/2 away in the same token group.
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          const float partner = __shfl_xor_sync(0xffffffffu, kf[j], kTPT / 2);
-          float sn, cs;
-          sincosf((float)t * freq[j], &sn, &cs);
-          kf[j] = e0 < D / 2 ? kf[j] * cs - partner * sn : kf[j] * cs + partner * sn;
-        }
-      }
-#pragma unroll
-      for (int gi = 0; gi < kGT; ++gi) {
-        float s = 0.f;
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) s += qr[gi][j] * kf[j];
-#pragma unroll
-        for (int off = kTPT / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
-        s *= p.sm_scale;
-        if (p.logits_soft_cap > 0.f) s = p.logits_soft_cap * tanhf(s / p.logits_soft_cap);
-        if (valid) {
-          s *= kLog2e;
-          const float m_new = fmaxf(m[gi], s);
-          const float scale = exp2f(m[gi] - m_new), pr = exp2f(s - m_new);
-          l[gi] = l[gi] * scale + pr;
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) o[gi][j] = o[gi][j] * scale + pr * vf[j];
-          m[gi] = m_new;
-        }
-      }
-    }
-
-    // Merge the token groups.
-#pragma unroll
-    for (int gi = 0; gi < kGT; ++gi) {
-      if (lane == 0) red_m[tg][gi] = m[gi], red_l[tg][gi] = l[gi];
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) red_o[tg][gi][e0 + j] = o[gi][j];
-    }
-    __syncthreads();
-    if (tg == 0) {
-      for (int gi = 0; gi < kGT && g0 + gi < group; ++gi) {
-        float mx = -INFINITY;
-        for (int k = 0; k < kTok; ++k) mx = fmaxf(mx, red_m[k][gi]);
-        float den = 0.f, acc[kVec] = {};
-        if (mx > -INFINITY) {
-          for (int k = 0; k < kTok; ++k) {
-            const float w = exp2f(red_m[k][gi] - mx);
-            den += red_l[k][gi] * w;
-#pragma unroll
-            for (int j = 0; j < kVec; ++j) acc[j] += red_o[k][gi][e0 + j] * w;
+          for (int j = 0; j < kVec; ++j) {
+            const float partner = __shfl_xor_sync(0xffffffffu, kf[j], kTPT / 2);
+            float sn, cs;
+            sincosf(pos * freq[j], &sn, &cs);
+            kf[j] = e0 < D / 2 ? kf[j] * cs - partner * sn : kf[j] * cs + partner * sn;
           }
         }
-        const float inv = den > 0.f ? 1.f / den : 0.f;
-        const float lse = den > 0.f ? mx + log2f(den) : -INFINITY;
-        const int h = kvh * group + g0 + gi;
-        if (p.num_splits == 1) {
-          Vec<Q, kVec> ov;
+        const bool ok = valid_s[stage * kTile + u0 + u];
 #pragma unroll
-          for (int j = 0; j < kVec; ++j) ov.v[j] = from_float<Q>(acc[j] * inv);
-          ov.store(static_cast<Q*>(p.out) + ((int64_t)b * p.hq + h) * D + e0);
-          if (lane == 0) p.lse[(int64_t)b * p.hq + h] = lse;
-        } else {
-          const int64_t row = ((int64_t)b * p.num_splits + split) * p.hq + h;
+        for (int g = 0; g < kMaxGT; ++g) {
+          if (g < gt) {
+            float x = 0.f;
 #pragma unroll
-          for (int j = 0; j < kVec; ++j) p.tmp_o[row * D + e0 + j] = acc[j] * inv;
-          if (lane == 0) p.tmp_lse[row] = lse;
+            for (int j = 0; j < kVec; ++j) x = fmaf(qr[g][j], kf[j], x);
+#pragma unroll
+            for (int off = kTPT / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+            if (cap) x = p.logits_soft_cap * kLog2e * tanhf(x / p.logits_soft_cap);
+            s[g][u] = ok ? x : -INFINITY;
+          }
         }
       }
+#pragma unroll
+      for (int g = 0; g < kMaxGT; ++g) {
+        if (g < gt) {
+          float mx = m[g];
+#pragma unroll
+          for (int u = 0; u < kSub; ++u) mx = fmaxf(mx, s[g][u]);
+          const float scale = mx == -INFINITY ? 1.f : exp2f(m[g] - mx);
+          float sum = 0.f;
+#pragma unroll
+          for (int u = 0; u < kSub; ++u) {
+            s[g][u] = mx == -INFINITY ? 0.f : exp2f(s[g][u] - mx);
+            sum += s[g][u];
+          }
+          l[g] = l[g] * scale + sum;
+          m[g] = mx;
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) o[g][j] *= scale;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kSub; ++u) {
+        float vf[kVec];
+        load_row(vt + (u0 + u) * D + e0, vf);
+#pragma unroll
+        for (int g = 0; g < kMaxGT; ++g)
+          if (g < gt)
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) o[g][j] = fmaf(s[g][u], vf[j], o[g][j]);
+      }
     }
-    __syncthreads();  // q_s and the merge buffers are reused by the next pass
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the stages become the merge buffers
+
+  // Merge the token slots of each head slot.
+  float* red_o = reinterpret_cast<float*>(smem);           // [kRows][kMaxGT][D]
+  float* red_ml = red_o + kRows * kMaxGT * D;              // [kRows][kMaxGT][2]
+#pragma unroll
+  for (int g = 0; g < kMaxGT; ++g) {
+    if (g < gt) {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) red_o[(row * kMaxGT + g) * D + e0 + j] = o[g][j];
+      if (lane == 0) red_ml[(row * kMaxGT + g) * 2] = m[g], red_ml[(row * kMaxGT + g) * 2 + 1] = l[g];
+    }
+  }
+  __syncthreads();
+  if (tslot != 0) return;
+  for (int g = 0; g < gt; ++g) {
+    const int hl = slot * gt + g;
+    if (hl >= nheads) break;
+    float mx = -INFINITY;
+    for (int ts = 0; ts < tslots; ++ts) mx = fmaxf(mx, red_ml[((ts * slots + slot) * kMaxGT + g) * 2]);
+    float den = 0.f, acc[kVec] = {};
+    if (mx > -INFINITY) {
+      for (int ts = 0; ts < tslots; ++ts) {
+        const int r = (ts * slots + slot) * kMaxGT + g;
+        const float w = exp2f(red_ml[r * 2] - mx);
+        den += red_ml[r * 2 + 1] * w;
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) acc[j] = fmaf(red_o[r * D + e0 + j], w, acc[j]);
+      }
+    }
+    const float inv = den > 0.f ? p.v_scale / den : 0.f;
+    const float lse = den > 0.f ? mx + log2f(den) : -INFINITY;
+    const int h = h_base + hl;
+    if (p.num_splits == 1) {
+      Vec<Q, kVec> ov;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) ov.v[j] = from_float<Q>(acc[j] * inv);
+      ov.store(static_cast<Q*>(p.out) + ((int64_t)b * p.hq + h) * D + e0);
+      if (lane == 0) p.lse[(int64_t)b * p.hq + h] = lse;
+    } else {
+      const int64_t r = ((int64_t)b * p.num_splits + blockIdx.z) * p.hq + h;
+      Vec<float, 4> o0, o1;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o0.v[j] = acc[j] * inv, o1.v[j] = acc[j + 4] * inv;
+      o0.store(p.tmp_o + r * D + e0);
+      o1.store(p.tmp_o + r * D + e0 + 4);
+      if (lane == 0) p.tmp_lse[r] = lse;
+    }
   }
 }
 
 // Combines the num_splits partials of each (request, head): grid (batch, hq), one thread per element.
+// Splits with nothing to attend (lse = -inf) are skipped, so their unwritten-to-zero partials never matter.
 template <typename Q, int D>
 __global__ void merge_kernel(Params p) {
   const int b = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
@@ -221,7 +370,9 @@ __global__ void merge_kernel(Params p) {
   if (mx > -INFINITY) {
     for (int s = 0; s < p.num_splits; ++s) {
       const int64_t row = base + (int64_t)s * p.hq;
-      const float w = exp2f(p.tmp_lse[row] - mx);
+      const float lse = p.tmp_lse[row];
+      if (lse == -INFINITY) continue;
+      const float w = exp2f(lse - mx);
       den += w;
       acc += w * p.tmp_o[row * D + e];
     }
@@ -230,12 +381,33 @@ __global__ void merge_kernel(Params p) {
   if (e == 0) p.lse[(int64_t)b * p.hq + h] = den > 0.f ? mx + log2f(den) : -INFINITY;
 }
 
-template <typename Q, typename KV, int D, bool ROPE>
-cudaError_t launch(const Params& p, cudaStream_t stream) {
+// Fills in the grid shape, asks `alloc_tmp(p)` for the split workspace when there is more than one split (it sets
+// p.tmp_o and p.tmp_lse), and launches `kernel` with its merge. The split count depends only on shapes and the
+// device: as many splits per (request, kv head) as fill one wave of resident blocks.
+template <typename Q, int D, typename AllocTmp>
+cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int block_heads, Params p, int sm_count,
+                         AllocTmp&& alloc_tmp, cudaStream_t stream) {
+  // Above 48 KiB of dynamic shared memory a kernel must opt in (per device, so on every launch; it is cheap).
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (err != cudaSuccess) return err;
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+  if (err != cudaSuccess) return err;
+  p.head_chunks = (p.hkv > 0 ? p.hq / p.hkv + block_heads - 1 : 0) / block_heads;
+  const int64_t blocks = std::max<int64_t>((int64_t)p.batch * p.hkv * p.head_chunks, 1);
+  p.num_splits =
+      (int)std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (int64_t)sm_count * std::max(per_sm, 1) / blocks));
+  if (p.num_splits > 1) alloc_tmp(p);
   if (p.batch == 0 || p.hq == 0) return cudaSuccess;
-  decode_kernel<Q, KV, D, ROPE><<<dim3(p.batch, p.hkv, p.num_splits), kThreads, 0, stream>>>(p);
+  kernel<<<dim3(p.batch, p.hkv * p.head_chunks, p.num_splits), threads, smem, stream>>>(p);
   if (p.num_splits > 1) merge_kernel<Q, D><<<dim3(p.batch, p.hq), D, 0, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <typename Q, typename KV, int D, bool ROPE, typename AllocTmp>
+cudaError_t launch(const Params& p, int sm_count, AllocTmp&& alloc_tmp, cudaStream_t stream) {
+  return launch_split<Q, D>(decode_kernel<Q, KV, D, ROPE>, kThreads, smem_bytes(D, sizeof(KV)), heads_per_block(D), p,
+                            sm_count, alloc_tmp, stream);
 }
 
 }  // namespace decode

@@ -1,0 +1,10 @@
+// Decode kernels for __nv_bfloat16 queries over __nv_fp8_e4m3 and __nv_fp8_e5m2 KV (see decode_launch.cuh).
+#define FLASHINFER_DECODE_INSTANTIATE
+#include "decode_launch.cuh"
+
+namespace flashinfer {
+namespace decode {
+template cudaError_t run<__nv_bfloat16, __nv_fp8_e4m3>(const Params&, int, bool, bool, const Launch&);
+template cudaError_t run<__nv_bfloat16, __nv_fp8_e5m2>(const Params&, int, bool, bool, const Launch&);
+}  // namespace decode
+}  // namespace flashinfer

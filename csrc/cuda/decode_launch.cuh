@@ -1,0 +1,47 @@
+// Dispatch of the decode kernels over head_dim, ROPE and the path (tensor cores for 16-bit KV without ROPE when
+// asked, CUDA cores otherwise) for one (query, KV) dtype pair. Torch-free. Each pair is
+// instantiated in its own translation unit (decode_inst_*.cu) so a parallel build compiles them side by side; the
+// adapter (decode.cu) only sees the declarations.
+#pragma once
+#include <functional>
+
+#include <type_traits>
+
+#include "../kernels/decode_tc.cuh"
+
+namespace flashinfer {
+namespace decode {
+
+// What a launch needs besides Params: the SM count, the split-workspace allocator, the stream.
+struct Launch {
+  int sm_count;
+  std::function<void(Params&)> alloc_tmp;
+  cudaStream_t stream;
+};
+
+template <typename Q, typename KV>
+cudaError_t run(const Params& p, int head_dim, bool rope, bool tensor_cores, const Launch& l);
+
+#ifdef FLASHINFER_DECODE_INSTANTIATE
+template <typename Q, typename KV, int D>
+cudaError_t run_head_dim(const Params& p, bool rope, bool tensor_cores, const Launch& l) {
+  if constexpr (std::is_same_v<Q, KV>) {
+    if (tensor_cores && !rope) return launch_tc<Q, D>(p, l.sm_count, l.alloc_tmp, l.stream);
+  }
+  return rope ? launch<Q, KV, D, true>(p, l.sm_count, l.alloc_tmp, l.stream)
+              : launch<Q, KV, D, false>(p, l.sm_count, l.alloc_tmp, l.stream);
+}
+
+template <typename Q, typename KV>
+cudaError_t run(const Params& p, int head_dim, bool rope, bool tensor_cores, const Launch& l) {
+  switch (head_dim) {
+    case 64: return run_head_dim<Q, KV, 64>(p, rope, tensor_cores, l);
+    case 128: return run_head_dim<Q, KV, 128>(p, rope, tensor_cores, l);
+    case 256: return run_head_dim<Q, KV, 256>(p, rope, tensor_cores, l);
+    default: return cudaErrorInvalidValue;
+  }
+}
+#endif
+
+}  // namespace decode
+}  // namespace flashinfer
