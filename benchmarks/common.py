@@ -68,7 +68,7 @@ def upstream_rows(script, peer_path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(script, cases, local_impls):
+def main(script, cases, local_impls, unit="GB/s"):
     ap = argparse.ArgumentParser()
     ap.add_argument("--impl", default="local", help="'local' (ours and torch peers) or 'upstream'")
     ap.add_argument("--peer", default=os.environ.get("FLASHINFER_PEER", "/tmp/peer"))
@@ -85,16 +85,16 @@ def main(script, cases, local_impls):
     elif args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f)
-    print_table(rows)
+    print_table(rows, unit)
 
 
-def print_table(rows):
+def print_table(rows, unit="GB/s"):
     """One line per (case, size): us and GB/s of each impl, ratio of ours to the best peer."""
     by_key = {}
     for r in rows:
         by_key.setdefault((r["case"], r["size"]), {})[r["impl"]] = r
     impls = sorted({r["impl"] for r in rows}, key=lambda i: (i != "ours", i))
-    print("| case | size | " + " | ".join(f"{i} us (GB/s)" for i in impls) + " | ours / best peer |", file=sys.stderr)
+    print("| case | size | " + " | ".join(f"{i} us ({unit})" for i in impls) + " | ours / best peer |", file=sys.stderr)
     print("|---" * (len(impls) + 3) + "|", file=sys.stderr)
     for (case, size), d in by_key.items():
         cells = []

@@ -302,6 +302,58 @@ void check_decode(const at::Tensor& q, const PagedKV& cache, const at::Tensor& k
            " entries (q's first dim), got ", kv_last_page_len.size(0));
 }
 
+// ---- prefill ----
+
+std::pair<at::Tensor, at::Tensor> ragged_kv_views(const at::Tensor& k, const at::Tensor& v,
+                                                  const std::string& kv_layout, const char* op) {
+  FI_CHECK(kv_layout == "NHD" || kv_layout == "HND", op, "kv_layout must be \"NHD\" or \"HND\", got \"", kv_layout,
+           "\"");
+  check_dim(k, 3, "k", op);
+  FI_CHECK(v.sizes() == k.sizes(), op, "v must have the shape of k (", k.sizes(), "), got ", v.sizes());
+  check_same_dtype(v, "v", k, "k", op);
+  check_same_device(v, "v", k, "k", op);
+  if (kv_layout == "NHD") return {k, v};
+  return {k.transpose(0, 1), v.transpose(0, 1)};
+}
+
+void check_indptr(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* op) {
+  FI_CHECK(t.scalar_type() == at::kInt && t.dim() == 1 && t.size(0) >= 1, op, name,
+           " must be 1-D int32 with batch_size + 1 entries, got ", t.scalar_type(), " of shape ", t.sizes());
+  check_same_device(t, name, ref, "q", op);
+}
+
+void check_prefill(const at::Tensor& q, const at::Tensor& qo_indptr, const at::Tensor& k, int64_t batch,
+                   const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
+                   const char* op) {
+  FI_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,
+           "q must be float16 or bfloat16, got ", q.scalar_type());
+  check_dim(q, 3, "q", op);
+  const int64_t d = q.size(2), hq = q.size(1), hkv = k.size(-2);
+  FI_CHECK(d == 64 || d == 128 || d == 256, op, "unsupported head_dim ", d, ": supported 64, 128, 256");
+  FI_CHECK(k.size(-1) == d, op, "the KV cache must have head_dim ", d, " (that of q), got ", k.size(-1));
+  FI_CHECK(hkv > 0 && hq % hkv == 0, op, "num_qo_heads (", hq, ") must be a multiple of num_kv_heads (", hkv, ")");
+  FI_CHECK(k.scalar_type() == q.scalar_type(), op, "the KV cache must have the dtype of q (", q.scalar_type(),
+           "), got ", k.scalar_type(), " (fp8 KV is not supported by prefill yet)");
+  check_same_device(k, "the KV cache", q, "q", op);
+  check_same_device(qo_indptr, "qo_indptr", q, "q", op);
+  FI_CHECK(qo_indptr.scalar_type() == at::kInt && qo_indptr.dim() == 1, op, "qo_indptr must be 1-D int32, got ",
+           qo_indptr.scalar_type(), " of shape ", qo_indptr.sizes());
+  FI_CHECK(qo_indptr.size(0) == batch + 1, op, "qo_indptr must have batch_size + 1 = ", batch + 1,
+           " entries, got ", qo_indptr.size(0));
+  FI_CHECK(mask.has_value() == mask_indptr.has_value(), op,
+           "packed_custom_mask and mask_indptr must be given together");
+  if (mask) {
+    FI_CHECK(mask->scalar_type() == at::kByte && mask->dim() == 1, op, "packed_custom_mask must be 1-D uint8, got ",
+             mask->scalar_type(), " of shape ", mask->sizes());
+    FI_CHECK(mask_indptr->scalar_type() == at::kInt && mask_indptr->dim() == 1 &&
+                 mask_indptr->size(0) == batch + 1,
+             op, "mask_indptr must be 1-D int32 with batch_size + 1 = ", batch + 1, " entries, got ",
+             mask_indptr->scalar_type(), " of shape ", mask_indptr->sizes());
+    check_same_device(*mask, "packed_custom_mask", q, "q", op);
+    check_same_device(*mask_indptr, "mask_indptr", q, "q", op);
+  }
+}
+
 // ---- layouts and failures of the CUDA adapters ----
 
 std::optional<RowLayout> row_layout(const at::Tensor& t) {

@@ -76,6 +76,18 @@ void check_decode(const at::Tensor& q, const PagedKV& cache, const at::Tensor& k
 // backend is "auto", "tensor_core" or "cuda_core".
 void check_decode_backend(const std::string& backend, const char* op);
 
+// ---- prefill ----
+// The KV of a ragged prefill as [total_kv, num_kv_heads, head_dim] views (transposed views of HND storage).
+std::pair<at::Tensor, at::Tensor> ragged_kv_views(const at::Tensor& k, const at::Tensor& v,
+                                                  const std::string& kv_layout, const char* op);
+// q [total_q, Hq, D] (fp16/bf16) against K/V views [..., Hkv, D] of q's dtype; qo_indptr int32 [batch + 1];
+// a packed custom mask (uint8) comes with mask_indptr int32 [batch + 1].
+// An indptr: 1-D int32 with at least one entry, on ref's device.
+void check_indptr(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* op);
+void check_prefill(const at::Tensor& q, const at::Tensor& qo_indptr, const at::Tensor& k, int64_t batch,
+                   const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
+                   const char* op);
+
 // ---- layouts and failures of the CUDA adapters ----
 // Leading dims of a [..., D] tensor collapsed to at most two (size, stride) levels; nullopt when the last dim
 // is strided or more levels are needed.

@@ -87,6 +87,27 @@ TORCH_LIBRARY(flashinfer, m) {
       "float logits_soft_cap, float sm_scale, float k_scale, float v_scale, float rope_scale, float rope_theta, "
       "str backend=\"auto\") -> (Tensor, Tensor)",
       tags);
+
+  // ---- prefill: ragged query tokens per request against its KV ----
+  // q [total_q, Hq, D], request b's tokens at rows qo_indptr[b]..qo_indptr[b+1] -> (out [total_q, Hq, D],
+  // lse [total_q, Hq] fp32, log base 2). Query i of a request of qo_len tokens over kv_len keys sees key j when
+  // j <= kv_len - qo_len + i (causal, bottom-right aligned), j >= kv_len - qo_len + i - window_left (window_left
+  // >= 0), and bit i * kv_len + j of its packed_custom_mask segment is set (bit order little; mask_indptr[b] is
+  // its first byte). Scores sm_scale * q.k * k_scale, soft-capped when logits_soft_cap > 0; values * v_scale.
+  // A row that sees no key: 0, -inf. The paged form reads the cache through kv_indptr / kv_indices /
+  // kv_last_page_len like decode; the ragged form reads k, v [total_kv, Hkv, D] (NHD) or [Hkv, total_kv, D] (HND)
+  // at rows kv_indptr[b]..kv_indptr[b+1].
+  m.def(
+      "batch_prefill_with_paged_kv_cache(Tensor q, Tensor qo_indptr, Tensor paged_k_cache, Tensor? paged_v_cache, "
+      "Tensor kv_indptr, Tensor kv_indices, Tensor kv_last_page_len, Tensor? packed_custom_mask, "
+      "Tensor? mask_indptr, str kv_layout, bool causal, int window_left, float logits_soft_cap, float sm_scale, "
+      "float k_scale, float v_scale) -> (Tensor, Tensor)",
+      tags);
+  m.def(
+      "batch_prefill_with_ragged_kv_cache(Tensor q, Tensor qo_indptr, Tensor k, Tensor v, Tensor kv_indptr, "
+      "Tensor? packed_custom_mask, Tensor? mask_indptr, str kv_layout, bool causal, int window_left, "
+      "float logits_soft_cap, float sm_scale, float k_scale, float v_scale) -> (Tensor, Tensor)",
+      tags);
 }
 
 // `import flashinfer._C` runs the static registrations above; the module itself holds nothing.

@@ -9,7 +9,7 @@ import torch
 
 from . import _C  # noqa: F401  registers the schemas and the CPU/CUDA kernels
 from . import meta_kernels  # noqa: F401  registers the fakes
-from . import activation, decode, norm, page, rope
+from . import activation, decode, norm, page, prefill, rope
 from .activation import gelu_and_mul, gelu_tanh_and_mul, silu_and_mul
 from .decode import (
     BatchDecodeWithPagedKVCacheWrapper,
@@ -18,6 +18,14 @@ from .decode import (
 )
 from .norm import fused_add_rmsnorm, gemma_fused_add_rmsnorm, gemma_rmsnorm, layernorm, rmsnorm
 from .page import append_paged_kv_cache, get_batch_indices_positions, get_seq_lens
+from .prefill import (
+    BatchPrefillWithPagedKVCacheWrapper,
+    BatchPrefillWithRaggedKVCacheWrapper,
+    packbits,
+    segment_packbits,
+    single_prefill_with_kv_cache,
+    single_prefill_with_kv_cache_return_lse,
+)
 from .rope import (
     apply_llama31_rope,
     apply_llama31_rope_inplace,

@@ -139,7 +139,44 @@ def batch_decode_with_paged_kv_cache(device):
     return out
 
 
+def _prefill_tables(device):
+    i32 = dict(dtype=torch.int32, device=device)
+    # requests (qo, kv): (3, 5), (0, 2), (4, 4); a mask of bits for every (query, key) pair, byte-aligned segments.
+    return (torch.tensor([0, 3, 3, 7], **i32), torch.tensor([0, 5, 7, 11], **i32),
+            torch.randint(0, 256, (5,), dtype=torch.uint8, device=device), torch.tensor([0, 2, 2, 4], **i32))
+
+
+def batch_prefill_with_ragged_kv_cache(device):
+    qo, kv, mask, mask_indptr = _prefill_tables(device)
+    out = []
+    for d, m in ((64, False), (128, True)):
+        q = torch.randn(7, 4, d, dtype=torch.bfloat16, device=device)
+        k = torch.randn(11, 2, d, dtype=torch.bfloat16, device=device)
+        v = torch.randn(11, 2, d, dtype=torch.bfloat16, device=device)
+        out.append(((q, qo, k, v, kv, mask if m else None, mask_indptr if m else None, "NHD", not m, 3 if m else -1,
+                     0.0 if m else 20.0, d ** -0.5, 1.0, 1.0), {}))
+    return out
+
+
+def batch_prefill_with_paged_kv_cache(device):
+    qo, _, mask, mask_indptr = _prefill_tables(device)
+    i32 = dict(dtype=torch.int32, device=device)
+    indptr, indices, last = (torch.tensor([0, 2, 3, 4], **i32), torch.tensor([4, 0, 2, 1], **i32),
+                             torch.tensor([1, 2, 4], **i32))
+    out = []
+    for layout, form, m in (("NHD", "5d", False), ("HND", "tuple", True)):
+        shape = (5, 2, 4, 2, 64) if layout == "NHD" else (5, 2, 2, 4, 64)
+        cache = torch.randn(shape, dtype=torch.float16, device=device)
+        k, v = (cache, None) if form == "5d" else (cache[:, 0].clone(), cache[:, 1].clone())
+        q = torch.randn(7, 4, 64, dtype=torch.float16, device=device)
+        out.append(((q, qo, k, v, indptr, indices, last, mask if m else None, mask_indptr if m else None, layout,
+                     not m, -1, 0.0, 0.125, 1.0, 1.0), {}))
+    return out
+
+
 SAMPLES = {
+    "batch_prefill_with_ragged_kv_cache": batch_prefill_with_ragged_kv_cache,
+    "batch_prefill_with_paged_kv_cache": batch_prefill_with_paged_kv_cache,
     "batch_decode_with_paged_kv_cache": batch_decode_with_paged_kv_cache,
     "append_paged_kv_cache": append_paged_kv_cache,
     "get_batch_indices_positions": get_batch_indices_positions,

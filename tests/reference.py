@@ -199,3 +199,34 @@ def paged_kv(k_pages, v_pages, indptr, indices, last_page_len, b):
     k = torch.cat([k_pages[p] for p in pages])[:length]
     v = torch.cat([v_pages[p] for p in pages])[:length]
     return k, v
+
+
+# ---- prefill ----
+
+def prefill_one(q, k, v, sm_scale, causal=False, mask=None, window_left=-1, logits_soft_cap=0.0,
+                dtype=torch.float64):
+    """One request: q [qo_len, Hq, D], k/v [kv_len, Hkv, D], mask [qo_len, kv_len] bool (or None). Query i sees
+    key j when j <= kv_len - qo_len + i (causal), j >= kv_len - qo_len + i - window_left (window_left >= 0) and
+    mask[i, j]. Returns out [qo_len, Hq, D] and lse [qo_len, Hq] (log base 2); a row that sees no key gives 0 and
+    -inf. Computed in `dtype`."""
+    qo_len, hq, d = q.shape
+    kv_len, hkv = k.shape[0], k.shape[1]
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    kh, vh = k.repeat_interleave(hq // hkv, dim=1), v.repeat_interleave(hq // hkv, dim=1)
+    s = torch.einsum("qhd,khd->hqk", q, kh) * sm_scale
+    if logits_soft_cap > 0:
+        s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
+    i = torch.arange(qo_len)[:, None]
+    j = torch.arange(kv_len)[None, :]
+    keep = torch.ones(qo_len, kv_len, dtype=torch.bool)
+    if causal:
+        keep &= j <= kv_len - qo_len + i
+    if window_left >= 0:
+        keep &= j >= kv_len - qo_len + i - window_left
+    if mask is not None:
+        keep &= mask.bool()
+    s = s.masked_fill(~keep[None], float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)  # [Hq, qo_len]
+    p = torch.exp(s - torch.where(torch.isinf(lse), 0, lse)[..., None])
+    out = torch.einsum("hqk,khd->qhd", p, vh)
+    return out.double(), (lse.double() / math.log(2)).transpose(0, 1)

@@ -50,6 +50,8 @@ flashinfer::apply_rope_pos_ids_inplace(Tensor(a!) q, Tensor(b!) k, Tensor pos_id
 flashinfer::apply_rope_with_cos_sin_cache(Tensor positions, Tensor query, Tensor key, int head_size, Tensor cos_sin_cache, bool is_neox) -> (Tensor, Tensor)
 flashinfer::apply_rope_with_cos_sin_cache_inplace(Tensor positions, Tensor(a!) query, Tensor(b!) key, int head_size, Tensor cos_sin_cache, bool is_neox) -> ()
 flashinfer::batch_decode_with_paged_kv_cache(Tensor q, Tensor paged_k_cache, Tensor? paged_v_cache, Tensor kv_indptr, Tensor kv_indices, Tensor kv_last_page_len, str kv_layout, bool rope_llama, int window_left, float logits_soft_cap, float sm_scale, float k_scale, float v_scale, float rope_scale, float rope_theta, str backend="auto") -> (Tensor, Tensor)
+flashinfer::batch_prefill_with_paged_kv_cache(Tensor q, Tensor qo_indptr, Tensor paged_k_cache, Tensor? paged_v_cache, Tensor kv_indptr, Tensor kv_indices, Tensor kv_last_page_len, Tensor? packed_custom_mask, Tensor? mask_indptr, str kv_layout, bool causal, int window_left, float logits_soft_cap, float sm_scale, float k_scale, float v_scale) -> (Tensor, Tensor)
+flashinfer::batch_prefill_with_ragged_kv_cache(Tensor q, Tensor qo_indptr, Tensor k, Tensor v, Tensor kv_indptr, Tensor? packed_custom_mask, Tensor? mask_indptr, str kv_layout, bool causal, int window_left, float logits_soft_cap, float sm_scale, float k_scale, float v_scale) -> (Tensor, Tensor)
 flashinfer::fused_add_rmsnorm(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps, bool gemma) -> ()
 flashinfer::gelu_and_mul(Tensor input) -> Tensor
 flashinfer::gelu_and_mul_out(Tensor(a!) out, Tensor input) -> ()

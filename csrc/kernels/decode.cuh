@@ -20,9 +20,8 @@
 #include <cmath>
 #include <cstddef>
 
-#include "common/cp_async.cuh"
 #include "common/fastdiv.cuh"
-#include "common/mma.cuh"
+#include "common/kv_tile.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -81,13 +80,6 @@ __host__ __device__ constexpr size_t smem_bytes(int head_dim, int kv_bytes) {
 
 // The KV range one block owns: split `split` of request b's [lo, len), cut in whole tiles, with every page-table
 // read guarded (an indptr running backwards or past kv_indices gives an empty request).
-struct Slice {
-  int64_t start;  // first kv_indices entry of the request
-  int64_t len;    // tokens in the request
-  int64_t t0, t1; // this block's tokens
-  int ntiles;
-};
-
 __device__ __forceinline__ Slice request_slice(const Params& p, int b, int split, int tile) {
   Slice s;
   s.start = max((int64_t)p.indptr[b], (int64_t)0);
@@ -103,58 +95,6 @@ __device__ __forceinline__ Slice request_slice(const Params& p, int b, int split
   s.ntiles = s.t1 > s.t0 ? (int)((s.t1 - s.t0 + tile - 1) / tile) : 0;
   return s;
 }
-
-// Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 8 elements per copy.
-// A load is two steps, one pipeline iteration apart, so the page-table reads of the next tile overlap the compute
-// of this one: find() reads the pages of this thread's kLoads token rows into registers, issue() starts their
-// copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read ever
-// leaves the cache. Positions are 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter).
-// kSwizzle lays rows out for ldmatrix (see swizzle() in common/mma.cuh).
-template <typename KV, int D, int kTile, int kThreads, bool kSwizzle>
-struct TileLoader {
-  static constexpr int kChunks = D / 8;  // copies per token row
-  static constexpr int kLoads = kTile * kChunks / kThreads;
-  static_assert(kTile * kChunks % kThreads == 0, "whole copies per thread");
-  const KV* k_base;
-  const KV* v_base;
-  const Params& p;
-  const Slice& s;
-  int page_of[kLoads], entry_of[kLoads];
-
-  __device__ __forceinline__ TileLoader(const Params& params, const Slice& slice, int kvh)
-      : k_base(static_cast<const KV*>(params.k_cache) + kvh * params.k_stride_head),
-        v_base(static_cast<const KV*>(params.v_cache) + kvh * params.v_stride_head), p(params), s(slice) {}
-
-  __device__ __forceinline__ void find(int tile) {
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const uint32_t t = (uint32_t)(s.t0 + (int64_t)tile * kTile) + (threadIdx.x + i * kThreads) / kChunks;
-      const uint32_t pi = p.page_div.div(t);
-      int page = -1;
-      if (tile < s.ntiles && t < (uint32_t)s.t1) {
-        page = p.indices[s.start + pi];
-        if (page >= p.num_pages) page = -1;
-      }
-      page_of[i] = page;
-      entry_of[i] = (int)p.page_div.mod(t, pi);
-    }
-  }
-
-  __device__ __forceinline__ void issue(KV* k_s, KV* v_s, int* valid_s, int stage) const {
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int c = threadIdx.x + i * kThreads, tok = c / kChunks, ch = c % kChunks;
-      const bool ok = page_of[i] >= 0;
-      const int64_t pg = ok ? page_of[i] : 0, entry = ok ? entry_of[i] : 0;
-      int dst = tok * D + ch * 8;
-      if constexpr (kSwizzle) dst = swizzle<D>(tok, ch);
-      dst += stage * kTile * D;
-      cp_async<8 * sizeof(KV)>(k_s + dst, k_base + pg * p.k_stride_page + entry * p.k_stride_entry + ch * 8, ok);
-      cp_async<8 * sizeof(KV)>(v_s + dst, v_base + pg * p.v_stride_page + entry * p.v_stride_entry + ch * 8, ok);
-      if (ch == 0) valid_s[stage * kTile + tok] = ok;
-    }
-  }
-};
 
 // Inverse frequency of rotary pair i of a head_dim-wide NeoX rotation.
 __device__ __forceinline__ float rope_freq(const Params& p, int i, int head_dim) {
@@ -194,7 +134,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
   const Slice sl = request_slice(p, b, blockIdx.z, kTile);
   const int64_t len = sl.len, t0 = sl.t0;
   const int ntiles = sl.ntiles;
-  TileLoader<KV, D, kTile, kThreads, false> loader(p, sl, kvh);
+  TileLoader<Params, KV, D, kTile, kThreads, false> loader(p, sl, kvh);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     loader.find(s);
@@ -358,24 +298,27 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
   }
 }
 
-// Combines the num_splits partials of each (request, head): grid (batch, hq), one thread per element.
-// Splits with nothing to attend (lse = -inf) are skipped, so their unwritten-to-zero partials never matter.
+// Combines the num_splits partials of each (request, head): grid (batch, hq), one thread per element. Every split
+// block writes its partial (an empty one: zeros and lse = -inf), so no partial is ever uninitialised. The split
+// weights are computed once into shared memory and the partials are then read with no dependence between splits,
+// so the loads overlap (a loop that found the maximum and the weights split by split would wait on memory each step).
 template <typename Q, int D>
 __global__ void merge_kernel(Params p) {
+  __shared__ float w_s[kMaxSplits];
   const int b = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
   const int64_t base = (int64_t)b * p.num_splits * p.hq + h;
+  for (int s = e; s < p.num_splits; s += D) w_s[s] = p.tmp_lse[base + (int64_t)s * p.hq];
+  __syncthreads();
   float mx = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, p.tmp_lse[base + (int64_t)s * p.hq]);
+  for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, w_s[s]);
+  __syncthreads();
+  for (int s = e; s < p.num_splits; s += D) w_s[s] = mx == -INFINITY ? 0.f : exp2f(w_s[s] - mx);
+  __syncthreads();
   float den = 0.f, acc = 0.f;
-  if (mx > -INFINITY) {
-    for (int s = 0; s < p.num_splits; ++s) {
-      const int64_t row = base + (int64_t)s * p.hq;
-      const float lse = p.tmp_lse[row];
-      if (lse == -INFINITY) continue;
-      const float w = exp2f(lse - mx);
-      den += w;
-      acc += w * p.tmp_o[row * D + e];
-    }
+#pragma unroll 8
+  for (int s = 0; s < p.num_splits; ++s) {
+    den += w_s[s];
+    acc = fmaf(w_s[s], p.tmp_o[(base + (int64_t)s * p.hq) * D + e], acc);
   }
   static_cast<Q*>(p.out)[((int64_t)b * p.hq + h) * D + e] = from_float<Q>(den > 0.f ? acc / den : 0.f);
   if (e == 0) p.lse[(int64_t)b * p.hq + h] = den > 0.f ? mx + log2f(den) : -INFINITY;

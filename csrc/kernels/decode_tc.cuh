@@ -18,7 +18,9 @@ constexpr int kTcThreads = 128;
 constexpr int kTcTile = 64;   // tokens per stage: 16 per warp
 constexpr int kTcRows = 16;   // query heads per block (mma M)
 
-__host__ __device__ constexpr int tc_stages(int head_dim) { return head_dim == 64 ? 4 : 3; }
+// Stages: enough in flight per block, few enough that 3 blocks (D = 64, 128) fit an SM; D = 256 runs one block
+// per SM with 3 stages, so two tiles stay in flight while it computes.
+__host__ __device__ constexpr int tc_stages(int head_dim) { return head_dim == 64 ? 4 : head_dim == 128 ? 2 : 3; }
 __host__ __device__ constexpr size_t tc_stage_region(int head_dim) {
   return (size_t)tc_stages(head_dim) * 2 * kTcTile * head_dim * 2;
 }
@@ -46,7 +48,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   const int nheads = min(group - chunk * kTcRows, kTcRows);
 
   const Slice sl = request_slice(p, b, blockIdx.z, kTcTile);
-  TileLoader<T, D, kTcTile, kTcThreads, true> loader(p, sl, kvh);
+  TileLoader<Params, T, D, kTcTile, kTcThreads, true> loader(p, sl, kvh);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     loader.find(s);

@@ -1,0 +1,75 @@
+"""Batch prefill over a paged KV cache: ours vs upstream FlashInfer (fa2 and fa3 backends) vs SDPA on dense
+tensors. Causal, bf16, Hq 32, Hkv 8, D 128, page 16, qo_len = kv_len (ANCHORS.md's prefill table), plus
+non-causal and head_dim 64. The figure in parentheses is TFLOP/s (causal FLOPs = 2 * b * H * L^2 * D)."""
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flashinfer  # noqa: E402
+from common import main  # noqa: E402
+
+HQ, HKV, PAGE = 32, 8, 16
+DT = torch.bfloat16
+SIZES = [(1, 8192, 128, True), (4, 4096, 128, True), (16, 1024, 128, True), (4, 4096, 128, False),
+         (4, 4096, 64, True)]
+
+
+def make(size, backend=None):
+    b, n, d, causal = size
+    pages_per = (n + PAGE - 1) // PAGE
+    num_pages = b * pages_per
+    cache = torch.randn(num_pages, 2, PAGE, HKV, d, dtype=DT, device="cuda")
+    indices = torch.randperm(num_pages, device="cuda").to(torch.int32)
+    indptr = torch.arange(0, num_pages + 1, pages_per, dtype=torch.int32, device="cuda")
+    last = torch.full((b,), (n - 1) % PAGE + 1, dtype=torch.int32, device="cuda")
+    qo = torch.arange(0, b * n + 1, n, dtype=torch.int32, device="cuda")
+    q = torch.randn(b * n, HQ, d, dtype=DT, device="cuda")
+    ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    kw = {} if backend is None else dict(backend=backend)
+    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", **kw)
+    wrapper.plan(qo, indptr, indices, last, HQ, HKV, d, PAGE, causal=causal, q_data_type=DT, kv_data_type=DT)
+    return dict(q=q, cache=cache, wrapper=wrapper)
+
+
+def _run(s):
+    return s["wrapper"].run(s["q"], s["cache"])
+
+
+def make_sdpa(size):
+    b, n, d, causal = size
+    return dict(q=torch.randn(b, HQ, n, d, dtype=DT, device="cuda"), k=torch.randn(b, HKV, n, d, dtype=DT, device="cuda"),
+                v=torch.randn(b, HKV, n, d, dtype=DT, device="cuda"), causal=causal)
+
+
+def _sdpa(backend):
+    from torch.nn.attention import sdpa_kernel
+
+    def fn(s):
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(s["q"], s["k"], s["v"], is_causal=s["causal"],
+                                                                    enable_gqa=True)
+    return fn
+
+
+def _flops_k(size):
+    b, n, d, causal = size
+    flops = 4 * b * HQ * n * n * d * (0.5 if causal else 1.0)
+    return flops / 1e3  # common.py divides by us * 1e3: the figure comes out in TFLOP/s
+
+
+def _cases():
+    from torch.nn.attention import SDPBackend
+    return {"prefill (b, len, d, causal)": (SIZES, make, {
+        "ours": _run,
+        "upstream fa2": (lambda size: make(size, "fa2"), _run),
+        "upstream fa3": (lambda size: make(size, "fa3"), _run),
+        "sdpa flash (dense)": (make_sdpa, _sdpa(SDPBackend.FLASH_ATTENTION)),
+        "sdpa cudnn (dense)": (make_sdpa, _sdpa(SDPBackend.CUDNN_ATTENTION)),
+    }, _flops_k)}
+
+
+if __name__ == "__main__":
+    main(os.path.abspath(__file__), _cases(), ["ours", "sdpa flash (dense)", "sdpa cudnn (dense)"], unit="TFLOP/s")

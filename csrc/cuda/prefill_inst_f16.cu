@@ -1,0 +1,9 @@
+// Prefill kernels for __half (see prefill_launch.cuh).
+#define FLASHINFER_PREFILL_INSTANTIATE
+#include "prefill_launch.cuh"
+
+namespace flashinfer {
+namespace prefill {
+template cudaError_t run<__half>(const Params&, int, bool, cudaStream_t);
+}  // namespace prefill
+}  // namespace flashinfer

@@ -1,0 +1,82 @@
+// K/V tiles of a paged (or ragged) KV cache streamed into shared memory: the block-level piece every attention
+// kernel shares. Torch-free. P is the kernel's parameter struct; it names the cache, strides and page tables the
+// same way in every family (k_cache, v_cache, k_stride_page/entry/head, v_..., indices, num_pages, page_div).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cp_async.cuh"
+#include "mma.cuh"
+
+namespace flashinfer {
+
+// The KV tokens [t0, t1) one block owns, cut in ntiles tiles; start is the first kv_indices entry (paged) or the
+// first row (ragged) of the request.
+struct Slice {
+  int64_t start;
+  int64_t len;     // tokens in the request
+  int64_t t0, t1;  // this block's tokens
+  int ntiles;
+};
+
+// Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 8 elements per copy.
+// A load is two steps, one pipeline iteration apart, so the page-table reads of the next tile overlap the compute
+// of this one: find() reads the pages of this thread's kLoads token rows into registers, issue() starts their
+// copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read ever
+// leaves the cache. Positions are 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter).
+// kSwizzle lays rows out for ldmatrix (see swizzle() in common/mma.cuh). kRagged reads a contiguous KV tensor
+// instead of pages: token t of the slice is row s.start + t (p.k_stride_page is then unused).
+template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false>
+struct TileLoader {
+  static constexpr int kChunks = D / 8;  // copies per token row
+  static constexpr int kLoads = kTile * kChunks / kThreads;
+  static_assert(kTile * kChunks % kThreads == 0, "whole copies per thread");
+  const KV* k_base;
+  const KV* v_base;
+  const P& p;
+  const Slice& s;
+  int page_of[kLoads], entry_of[kLoads];
+
+  __device__ __forceinline__ TileLoader(const P& params, const Slice& slice, int kvh)
+      : k_base(static_cast<const KV*>(params.k_cache) + kvh * params.k_stride_head),
+        v_base(static_cast<const KV*>(params.v_cache) + kvh * params.v_stride_head), p(params), s(slice) {}
+
+  __device__ __forceinline__ void find(int tile) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const uint32_t t = (uint32_t)(s.t0 + (int64_t)tile * kTile) + (threadIdx.x + i * kThreads) / kChunks;
+      const bool in = tile < s.ntiles && t < (uint32_t)s.t1;
+      if constexpr (kRagged) {
+        page_of[i] = in ? 0 : -1;
+        entry_of[i] = (int)(s.start + t);
+      } else {
+        const uint32_t pi = p.page_div.div(t);
+        int page = -1;
+        if (in) {
+          page = p.indices[s.start + pi];
+          if (page >= p.num_pages) page = -1;
+        }
+        page_of[i] = page;
+        entry_of[i] = (int)p.page_div.mod(t, pi);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void issue(KV* k_s, KV* v_s, int* valid_s, int stage) const {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int c = threadIdx.x + i * kThreads, tok = c / kChunks, ch = c % kChunks;
+      const bool ok = page_of[i] >= 0;
+      const int64_t pg = ok ? page_of[i] : 0, entry = ok ? entry_of[i] : 0;
+      int dst = tok * D + ch * 8;
+      if constexpr (kSwizzle) dst = swizzle<D>(tok, ch);
+      dst += stage * kTile * D;
+      cp_async<8 * sizeof(KV)>(k_s + dst, k_base + pg * p.k_stride_page + entry * p.k_stride_entry + ch * 8, ok);
+      cp_async<8 * sizeof(KV)>(v_s + dst, v_base + pg * p.v_stride_page + entry * p.v_stride_entry + ch * 8, ok);
+      if (ch == 0) valid_s[stage * kTile + tok] = ok;
+    }
+  }
+};
+
+}  // namespace flashinfer

@@ -1,0 +1,314 @@
+"""Prefill attention (FlashInfer 0.6 ``flashinfer.prefill`` API): single request, batch over a paged KV cache,
+batch over ragged KV, and the mask packing helpers.
+
+``plan()`` records metadata (moved to the device without blocking, or copied into the fixed buffers of a
+CUDA-graph wrapper); ``run()`` is one call of ``torch.ops.flashinfer.batch_prefill_with_{paged,ragged}_kv_cache``,
+whose kernel finds each block's (request, query tile) on the device, so a captured prefill replays with new
+lengths (up to the captured total of query tokens) and Dynamo traces straight through.
+
+Masks: ``causal`` is bottom-right aligned (query i of a request with qo_len queries and kv_len keys sees keys
+j <= kv_len - qo_len + i); ``custom_mask`` is each request's [qo_len, kv_len] boolean matrix, flattened and
+concatenated, packed here with bit order "little" (``packed_custom_mask`` skips the packing).
+Not supported yet: ``pos_encoding_mode="ROPE_LLAMA"`` and fp8 KV (both raise), a head_dim_vo different from
+head_dim_qk.
+"""
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .page import split_paged_kv_cache
+
+__all__ = ["packbits", "segment_packbits", "single_prefill_with_kv_cache", "single_prefill_with_kv_cache_return_lse",
+           "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper"]
+
+_HEAD_DIMS = (64, 128, 256)
+
+
+def packbits(x: torch.Tensor, bitorder: str = "big") -> torch.Tensor:
+    """Packs the elements of a boolean tensor (flattened) into uint8, 8 to a byte, like numpy.packbits."""
+    if bitorder not in ("big", "little"):
+        raise ValueError(f'bitorder must be "big" or "little", got "{bitorder}"')
+    bits = x.reshape(-1).to(torch.uint8)
+    bits = torch.nn.functional.pad(bits, (0, (-bits.numel()) % 8)).view(-1, 8)
+    shifts = torch.arange(8, device=x.device, dtype=torch.uint8)
+    if bitorder == "big":
+        shifts = 7 - shifts
+    return (bits << shifts).sum(-1, dtype=torch.uint8)
+
+
+def segment_packbits(x: torch.Tensor, indptr: torch.Tensor, bitorder: str = "big") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Packs each segment x[indptr[i]:indptr[i+1]] on its own (each starts on a byte). Returns the packed bytes and
+    the byte indptr. Reads indptr on the host."""
+    bounds = indptr.tolist()
+    sizes = [(b - a + 7) // 8 for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [packbits(x[a:b], bitorder) for a, b in zip(bounds[:-1], bounds[1:])]
+    packed = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8, device=x.device)
+    new_indptr = torch.tensor([0] + sizes, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(indptr.device)
+    return packed, new_indptr
+
+
+def _check_rope(pos_encoding_mode: str) -> None:
+    if pos_encoding_mode not in ("NONE", "ROPE_LLAMA"):
+        raise ValueError(f'pos_encoding_mode must be "NONE" or "ROPE_LLAMA", got "{pos_encoding_mode}"')
+    if pos_encoding_mode == "ROPE_LLAMA":
+        raise NotImplementedError('prefill does not support pos_encoding_mode="ROPE_LLAMA" yet: apply RoPE to q and '
+                                  'k first (flashinfer.apply_rope_pos_ids_inplace)')
+
+
+def _scales(head_dim, sm_scale, q_scale, k_scale, v_scale):
+    scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * (1.0 if q_scale is None else q_scale)
+    return float(scale), 1.0 if k_scale is None else float(k_scale), 1.0 if v_scale is None else float(v_scale)
+
+
+def _finish(o, s, out, lse, return_lse, o_dtype=None):
+    if o_dtype is not None and o.dtype != o_dtype:
+        o = o.to(o_dtype)
+    if out is not None:
+        out.copy_(o)
+        o = out
+    if lse is not None:
+        lse.copy_(s)
+        s = lse
+    return (o, s) if return_lse else o
+
+
+def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale_q=None, scale_k=None,
+                                 scale_v=None, o_dtype: Optional[torch.dtype] = None,
+                                 custom_mask: Optional[torch.Tensor] = None,
+                                 packed_custom_mask: Optional[torch.Tensor] = None, causal: bool = False,
+                                 kv_layout: str = "NHD", pos_encoding_mode: str = "NONE",
+                                 use_fp16_qk_reduction: bool = False, sm_scale: Optional[float] = None,
+                                 window_left: int = -1, logits_soft_cap: Optional[float] = None,
+                                 rope_scale: Optional[float] = None, rope_theta: Optional[float] = None,
+                                 backend: str = "auto", return_lse: bool = False):
+    """Attention of ``q [qo_len, num_qo_heads, head_dim]`` over ``k``/``v`` ``[kv_len, num_kv_heads, head_dim]``
+    (NHD) or ``[num_kv_heads, kv_len, head_dim]`` (HND). Returns ``out`` (and ``lse [qo_len, num_qo_heads]``, log
+    base 2, with ``return_lse``)."""
+    _check_rope(pos_encoding_mode)
+    kv_len = k.shape[0] if kv_layout == "NHD" else k.shape[1]
+    dev = q.device
+    qo_indptr = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=dev)
+    kv_indptr = torch.tensor([0, kv_len], dtype=torch.int32, device=dev)
+    mask_indptr = None
+    if custom_mask is not None and packed_custom_mask is None:
+        packed_custom_mask = packbits(custom_mask, "little")
+    if packed_custom_mask is not None:
+        mask_indptr = torch.zeros(2, dtype=torch.int32, device=dev)
+    sm, ks, vs = _scales(q.shape[-1], sm_scale, scale_q, scale_k, scale_v)
+    o, s = torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(
+        q, qo_indptr, k, v, kv_indptr, packed_custom_mask, mask_indptr, kv_layout, causal, window_left,
+        0.0 if logits_soft_cap is None else float(logits_soft_cap), sm, ks, vs)
+    return _finish(o, s, None, None, return_lse, o_dtype)
+
+
+def single_prefill_with_kv_cache_return_lse(q, k, v, *args, **kwargs):
+    return single_prefill_with_kv_cache(q, k, v, *args, return_lse=True, **kwargs)
+
+
+class _PrefillWrapper:
+    """What the paged and ragged wrappers share: buffers for CUDA graphs, plan-time parameters, mask packing."""
+
+    _buffer_names: Tuple[str, ...] = ()
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str, use_cuda_graph: bool,
+                 buffers: dict, backend: str) -> None:
+        if kv_layout not in ("NHD", "HND"):
+            raise ValueError(f'kv_layout must be "NHD" or "HND", got "{kv_layout}"')
+        self._float_workspace_buffer = float_workspace_buffer
+        self.device = float_workspace_buffer.device
+        self._kv_layout = kv_layout
+        self._use_cuda_graph = use_cuda_graph
+        self._backend = backend
+        self._bufs = buffers
+        if use_cuda_graph:
+            for name in self._buffer_names:
+                buf = buffers.get(name)
+                if buf is None or buf.dtype != torch.int32:
+                    raise ValueError(f"use_cuda_graph=True needs {name} as an int32 tensor")
+        self._planned = False
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._use_cuda_graph
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
+        self._float_workspace_buffer = float_workspace_buffer
+
+    def _place(self, name: str, t: torch.Tensor, non_blocking: bool, whole: bool = False) -> torch.Tensor:
+        """t on the device: copied into the fixed buffer `name` under CUDA graphs (the view of its first rows, or
+        the whole buffer when `whole`), else moved without blocking."""
+        if t.dtype != torch.int32 and name != "custom_mask_buf":
+            raise ValueError(f"{name.replace('_buf', '')} must be int32, got {t.dtype}")
+        if not self._use_cuda_graph or self._bufs.get(name) is None:
+            return t.to(self.device, non_blocking=non_blocking)
+        buf = self._bufs[name]
+        if t.shape[0] > buf.shape[0]:
+            raise ValueError(f"{name} holds {buf.shape[0]} entries; this batch needs {t.shape[0]}")
+        buf[: t.shape[0]].copy_(t, non_blocking=non_blocking)
+        return buf if whole else buf[: t.shape[0]]
+
+    def _plan_common(self, qo_indptr, kv_lens_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo,
+                     custom_mask, packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap,
+                     sm_scale, non_blocking):
+        if head_dim_qk not in _HEAD_DIMS:
+            raise ValueError(f"unsupported head_dim {head_dim_qk}: supported 64, 128, 256")
+        if head_dim_vo is not None and head_dim_vo != head_dim_qk:
+            raise NotImplementedError("head_dim_vo different from head_dim_qk is not supported")
+        if num_kv_heads <= 0 or num_qo_heads % num_kv_heads != 0:
+            raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        _check_rope(pos_encoding_mode)
+        self._qo_indptr = self._place("qo_indptr_buf", qo_indptr, non_blocking)
+        self._mask = self._mask_indptr = None
+        if custom_mask is not None or packed_custom_mask is not None:
+            # Each request's [qo_len, kv_len] bits start on a byte: the lengths are read on the host here.
+            qo = qo_indptr.tolist()
+            kv = kv_lens_host()
+            bits = torch.tensor([0] + [(qo[i + 1] - qo[i]) * kv[i] for i in range(len(kv))]).cumsum(0)
+            if packed_custom_mask is None:
+                packed_custom_mask, mask_indptr = segment_packbits(custom_mask.reshape(-1), bits, "little")
+            else:
+                nbytes = [(int(b) - int(a) + 7) // 8 for a, b in zip(bits[:-1], bits[1:])]
+                mask_indptr = torch.tensor([0] + nbytes, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            self._mask = self._place("custom_mask_buf", packed_custom_mask.reshape(-1), non_blocking, whole=True)
+            self._mask_indptr = self._place("mask_indptr_buf", mask_indptr.to(torch.int32), non_blocking)
+        self._num_qo_heads, self._num_kv_heads, self._head_dim = num_qo_heads, num_kv_heads, head_dim_qk
+        self._causal, self._window_left = causal, window_left
+        self._logits_soft_cap = 0.0 if logits_soft_cap is None else float(logits_soft_cap)
+        self._sm_scale = sm_scale
+        self._planned = True
+
+    def _check_planned(self):
+        if not self._planned:
+            raise RuntimeError(f"{type(self).__name__}.run() called before plan()")
+
+    def end_forward(self) -> None:
+        pass
+
+    def run_return_lse(self, *args, **kwargs):
+        return self.run(*args, return_lse=True, **kwargs)
+
+    def forward_return_lse(self, *args, **kwargs):
+        return self.forward(*args, return_lse=True, **kwargs)
+
+
+class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
+    """Prefill for a batch whose KV is ragged: request b's keys are rows kv_indptr[b]..kv_indptr[b+1] of k/v."""
+
+    _buffer_names = ("qo_indptr_buf", "kv_indptr_buf")
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 qo_indptr_buf: Optional[torch.Tensor] = None, kv_indptr_buf: Optional[torch.Tensor] = None,
+                 custom_mask_buf: Optional[torch.Tensor] = None, mask_indptr_buf: Optional[torch.Tensor] = None,
+                 backend: str = "auto", jit_args=None) -> None:
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph,
+                         dict(qo_indptr_buf=qo_indptr_buf, kv_indptr_buf=kv_indptr_buf,
+                              custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf), backend)
+
+    def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int, num_kv_heads: int,
+             head_dim_qk: int, head_dim_vo: Optional[int] = None, custom_mask: Optional[torch.Tensor] = None,
+             packed_custom_mask: Optional[torch.Tensor] = None, causal: bool = False,
+             pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False, window_left: int = -1,
+             logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
+             rope_scale: Optional[float] = None, rope_theta: Optional[float] = None,
+             q_data_type: Union[str, torch.dtype] = "float16", kv_data_type=None, non_blocking: bool = True,
+             **unused) -> None:
+        """Records the batch and the attention parameters; never waits for the device (a custom_mask that still
+        needs packing reads the lengths on the host)."""
+        kv_host = lambda: (kv_indptr[1:] - kv_indptr[:-1]).tolist()  # noqa: E731
+        self._plan_common(qo_indptr, kv_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, custom_mask,
+                          packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
+                          non_blocking)
+        self._kv_indptr = self._place("kv_indptr_buf", kv_indptr, non_blocking)
+
+    begin_forward = plan
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args, q_scale: Optional[float] = None,
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
+            lse: Optional[torch.Tensor] = None, return_lse: bool = False, enable_pdl: Optional[bool] = None):
+        """Attention of ``q [total_q, num_qo_heads, head_dim]`` over the planned requests."""
+        self._check_planned()
+        sm, ks, vs = _scales(q.shape[-1], self._sm_scale, q_scale, k_scale, v_scale)
+        o, s = torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(
+            q, self._qo_indptr, k, v, self._kv_indptr, self._mask, self._mask_indptr, self._kv_layout,
+            self._causal, self._window_left, self._logits_soft_cap, sm, ks, vs)
+        return _finish(o, s, out, lse, return_lse)
+
+    def forward(self, q, k, v, causal: bool = False, pos_encoding_mode: str = "NONE",
+                use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
+                rope_scale=None, rope_theta=None, return_lse: bool = False):
+        """Legacy entry point: attention parameters given per call instead of to plan()."""
+        _check_rope(pos_encoding_mode)
+        self._causal, self._window_left = causal, window_left
+        self._logits_soft_cap = 0.0 if logits_soft_cap is None else float(logits_soft_cap)
+        self._sm_scale = sm_scale
+        return self.run(q, k, v, return_lse=return_lse)
+
+
+class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
+    """Prefill for a batch whose KV lives in a paged cache (the page tables of the decode wrapper)."""
+
+    _buffer_names = ("qo_indptr_buf", "paged_kv_indptr_buf", "paged_kv_indices_buf", "paged_kv_last_page_len_buf")
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 qo_indptr_buf: Optional[torch.Tensor] = None, paged_kv_indptr_buf: Optional[torch.Tensor] = None,
+                 paged_kv_indices_buf: Optional[torch.Tensor] = None,
+                 paged_kv_last_page_len_buf: Optional[torch.Tensor] = None,
+                 custom_mask_buf: Optional[torch.Tensor] = None, mask_indptr_buf: Optional[torch.Tensor] = None,
+                 backend: str = "auto", jit_args=None) -> None:
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph,
+                         dict(qo_indptr_buf=qo_indptr_buf, paged_kv_indptr_buf=paged_kv_indptr_buf,
+                              paged_kv_indices_buf=paged_kv_indices_buf,
+                              paged_kv_last_page_len_buf=paged_kv_last_page_len_buf,
+                              custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf), backend)
+
+    def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
+             paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
+             page_size: int, head_dim_vo: Optional[int] = None, custom_mask: Optional[torch.Tensor] = None,
+             packed_custom_mask: Optional[torch.Tensor] = None, causal: bool = False,
+             pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
+             sm_scale: Optional[float] = None, window_left: int = -1, logits_soft_cap: Optional[float] = None,
+             rope_scale: Optional[float] = None, rope_theta: Optional[float] = None,
+             q_data_type: Union[str, torch.dtype] = "float16", kv_data_type=None, non_blocking: bool = True,
+             **unused) -> None:
+        """Records the batch, its page tables and the attention parameters; never waits for the device (a
+        custom_mask that still needs packing reads the lengths on the host)."""
+        def kv_host():
+            pages = (paged_kv_indptr[1:] - paged_kv_indptr[:-1]).tolist()
+            last = paged_kv_last_page_len.tolist()
+            return [0 if n <= 0 else (n - 1) * page_size + l for n, l in zip(pages, last)]
+
+        self._plan_common(qo_indptr, kv_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, custom_mask,
+                          packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
+                          non_blocking)
+        self._kv_indptr = self._place("paged_kv_indptr_buf", paged_kv_indptr, non_blocking)
+        self._kv_indices = self._place("paged_kv_indices_buf", paged_kv_indices, non_blocking, whole=True)
+        self._kv_last = self._place("paged_kv_last_page_len_buf", paged_kv_last_page_len, non_blocking)
+        self._page_size = page_size
+
+    begin_forward = plan
+
+    def run(self, q: torch.Tensor, paged_kv_cache: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], *args,
+            q_scale: Optional[float] = None, k_scale: Optional[float] = None, v_scale: Optional[float] = None,
+            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None, return_lse: bool = False,
+            enable_pdl: Optional[bool] = None, window_left: Optional[int] = None):
+        """Attention of ``q [total_q, num_qo_heads, head_dim]`` over the planned requests' pages."""
+        self._check_planned()
+        k_cache, v_cache, _, _ = split_paged_kv_cache(paged_kv_cache, self._kv_layout)
+        sm, ks, vs = _scales(q.shape[-1], self._sm_scale, q_scale, k_scale, v_scale)
+        o, s = torch.ops.flashinfer.batch_prefill_with_paged_kv_cache(
+            q, self._qo_indptr, k_cache, v_cache, self._kv_indptr, self._kv_indices, self._kv_last, self._mask,
+            self._mask_indptr, self._kv_layout, self._causal,
+            self._window_left if window_left is None else window_left, self._logits_soft_cap, sm, ks, vs)
+        return _finish(o, s, out, lse, return_lse)
+
+    def forward(self, q, paged_kv_cache, causal: bool = False, pos_encoding_mode: str = "NONE",
+                use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
+                rope_scale=None, rope_theta=None, return_lse: bool = False):
+        """Legacy entry point: attention parameters given per call instead of to plan()."""
+        _check_rope(pos_encoding_mode)
+        self._causal, self._window_left = causal, window_left
+        self._logits_soft_cap = 0.0 if logits_soft_cap is None else float(logits_soft_cap)
+        self._sm_scale = sm_scale
+        return self.run(q, paged_kv_cache, return_lse=return_lse)

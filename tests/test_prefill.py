@@ -1,0 +1,234 @@
+import math
+
+import pytest
+import torch
+
+import flashinfer
+import reference as ref
+from helpers import assert_matches, logical_pages, page_table, paged_cache, poison_allocator
+
+# (qo_len, kv_len) per request: empty query, single token, prefix cached, qo == kv, qo > kv, empty KV.
+PAIRS = [(0, 5), (1, 1), (17, 40), (64, 64), (100, 130), (5, 3), (3, 0), (70, 200)]
+
+
+def _ragged(pairs, hq, hkv, d, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    qo = torch.tensor([0] + [p[0] for p in pairs]).cumsum(0).to(torch.int32)
+    kv = torch.tensor([0] + [p[1] for p in pairs]).cumsum(0).to(torch.int32)
+    q = torch.randn(int(qo[-1]), hq, d, generator=g).to(dtype).to(device)
+    k = torch.randn(int(kv[-1]), hkv, d, generator=g).to(dtype).to(device)
+    v = torch.randn(int(kv[-1]), hkv, d, generator=g).to(dtype).to(device)
+    return q, k, v, qo.to(device), kv.to(device)
+
+
+def _expect(q, ks, vs, qo, dtype, masks=None, **kw):
+    """float64 reference and the plain-PyTorch baseline at `dtype`, request by request; ks/vs are per request."""
+    outs, lses, bouts, blses = [], [], [], []
+    qo = qo.cpu().tolist()
+    for b in range(len(ks)):
+        qb = q[qo[b] : qo[b + 1]].cpu()
+        m = None if masks is None else masks[b]
+        o, s = ref.prefill_one(qb, ks[b].cpu(), vs[b].cpu(), mask=m, **kw)
+        bo, bs = ref.prefill_one(qb, ks[b].cpu(), vs[b].cpu(), mask=m, dtype=dtype, **kw)
+        outs.append(o), lses.append(s), bouts.append(bo), blses.append(bs)
+    return torch.cat(outs), torch.cat(lses), torch.cat(bouts), torch.cat(blses)
+
+
+def _check(out, lse, expect, what):
+    e_out, e_lse, b_out, b_lse = expect
+    assert_matches(out, e_out, b_out, f"{what} out")
+    finite = torch.isfinite(e_lse)
+    assert torch.equal(torch.isfinite(lse.cpu()), finite), f"{what}: lse must be -inf exactly for rows with no key"
+    assert_matches(lse.cpu()[finite], e_lse[finite], b_lse[finite], f"{what} lse")
+
+
+def _split(k, kv):
+    kv = kv.cpu().tolist()
+    return [k[kv[b] : kv[b + 1]] for b in range(len(kv) - 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("group", [1, 4, 5])
+@pytest.mark.parametrize("causal", [False, True])
+def test_batch_prefill_ragged(device, dtype, head_dim, group, causal):
+    hkv = 2
+    q, k, v, qo, kv = _ragged(PAIRS, hkv * group, hkv, head_dim, dtype, device)
+    wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(qo, kv, hkv * group, hkv, head_dim, causal=causal)
+    poison_allocator(device, q.numel() * 2 * 4)
+    out, lse = wrapper.run(q, k, v, return_lse=True)
+    _check(out, lse, _expect(q, _split(k, kv), _split(v, kv), qo, dtype, sm_scale=1 / math.sqrt(head_dim),
+                             causal=causal), "ragged")
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_batch_prefill_paged(device, page_size, layout, causal):
+    dtype, d, hkv, group = torch.bfloat16, 128, 2, 4
+    g = torch.Generator().manual_seed(1)
+    kv_lens = [p[1] for p in PAIRS]
+    indptr, last = page_table(kv_lens, page_size)
+    num_pages = int(indptr[-1]) + 3
+    indices = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
+    cache = paged_cache(num_pages, page_size, hkv, d, dtype, device, layout, "5d", generator=g)
+    qo = torch.tensor([0] + [p[0] for p in PAIRS]).cumsum(0).to(torch.int32)
+    q = torch.randn(int(qo[-1]), hkv * group, d, generator=g).to(dtype).to(device)
+    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=device), kv_layout=layout)
+    wrapper.plan(qo.to(device), indptr.to(device), indices.to(device), last.to(device), hkv * group, hkv, d,
+                 page_size, causal=causal)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    k_pages, v_pages = (t.cpu() for t in logical_pages(cache, layout))
+    ks, vs = zip(*(ref.paged_kv(k_pages, v_pages, indptr, indices, last, b) for b in range(len(PAIRS))))
+    _check(out, lse, _expect(q, ks, vs, qo, dtype, sm_scale=1 / math.sqrt(d), causal=causal), "paged")
+
+
+@pytest.mark.parametrize("feature", ["window", "soft_cap", "sm_scale", "mask", "mask_is_causal", "strided_qkv"])
+def test_batch_prefill_features(device, feature):
+    dtype, d, hkv, group = torch.float16, 64, 2, 4
+    hq = hkv * group
+    q, k, v, qo, kv = _ragged(PAIRS, hq, hkv, d, dtype, device, seed=2)
+    kw, plan, masks = dict(sm_scale=1 / math.sqrt(d)), {}, None
+    if feature == "window":
+        plan.update(causal=True, window_left=20)
+        kw.update(causal=True, window_left=20)
+    elif feature == "soft_cap":
+        plan["logits_soft_cap"] = kw["logits_soft_cap"] = 4.0
+    elif feature == "sm_scale":
+        plan["sm_scale"] = kw["sm_scale"] = 0.2
+    elif feature in ("mask", "mask_is_causal"):
+        g = torch.Generator().manual_seed(5)
+        if feature == "mask":
+            masks = [torch.rand(a, b, generator=g) < 0.6 for a, b in PAIRS]
+        else:  # the causal mask written out: must equal causal=True
+            masks = [torch.arange(b)[None, :] <= (b - a + torch.arange(a)[:, None]) for a, b in PAIRS]
+            kw["causal"] = True
+        plan["custom_mask"] = torch.cat([m.reshape(-1) for m in masks]).to(device)
+        if feature == "mask_is_causal":
+            masks = None
+    elif feature == "strided_qkv":
+        # q, k, v as views of one packed projection [T, Hq + 2 * Hkv, D] (q and kv token counts differ, so k/v
+        # come from a second packed buffer).
+        qkv = torch.randn(q.shape[0], hq + 2 * hkv, d, dtype=dtype, device=device)
+        q = qkv[:, :hq]
+        kvp = torch.randn(k.shape[0], 2 * hkv + 1, d, dtype=dtype, device=device)
+        k, v = kvp[:, :hkv], kvp[:, hkv + 1 :]
+    wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(qo, kv, hq, hkv, d, **plan)
+    out, lse = wrapper.run_return_lse(q, k, v)
+    _check(out, lse, _expect(q, _split(k, kv), _split(v, kv), qo, dtype, masks=masks, **kw), feature)
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("mode", ["causal", "mask", "plain"])
+def test_single_prefill(device, layout, mode):
+    dtype, d, hq, hkv, qo_len, kv_len = torch.bfloat16, 128, 8, 2, 37, 90
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(qo_len, hq, d, generator=g).to(dtype).to(device)
+    k = torch.randn(kv_len, hkv, d, generator=g).to(dtype).to(device)
+    v = torch.randn(kv_len, hkv, d, generator=g).to(dtype).to(device)
+    mask = torch.rand(qo_len, kv_len, generator=g) < 0.5
+    kk, vv = (k, v) if layout == "NHD" else (k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous())
+    kw = dict(causal=True) if mode == "causal" else dict(custom_mask=mask.to(device)) if mode == "mask" else {}
+    out, lse = flashinfer.single_prefill_with_kv_cache_return_lse(q, kk, vv, kv_layout=layout, **kw)
+    rkw = dict(causal=True) if mode == "causal" else dict(mask=mask) if mode == "mask" else {}
+    e_out, e_lse = ref.prefill_one(q.cpu(), k.cpu(), v.cpu(), 1 / math.sqrt(d), **rkw)
+    b_out, b_lse = ref.prefill_one(q.cpu(), k.cpu(), v.cpu(), 1 / math.sqrt(d), dtype=dtype, **rkw)
+    assert_matches(out, e_out, b_out, "single prefill")
+    assert_matches(lse, e_lse, b_lse, "single prefill lse")
+
+
+def test_packbits():
+    x = torch.tensor([1, 0, 1, 1, 0, 0, 0, 0, 1, 1], dtype=torch.bool)
+    assert flashinfer.packbits(x, "little").tolist() == [0b00001101, 0b00000011]
+    assert flashinfer.packbits(x, "big").tolist() == [0b10110000, 0b11000000]
+    packed, indptr = flashinfer.segment_packbits(x, torch.tensor([0, 3, 10]), "little")
+    assert packed.tolist() == [0b101, 0b1100001] and indptr.tolist() == [0, 1, 2]
+
+
+def test_prefill_wrapper_compiles_fullgraph(device):
+    d, hkv, group = 64, 2, 2
+    q, k, v, qo, kv = _ragged([(5, 9), (30, 30), (2, 40)], hkv * group, hkv, d, torch.bfloat16, device)
+    wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(qo, kv, hkv * group, hkv, d, causal=True)
+    expect = wrapper.run(q, k, v)
+    torch._dynamo.reset()
+    got = torch.compile(lambda q, k, v: wrapper.run(q, k, v), fullgraph=True)(q, k, v)
+    torch.testing.assert_close(got, expect)
+
+
+class _Prefill(torch.nn.Module):
+    def forward(self, q, k, v, qo_indptr, kv_indptr):
+        return torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(
+            q, qo_indptr, k, v, kv_indptr, None, None, "NHD", True, -1, 0.0, q.shape[-1] ** -0.5, 1.0, 1.0)[0]
+
+
+def test_export_prefill(device):
+    d, hkv, group = 64, 2, 2
+    q, k, v, qo, kv = _ragged([(5, 9), (30, 30), (2, 40)], hkv * group, hkv, d, torch.bfloat16, device)
+    tq, tk, b = torch.export.Dim("tq", min=2, max=4096), torch.export.Dim("tk", min=2, max=4096), \
+        torch.export.Dim("b", min=1, max=64)
+    dyn = ({0: tq}, {0: tk}, {0: tk}, {0: b + 1}, {0: b + 1})
+    ep = torch.export.export(_Prefill(), (q, k, v, qo, kv), dynamic_shapes=dyn)
+    torch.testing.assert_close(ep.module()(q, k, v, qo, kv), _Prefill()(q, k, v, qo, kv))
+
+
+@pytest.mark.parametrize("case,msg", [
+    ("int64_indptr", r"qo_indptr must be 1-D int32"),
+    ("head_dim", r"unsupported head_dim 96: supported 64, 128, 256"),
+    ("group", r"num_qo_heads \(6\) must be a multiple of num_kv_heads \(4\)"),
+    ("fp8", r"the KV cache must have the dtype of q \(BFloat16\), got Float8_e4m3fn"),
+    ("mask_alone", r"packed_custom_mask and mask_indptr must be given together"),
+])
+def test_prefill_bad_input_named(device, case, msg):
+    d = 96 if case == "head_dim" else 64
+    hq, hkv = (6, 4) if case == "group" else (4, 2)
+    q = torch.randn(4, hq, d, dtype=torch.bfloat16, device=device)
+    k = torch.randn(6, hkv, d, dtype=torch.bfloat16, device=device)
+    if case == "fp8":
+        k = k.to(torch.float8_e4m3fn)
+    qo = torch.tensor([0, 4], dtype=torch.int64 if case == "int64_indptr" else torch.int32, device=device)
+    kv = torch.tensor([0, 6], dtype=torch.int32, device=device)
+    mask = torch.ones(3, dtype=torch.uint8, device=device) if case == "mask_alone" else None
+    with pytest.raises(RuntimeError, match=r"batch_prefill_with_ragged_kv_cache: " + msg):
+        torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(q, qo, k, k, kv, mask, None, "NHD", True, -1, 0.0,
+                                                                0.1, 1.0, 1.0)
+
+
+@pytest.mark.gpu
+def test_prefill_graph_replay_with_new_lengths():
+    """A paged prefill captured once with fixed buffers, replayed for batches of other lengths (up to the captured
+    number of query tokens): each replay equals eager."""
+    dev, dtype, d, hkv, group, page, max_q, num_pages = "cuda", torch.bfloat16, 128, 2, 4, 16, 256, 64
+    cache = torch.randn(num_pages, 2, page, hkv, d, dtype=dtype, device=dev)
+    bufs = dict(qo_indptr_buf=torch.zeros(5, dtype=torch.int32, device=dev),
+                paged_kv_indptr_buf=torch.zeros(5, dtype=torch.int32, device=dev),
+                paged_kv_indices_buf=torch.zeros(num_pages, dtype=torch.int32, device=dev),
+                paged_kv_last_page_len_buf=torch.zeros(4, dtype=torch.int32, device=dev))
+    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=dev), use_cuda_graph=True, **bufs)
+    q = torch.randn(max_q, hkv * group, d, dtype=dtype, device=dev)
+
+    def plan(pairs, seed):
+        g = torch.Generator().manual_seed(seed)
+        qo = torch.tensor([0] + [a for a, _ in pairs]).cumsum(0).to(torch.int32)
+        indptr, last = page_table([b for _, b in pairs], page)
+        indices = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
+        wrapper.plan(qo, indptr, indices, last, hkv * group, hkv, d, page, causal=True)
+        return qo
+
+    plan([(60, 60), (60, 100), (60, 300), (60, 61)], 0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        wrapper.run(q, cache)  # warm-up off the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = wrapper.run(q, cache)
+    for step, pairs in enumerate([[(1, 1), (100, 500), (0, 7), (3, 3)], [(64, 64), (64, 64), (64, 64), (64, 64)],
+                                  [(7, 600), (0, 0), (200, 230), (1, 1)]]):
+        qo = plan(pairs, step + 1)
+        graph.replay()
+        n = int(qo[-1])
+        torch.testing.assert_close(out[:n], wrapper.run(q, cache)[:n])
