@@ -9,8 +9,9 @@ import torch
 
 from . import _C  # noqa: F401  registers the schemas and the CPU/CUDA kernels
 from . import meta_kernels  # noqa: F401  registers the fakes
-from . import activation, decode, norm, page, prefill, rope
+from . import activation, core, decode, norm, page, prefill, rope
 from .activation import gelu_and_mul, gelu_tanh_and_mul, silu_and_mul
+from .core import BatchDecodeWithPagedKVCache, BatchPrefillWithRaggedKVCache, PagedKVCache
 from .decode import (
     BatchDecodeWithPagedKVCacheWrapper,
     CUDAGraphBatchDecodeWithPagedKVCacheWrapper,

@@ -184,10 +184,22 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
 #pragma unroll
   for (int n = 0; n < kNT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  // Query fragments stay in registers when they fit (head_dim <= 128); head_dim 256 reads them per tile.
+  constexpr bool kQInRegs = D <= 128;
+  uint32_t qa[kQInRegs ? D / 16 : 1][4];
+  __syncthreads();
+  if constexpr (kQInRegs) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[kk], q_s + swizzle<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+  }
+  // The first and last query token of this warp's rows: a tile every row sees whole needs no per-element mask.
+  const int64_t warp_i0 = (row0 + warp * 16) / group, warp_i1 = (row0 + warp * 16 + 15) / group;
 
   for (int tile = 0; tile < sl.ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
     __syncthreads();
+    // Every token of the tile on a readable page and inside the slice (the common case)?
+    const bool all_valid = __syncthreads_and(valid_s[(tile % kStages) * kTile + tid % kTile]);
     if (tile + kStages - 1 < sl.ntiles) loader.issue(k_s, v_s, valid_s, (tile + kStages - 1) % kStages);
     cp_async_commit();
     loader.find(tile + kStages);
@@ -201,8 +213,9 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
     for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(a, q_s + swizzle<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+      uint32_t a_smem[4];
+      if constexpr (!kQInRegs) ldmatrix_x4(a_smem, q_s + swizzle<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+      const uint32_t(&a)[4] = kQInRegs ? qa[kQInRegs ? kk : 0] : a_smem;
 #pragma unroll
       for (int nb = 0; nb < 4; ++nb) {
         uint32_t bk[4];
@@ -211,24 +224,32 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
         mma_16816<T>(s[2 * nb + 1], a, bk[2], bk[3]);
       }
     }
+    // Per-element masks only where some element of the warp's 16 x 64 block can be masked out; rows past the
+    // request are never written, so they need no mask.
+    const bool whole = all_valid && !kMask && (!p.causal || j0 + kTile - 1 <= j_off + warp_i0) &&
+                       (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
     float mx[2] = {m[0], m[1]};
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int r = i / 2, tok = nt * 8 + 2 * (lane % 4) + (i % 2);
-        const int64_t j = j0 + tok;
-        bool ok = row_ok[r] && valid_s[stage * kTile + tok];
-        if (p.causal) ok = ok && j <= j_off + qi[r];
-        if (p.window_left >= 0) ok = ok && j >= j_off + qi[r] - p.window_left;
-        if constexpr (kMask) {
-          const int64_t bit = mask_bit0 + qi[r] * kv_len + j;
-          ok = ok && bit < p.mask_bytes * 8 && ((p.mask[bit >> 3] >> (bit & 7)) & 1);
-        }
+        const int r = i / 2;
         float x = s[nt][i] * qk_scale;
         if (cap) x = cap_scale * tanhf(x * inv_cap);
-        s[nt][i] = ok ? x : -INFINITY;
-        mx[r] = fmaxf(mx[r], s[nt][i]);
+        if (!whole) {
+          const int tok = nt * 8 + 2 * (lane % 4) + (i % 2);
+          const int64_t j = j0 + tok;
+          bool ok = row_ok[r] && valid_s[stage * kTile + tok];
+          if (p.causal) ok = ok && j <= j_off + qi[r];
+          if (p.window_left >= 0) ok = ok && j >= j_off + qi[r] - p.window_left;
+          if constexpr (kMask) {
+            const int64_t bit = mask_bit0 + qi[r] * kv_len + j;
+            ok = ok && bit < p.mask_bytes * 8 && ((p.mask[bit >> 3] >> (bit & 7)) & 1);
+          }
+          x = ok ? x : -INFINITY;
+        }
+        s[nt][i] = x;
+        mx[r] = fmaxf(mx[r], x);
       }
     float scale[2];
 #pragma unroll
