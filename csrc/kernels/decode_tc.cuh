@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      scale[r] = mx[r] == -INFINITY ? 1.f : exp2f(m[r] - mx[r]);
+      scale[r] = mx[r] == -INFINITY ? 1.f : fast_exp2(m[r] - mx[r]);
       m[r] = mx[r];
       l[r] *= scale[r];
     }
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float mr = mx[i / 2];
-        s[nt][i] = mr == -INFINITY ? 0.f : exp2f(s[nt][i] - mr);
+        s[nt][i] = mr == -INFINITY ? 0.f : fast_exp2(s[nt][i] - mr);
         l[i / 2] += s[nt][i];  // a partial row sum: the quad adds its four at the end
       }
 #pragma unroll

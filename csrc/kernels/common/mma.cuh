@@ -53,6 +53,14 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const ui
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the special-function unit (one MUFU.EX2; exp2f adds range handling the softmax does not need: its
+// arguments are <= 0 after the running max is subtracted, and -inf gives +0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Two floats rounded into one register of two 16-bit elements (lo in the low half), as mma operands take them.
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi);
