@@ -206,3 +206,24 @@ def test_decode_graph_replay_as_sequences_grow():
         return out_buf.clone()
 
     _decode_flow(device, 60, replay, cache, dec)  # crosses page boundaries at 16, 32, 48, 64
+
+
+def test_hnd_cache_matches_nhd(device):
+    """The same prefill and decode steps on an HND cache and an NHD cache give the same outputs."""
+    torch.manual_seed(3)
+    runs = []
+    for layout in ("NHD", "HND"):
+        torch.manual_seed(3)
+        cache = fi.core.PagedKVCache(1, HKV, D, PAGE, 32, device=device, data_type=DT, kv_layout=layout)
+        dec = fi.BatchDecodeWithPagedKVCache(cache, HKV * GROUP, HKV, D, dtype=DT)
+        pre = fi.BatchPrefillWithRaggedKVCache(HKV * GROUP, HKV, D, dtype=DT, kv_cache=cache)
+        seqs = [cache.begin_forward(n) for n in (9, 20)]
+        outs = [pre.prefill(torch.randn(29, HKV * GROUP, D, dtype=DT, device=device),
+                            torch.randn(29, HKV, D, dtype=DT, device=device),
+                            torch.randn(29, HKV, D, dtype=DT, device=device))]
+        for s in seqs:
+            cache.end_forward(s)
+        outs += _decode_flow(device, 20, lambda q: dec.decode(q), cache, dec)
+        runs.append(outs)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b)

@@ -173,6 +173,39 @@ def test_decode_wrapper_compiles_fullgraph(device):
     torch.testing.assert_close(got, expect)
 
 
+def test_append_and_decode_compile_in_place(device):
+    """append_paged_kv_cache + decode in one compiled function: one graph, the cache written in place (no clone or
+    copy of it in the generated code), outputs equal to eager."""
+    from torch._inductor.utils import run_and_get_code
+
+    d, hkv, group, page = 64, 2, 2, 16
+    lens = [5, 17, 32]  # after the append
+    cache, indices, indptr, last = _batch(lens, page, hkv, d, torch.bfloat16, device)
+    q = torch.randn(3, hkv * group, d, dtype=torch.bfloat16, device=device)
+    k_new = torch.randn(3, hkv, d, dtype=torch.bfloat16, device=device)
+    v_new = torch.randn(3, hkv, d, dtype=torch.bfloat16, device=device)
+    b = torch.arange(3, dtype=torch.int32, device=device)
+    pos = torch.tensor([n - 1 for n in lens], dtype=torch.int32, device=device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page)
+
+    def step(q, k_new, v_new, cache):
+        flashinfer.append_paged_kv_cache(k_new, v_new, b, pos, cache, indices, indptr, last)
+        return wrapper.run(q, cache)
+
+    expect_cache = cache.clone()
+    expect = step(q, k_new, v_new, expect_cache)
+    torch._dynamo.reset()
+    got, codes = run_and_get_code(torch.compile(step, fullgraph=True), q, k_new, v_new, cache)
+    torch.testing.assert_close(got, expect)
+    assert torch.equal(cache, expect_cache)
+    code = "\n".join(codes)
+    assert "torch.ops.flashinfer.append_paged_kv_cache.default(" in code
+    assert "torch.ops.flashinfer.batch_decode_with_paged_kv_cache.default(" in code
+    for copy in ("clone", "copy_"):
+        assert copy not in code, f"generated code holds a {copy} (of the cache?)"
+
+
 @pytest.mark.parametrize("case,msg", [
     (dict(head_dim=96), r"unsupported head_dim 96: supported 64, 128, 256"),
     (dict(hq=6, hkv=4), r"num_qo_heads \(6\) must be a multiple of num_kv_heads \(4\)"),

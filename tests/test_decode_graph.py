@@ -89,3 +89,26 @@ def test_decode_on_a_side_stream_matches_default_stream():
         got = wrapper.run(q, cache)
     torch.cuda.current_stream().wait_stream(side)
     torch.testing.assert_close(got, expect, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_decode_reduce_overhead_as_requests_grow():
+    """The decode step under torch.compile(mode="reduce-overhead"): cudagraph trees capture it once and replay it
+    while the requests grow (new page tables planned into the same buffers); every step equals eager."""
+    dev = "cuda"
+    torch.manual_seed(2)
+    num_pages = B * MAX_PAGES
+    cache = torch.randn(num_pages, 2, PAGE, HKV, D, dtype=torch.bfloat16, device=dev)
+    page_order = torch.randperm(num_pages).view(B, MAX_PAGES)
+    bufs = [torch.zeros(B + 1, dtype=torch.int32, device=dev), torch.zeros(num_pages, dtype=torch.int32, device=dev),
+            torch.zeros(B, dtype=torch.int32, device=dev)]
+    wrapper = flashinfer.CUDAGraphBatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=dev), *bufs)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, c: wrapper.run(q, c), mode="reduce-overhead", fullgraph=True)
+    lens = [3, 15, 16, 90]
+    for _ in range(30):
+        lens = [n + 1 for n in lens]
+        wrapper.plan(*_tables(lens, page_order), HKV * GROUP, HKV, D, PAGE)
+        q = torch.randn(B, HKV * GROUP, D, dtype=torch.bfloat16, device=dev)
+        got = compiled(q, cache).clone()
+        torch.testing.assert_close(got, wrapper.run(q, cache), rtol=0, atol=0)
