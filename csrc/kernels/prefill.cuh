@@ -4,7 +4,7 @@
 // Query rows are (token, head) pairs packed head-fastest: row r of request b is query token r / group, query head
 // kvh * group + r % group, so a GQA group shares every K/V tile it loads. A block takes 64 packed rows (4 warps x
 // 16, one mma M tile each) of one request and one kv head, and walks the KV tokens its rows can see (causal and
-// window limits cut the range) in tiles of 64 through a cp.async pipeline, with an online softmax per row in
+// window limits cut the range) in tiles of kTile tokens through a cp.async pipeline, with an online softmax per row in
 // registers (log2 domain). Each warp owns its rows over the whole KV range, so there is no cross-warp merge.
 //
 // Scheduling is on the device: grid x is an upper bound of the number of row tiles over the batch (it depends
@@ -51,7 +51,6 @@ struct Params {
 constexpr int kThreads = 128;
 constexpr int kRows = 64;  // packed query rows per block
 constexpr int kTile = 32;  // KV tokens per stage (32 measured 9% faster than 64 on the H100)
-constexpr bool kQRegs = true;
 constexpr float kLog2e = 1.4426950408889634f;
 
 __host__ __device__ constexpr int stages(int head_dim) { return head_dim == 256 ? 2 : head_dim == 128 ? 2 : 3; }
@@ -186,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   for (int n = 0; n < kNT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   // Query fragments stay in registers when they fit (head_dim <= 128); head_dim 256 reads them per tile.
-  constexpr bool kQInRegs = kQRegs && D <= 128;
+  constexpr bool kQInRegs = D <= 128;
   uint32_t qa[kQInRegs ? D / 16 : 1][4];
   __syncthreads();
   if constexpr (kQInRegs) {
