@@ -15,18 +15,30 @@ if [ ! -f "$TORCH_DIR/include/c10/cuda/impl/cuda_cmake_macros.h" ]; then
   echo '#define C10_CUDA_BUILD_SHARED_LIBS' > "$OUT/shim/c10/cuda/impl/cuda_cmake_macros.h"
   SHIM=(-isystem "$OUT/shim")
 fi
-status=0
-for src in csrc/cuda/*.cu; do
+# One nvcc per source, as many at a time as there are cores (the kernel instantiation units dominate).
+compile_one() {
+  local src=$1; shift
   if "$NVCC" -c "$src" -o "$OUT/$(basename "$src").o" -std=c++20 -O3 --expt-relaxed-constexpr \
       -gencode=arch=compute_90a,code=sm_90a -Xptxas=-warn-spills \
       -isystem "$TORCH_DIR/include" -isystem "$TORCH_DIR/include/torch/csrc/api/include" -isystem "$PY_INC" "${SHIM[@]}" \
       -DTORCH_EXTENSION_NAME=_C -D_GLIBCXX_USE_CXX11_ABI=1 -DFLASHINFER_WITH_CUDA \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
-      -D__CUDA_NO_HALF2_OPERATORS__ "$@"; then
+      -D__CUDA_NO_HALF2_OPERATORS__ "$@" > "$OUT/$(basename "$src").log" 2>&1; then
     echo "compiled $src for sm_90a"
+    grep -i "spill" "$OUT/$(basename "$src").log" | grep -v " 0 bytes spill" || true
   else
     echo "FAILED: $src"
-    status=1
+    cat "$OUT/$(basename "$src").log"
+    return 1
   fi
+}
+status=0
+pids=()
+jobs_max=$(nproc 2>/dev/null || echo 2)
+for src in csrc/cuda/*.cu; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do sleep 1; done
+  compile_one "$src" "$@" &
+  pids+=($!)
 done
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 exit $status
