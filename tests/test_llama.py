@@ -1,0 +1,149 @@
+"""The Llama-style example model (examples/llama.py) at a tiny size: eager against a plain-PyTorch version of the
+same model (contiguous K/V, SDPA), the decode step compiled whole, exported and run through AOTInductor."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import assert_matches
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+import llama  # noqa: E402
+
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [20] * 30]
+
+
+def _rms(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def _rope(x, pos, theta):
+    d = x.shape[-1]
+    freq = theta ** (-torch.arange(0, d // 2, dtype=torch.float64) * 2 / d)
+    ang = pos.double()[:, None] * freq[None]
+    c, s = ang.cos()[:, None].to(x.dtype), ang.sin()[:, None].to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+
+
+def plain_logits(model, tokens, dtype):
+    """Logits of the last token of `tokens` from the same weights in plain PyTorch at `dtype` (SDPA, full K/V)."""
+    cfg = model.cfg
+    p = {n: t.detach().cpu().to(dtype) for n, t in model.named_parameters()}
+    tok = torch.tensor(tokens)
+    n = tok.shape[0]
+    h = p["embed"][tok]
+    pos = torch.arange(n)
+    hq, hk, d = cfg.heads, cfg.kv_heads, cfg.head_dim
+    for i in range(cfg.layers):
+        a = _rms(h, p[f"layers_.{i}.attn_norm"], cfg.eps)
+        qkv = a @ p[f"layers_.{i}.qkv"]
+        q = _rope(qkv[:, : hq * d].view(n, hq, d), pos, cfg.rope_theta)
+        k = _rope(qkv[:, hq * d : (hq + hk) * d].view(n, hk, d), pos, cfg.rope_theta)
+        v = qkv[:, (hq + hk) * d :].view(n, hk, d)
+        o = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                                             is_causal=True, enable_gqa=True, scale=d ** -0.5)
+        h = h + o.transpose(0, 1).reshape(n, hq * d) @ p[f"layers_.{i}.o"]
+        m = _rms(h, p[f"layers_.{i}.mlp_norm"], cfg.eps) @ p[f"layers_.{i}.gate_up"]
+        inter = cfg.intermediate
+        h = h + (torch.nn.functional.silu(m[:, :inter]) * m[:, inter:]) @ p[f"layers_.{i}.down"]
+    return (_rms(h, p["norm"], cfg.eps) @ p["lm_head"])[-1]
+
+
+def test_eager_matches_plain_pytorch(device):
+    model = llama.Llama(llama.LlamaConfig(), device=device)
+    steps = 20  # the third prompt crosses pages 2 and 3
+    tokens, logits = llama.generate(model, PROMPTS, steps, device=device)
+    for s in (0, 1, 9, 19):
+        for b, prompt in enumerate(PROMPTS):
+            seq = prompt + tokens[b, : s + 1].tolist()
+            ref = plain_logits(model, seq, torch.float64)
+            base = plain_logits(model, seq, torch.bfloat16)
+            assert_matches(logits[s][b], ref, base, f"step {s} request {b}")
+
+
+def test_decode_step_compiles_once_for_every_batch_and_step(device):
+    """fullgraph + dynamic: one graph serves batch sizes 2, 3 and 5 and every decode step (error_on_recompile after
+    the warm-up); the generated code writes the caches in place (no clone or copy of them)."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = llama.Llama(llama.LlamaConfig(), device=device)
+    torch._dynamo.reset()
+    compiled = torch.compile(llama.DecodeStep(model), fullgraph=True, dynamic=True)
+    batches = [PROMPTS[:2], PROMPTS, PROMPTS + [[7, 7], [9] * 5]]
+    # Sizes that happen to be equal at the warm-up (batch and page count) must not be tied together.
+    with torch.fx.experimental._config.patch(use_duck_shape=False):
+        llama.generate(model, batches[0], 2, device=device, step_fn=compiled)  # warm-up: the one compile
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for prompts in batches:
+                got, _ = llama.generate(model, prompts, 6, device=device, step_fn=compiled)
+                expect, _ = llama.generate(model, prompts, 6, device=device)
+                assert torch.equal(got, expect)
+    pages = llama.Pages(model.cfg, 2, 40, torch.bfloat16, device)
+    llama.prefill(model, pages, PROMPTS[:2])
+    args = (torch.tensor([3, 4], device=device), torch.tensor([3, 14], dtype=torch.int32, device=device),
+            *pages.tables([4, 15]), pages.caches)
+    _, codes = run_and_get_code(compiled, *args)
+    code = "\n".join(codes)
+    assert code.count("torch.ops.flashinfer.append_paged_kv_cache.default(") == model.cfg.layers
+    for copy in ("clone", "copy_"):
+        assert copy not in code, f"generated code holds a {copy} (of a cache?)"
+
+
+def _step_inputs(model, device, batch=3):
+    pages = llama.Pages(model.cfg, batch, 40, torch.bfloat16, device)
+    logits = llama.prefill(model, pages, PROMPTS[:batch])
+    lens = [len(p) for p in PROMPTS[:batch]]
+    args = (logits.argmax(-1), torch.tensor(lens, dtype=torch.int32, device=device),
+            *pages.tables([n + 1 for n in lens]))
+    return args, pages.caches
+
+
+def _run_fresh(kind, path, args, caches, tmp_path):
+    """Loads the program in a new Python process, runs one step, returns (logits, caches after)."""
+    inp, out = tmp_path / "in.pt", tmp_path / "out.pt"
+    torch.save((args, caches), inp)
+    load = "torch.export.load(p).module()" if kind == "export" else "torch._inductor.aoti_load_package(p)"
+    code = (f"import torch, flashinfer; p = {str(path)!r}; m = {load}; args, caches = torch.load({str(inp)!r}); "
+            f"y = m(*args, caches); torch.save((y, caches), {str(out)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return torch.load(out)
+
+
+def test_export_decode_step_dynamic_batch_fresh_process(device, tmp_path):
+    model = llama.Llama(llama.LlamaConfig(), device=device)
+    args, caches = _step_inputs(model, device)
+    b, n = torch.export.Dim("batch", min=2, max=256), torch.export.Dim("pages", min=1, max=4096)
+    dyn = ({0: b}, {0: b}, {0: b + 1}, {0: n}, {0: b}, [None] * model.cfg.layers)
+    ep = torch.export.export(llama.DecodeStep(model), (*args, [c.clone() for c in caches]), dynamic_shapes=dyn)
+    path = tmp_path / "decode_step.pt2"
+    torch.export.save(ep, str(path))
+    expect_caches = [c.clone() for c in caches]
+    expect = llama.DecodeStep(model)(*args, expect_caches)
+    got, got_caches = _run_fresh("export", path, args, caches, tmp_path)
+    torch.testing.assert_close(got, expect.cpu() if got.device.type == "cpu" else expect)
+    for g, e in zip(got_caches, expect_caches):
+        assert torch.equal(g.to(e.device), e), "the exported step must write the caches in place"
+
+
+def test_aoti_decode_step_fresh_process(device, tmp_path):
+    import test_compose
+
+    if not test_compose._aoti_works_here(device, tmp_path):
+        pytest.skip("AOTInductor packages do not load in a fresh process on this machine (see test_compose)")
+    model = llama.Llama(llama.LlamaConfig(), device=device)
+    args, caches = _step_inputs(model, device)
+    b, n = torch.export.Dim("batch", min=2, max=256), torch.export.Dim("pages", min=1, max=4096)
+    dyn = ({0: b}, {0: b}, {0: b + 1}, {0: n}, {0: b}, [None] * model.cfg.layers)
+    ep = torch.export.export(llama.DecodeStep(model), (*args, [c.clone() for c in caches]), dynamic_shapes=dyn)
+    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "decode_step_aoti.pt2"))
+    expect_caches = [c.clone() for c in caches]
+    expect = llama.DecodeStep(model)(*args, expect_caches)
+    got, got_caches = _run_fresh("aoti", path, args, caches, tmp_path)
+    torch.testing.assert_close(got.to(expect.device), expect)
+    for g, e in zip(got_caches, expect_caches):
+        assert torch.equal(g.to(e.device), e), "the AOTInductor step must write the caches in place"
