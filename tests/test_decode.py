@@ -173,21 +173,28 @@ def test_decode_wrapper_compiles_fullgraph(device):
     torch.testing.assert_close(got, expect)
 
 
-def test_append_and_decode_compile_in_place(device):
-    """append_paged_kv_cache + decode in one compiled function: one graph, the cache written in place (no clone or
-    copy of it in the generated code), outputs equal to eager."""
-    from torch._inductor.utils import run_and_get_code
-
+def _append_step(device):
+    """A decode step's inputs: 3 requests (5, 17, 32 tokens after the append), their new token's q/k/v, where the
+    new tokens go, and the page tables."""
     d, hkv, group, page = 64, 2, 2, 16
-    lens = [5, 17, 32]  # after the append
+    lens = [5, 17, 32]
     cache, indices, indptr, last = _batch(lens, page, hkv, d, torch.bfloat16, device)
     q = torch.randn(3, hkv * group, d, dtype=torch.bfloat16, device=device)
     k_new = torch.randn(3, hkv, d, dtype=torch.bfloat16, device=device)
     v_new = torch.randn(3, hkv, d, dtype=torch.bfloat16, device=device)
     b = torch.arange(3, dtype=torch.int32, device=device)
     pos = torch.tensor([n - 1 for n in lens], dtype=torch.int32, device=device)
+    return q, k_new, v_new, cache, b, pos, indices, indptr, last
+
+
+def test_append_and_decode_compile_in_place(device):
+    """append_paged_kv_cache + decode in one compiled function: one graph, the cache written in place (no clone or
+    copy of it in the generated code), outputs equal to eager."""
+    from torch._inductor.utils import run_and_get_code
+
+    q, k_new, v_new, cache, b, pos, indices, indptr, last = _append_step(device)
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device))
-    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page)
+    wrapper.plan(indptr, indices, last, q.shape[1], cache.shape[3], q.shape[2], cache.shape[2])
 
     def step(q, k_new, v_new, cache):
         flashinfer.append_paged_kv_cache(k_new, v_new, b, pos, cache, indices, indptr, last)
@@ -245,14 +252,7 @@ class _AppendDecode(torch.nn.Module):
 
 
 def test_export_append_and_decode(device):
-    d, hkv, group, page = 64, 2, 2, 16
-    lens = [5, 17, 32]  # after the append
-    cache, indices, indptr, last = _batch(lens, page, hkv, d, torch.bfloat16, device)
-    q = torch.randn(3, hkv * group, d, dtype=torch.bfloat16, device=device)
-    k_new = torch.randn(3, hkv, d, dtype=torch.bfloat16, device=device)
-    v_new = torch.randn(3, hkv, d, dtype=torch.bfloat16, device=device)
-    b = torch.arange(3, dtype=torch.int32, device=device)
-    pos = torch.tensor([n - 1 for n in lens], dtype=torch.int32, device=device)
+    q, k_new, v_new, cache, b, pos, indices, indptr, last = _append_step(device)
     args = (q, k_new, v_new, cache, b, pos, indices, indptr, last)
     expect_cache = cache.clone()
     expect = _AppendDecode()(q, k_new, v_new, expect_cache, *args[4:])
