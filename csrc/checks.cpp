@@ -277,43 +277,24 @@ void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tens
   check_paged_tables(cache, kv_indices, kv_indptr, kv_last_page_len, key, "append_key", op);
 }
 
-// ---- decode ----
+// ---- attention (decode, prefill) ----
 
-void check_decode_backend(const std::string& backend, const char* op) {
-  FI_CHECK(backend == "auto" || backend == "tensor_core" || backend == "cuda_core", op,
-           "backend must be \"auto\", \"tensor_core\" or \"cuda_core\", got \"", backend, "\"");
-}
+namespace {
 
-void check_decode(const at::Tensor& q, const PagedKV& cache, const at::Tensor& kv_indptr,
-                  const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len, const char* op) {
+// q [tokens, Hq, D] (fp16/bf16) against K/V views [..., Hkv, D] called kv_name.
+void check_attention_q(const at::Tensor& q, const at::Tensor& kv, const char* kv_name, const char* op) {
   FI_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,
            "q must be float16 or bfloat16, got ", q.scalar_type());
   check_dim(q, 3, "q", op);
-  const int64_t d = q.size(2), hq = q.size(1), hkv = cache.k.size(2);
+  const int64_t d = q.size(2), hq = q.size(1), hkv = kv.size(-2);
   FI_CHECK(d == 64 || d == 128 || d == 256, op, "unsupported head_dim ", d, ": supported 64, 128, 256");
-  FI_CHECK(cache.k.size(3) == d, op, "paged_kv_cache must have head_dim ", d, " (that of q), got ", cache.k.size(3));
+  FI_CHECK(kv.size(-1) == d, op, kv_name, " must have head_dim ", d, " (that of q), got ", kv.size(-1));
   FI_CHECK(hkv > 0 && hq % hkv == 0, op, "num_qo_heads (", hq, ") must be a multiple of num_kv_heads (", hkv, ")");
-  const auto kd = cache.k.scalar_type();
-  FI_CHECK(kd == q.scalar_type() || kd == at::kFloat8_e4m3fn || kd == at::kFloat8_e5m2, op,
-           "paged_kv_cache must have the dtype of q (", q.scalar_type(), ") or be float8_e4m3fn / float8_e5m2, got ",
-           kd);
-  check_paged_tables(cache, kv_indices, kv_indptr, kv_last_page_len, q, "q", op);
-  FI_CHECK(kv_last_page_len.size(0) == q.size(0), op, "kv_last_page_len must have batch_size=", q.size(0),
-           " entries (q's first dim), got ", kv_last_page_len.size(0));
 }
 
-// ---- prefill ----
-
-std::pair<at::Tensor, at::Tensor> ragged_kv_views(const at::Tensor& k, const at::Tensor& v,
-                                                  const std::string& kv_layout, const char* op) {
-  FI_CHECK(kv_layout == "NHD" || kv_layout == "HND", op, "kv_layout must be \"NHD\" or \"HND\", got \"", kv_layout,
-           "\"");
-  check_dim(k, 3, "k", op);
-  FI_CHECK(v.sizes() == k.sizes(), op, "v must have the shape of k (", k.sizes(), "), got ", v.sizes());
-  check_same_dtype(v, "v", k, "k", op);
-  check_same_device(v, "v", k, "k", op);
-  if (kv_layout == "NHD") return {k, v};
-  return {k.transpose(0, 1), v.transpose(0, 1)};
+void check_paged_token_range(const PagedKV& cache, const at::Tensor& kv_indices, const char* op) {
+  FI_CHECK(kv_indices.size(0) * cache.page_size < (int64_t(1) << 31), op,
+           "kv_indices.size(0) * page_size must stay below 2^31 tokens");
 }
 
 void check_indptr(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* op) {
@@ -322,16 +303,11 @@ void check_indptr(const at::Tensor& t, const char* name, const at::Tensor& ref, 
   check_same_device(t, name, ref, "q", op);
 }
 
+// What both prefill forms check once the KV views (k: [..., Hkv, D]) and the batch size are known.
 void check_prefill(const at::Tensor& q, const at::Tensor& qo_indptr, const at::Tensor& k, int64_t batch,
                    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
                    const char* op) {
-  FI_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,
-           "q must be float16 or bfloat16, got ", q.scalar_type());
-  check_dim(q, 3, "q", op);
-  const int64_t d = q.size(2), hq = q.size(1), hkv = k.size(-2);
-  FI_CHECK(d == 64 || d == 128 || d == 256, op, "unsupported head_dim ", d, ": supported 64, 128, 256");
-  FI_CHECK(k.size(-1) == d, op, "the KV cache must have head_dim ", d, " (that of q), got ", k.size(-1));
-  FI_CHECK(hkv > 0 && hq % hkv == 0, op, "num_qo_heads (", hq, ") must be a multiple of num_kv_heads (", hkv, ")");
+  check_attention_q(q, k, "the KV cache", op);
   FI_CHECK(k.scalar_type() == q.scalar_type(), op, "the KV cache must have the dtype of q (", q.scalar_type(),
            "), got ", k.scalar_type(), " (fp8 KV is not supported by prefill yet)");
   check_same_device(k, "the KV cache", q, "q", op);
@@ -352,6 +328,61 @@ void check_prefill(const at::Tensor& q, const at::Tensor& qo_indptr, const at::T
     check_same_device(*mask, "packed_custom_mask", q, "q", op);
     check_same_device(*mask_indptr, "mask_indptr", q, "q", op);
   }
+}
+
+}  // namespace
+
+// ---- decode ----
+
+PagedKV check_decode(const at::Tensor& q, const at::Tensor& k_cache, const std::optional<at::Tensor>& v_cache,
+                     const at::Tensor& kv_indptr, const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len,
+                     const std::string& kv_layout, const std::string& backend, const char* op) {
+  const PagedKV cache = paged_kv_views(k_cache, v_cache, kv_layout, op);
+  FI_CHECK(backend == "auto" || backend == "tensor_core" || backend == "cuda_core", op,
+           "backend must be \"auto\", \"tensor_core\" or \"cuda_core\", got \"", backend, "\"");
+  check_attention_q(q, cache.k, "paged_kv_cache", op);
+  const auto kd = cache.k.scalar_type();
+  FI_CHECK(kd == q.scalar_type() || kd == at::kFloat8_e4m3fn || kd == at::kFloat8_e5m2, op,
+           "paged_kv_cache must have the dtype of q (", q.scalar_type(), ") or be float8_e4m3fn / float8_e5m2, got ",
+           kd);
+  check_paged_tables(cache, kv_indices, kv_indptr, kv_last_page_len, q, "q", op);
+  FI_CHECK(kv_last_page_len.size(0) == q.size(0), op, "kv_last_page_len must have batch_size=", q.size(0),
+           " entries (q's first dim), got ", kv_last_page_len.size(0));
+  check_paged_token_range(cache, kv_indices, op);
+  return cache;
+}
+
+// ---- prefill ----
+
+PagedKV check_paged_prefill(const at::Tensor& q, const at::Tensor& qo_indptr, const at::Tensor& k_cache,
+                            const std::optional<at::Tensor>& v_cache, const at::Tensor& kv_indptr,
+                            const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len,
+                            const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
+                            const std::string& kv_layout, const char* op) {
+  const PagedKV cache = paged_kv_views(k_cache, v_cache, kv_layout, op);
+  check_paged_tables(cache, kv_indices, kv_indptr, kv_last_page_len, q, "q", op);
+  check_prefill(q, qo_indptr, cache.k, kv_last_page_len.size(0), mask, mask_indptr, op);
+  check_paged_token_range(cache, kv_indices, op);
+  return cache;
+}
+
+std::pair<at::Tensor, at::Tensor> check_ragged_prefill(const at::Tensor& q, const at::Tensor& qo_indptr,
+                                                       const at::Tensor& k, const at::Tensor& v,
+                                                       const at::Tensor& kv_indptr,
+                                                       const std::optional<at::Tensor>& mask,
+                                                       const std::optional<at::Tensor>& mask_indptr,
+                                                       const std::string& kv_layout, const char* op) {
+  FI_CHECK(kv_layout == "NHD" || kv_layout == "HND", op, "kv_layout must be \"NHD\" or \"HND\", got \"", kv_layout,
+           "\"");
+  check_dim(k, 3, "k", op);
+  FI_CHECK(v.sizes() == k.sizes(), op, "v must have the shape of k (", k.sizes(), "), got ", v.sizes());
+  check_same_dtype(v, "v", k, "k", op);
+  check_same_device(v, "v", k, "k", op);
+  const at::Tensor kk = kv_layout == "NHD" ? k : k.transpose(0, 1), vv = kv_layout == "NHD" ? v : v.transpose(0, 1);
+  check_indptr(kv_indptr, "kv_indptr", q, op);
+  check_prefill(q, qo_indptr, kk, kv_indptr.size(0) - 1, mask, mask_indptr, op);
+  FI_CHECK(kk.size(0) < (int64_t(1) << 31), op, "k must hold fewer than 2^31 tokens");
+  return {kk, vv};
 }
 
 // ---- layouts and failures of the CUDA adapters ----

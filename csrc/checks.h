@@ -68,25 +68,34 @@ void check_append(const at::Tensor& key, const at::Tensor& value, const at::Tens
 void check_page_table(const at::Tensor& indptr, const char* indptr_name, const at::Tensor& per_request,
                       const char* per_request_name, const char* op);
 
+// ---- attention (decode, prefill) ----
+// Token positions are 32-bit in the CUDA kernels; both devices accept the same inputs, so the limit is checked
+// here for both: a paged cache addresses fewer than 2^31 tokens (kv_indices.size(0) * page_size), a ragged one
+// holds fewer than 2^31 rows.
+
 // ---- decode ----
-// q [batch, num_qo_heads, head_dim] (fp16/bf16) against a paged cache of q's dtype or fp8; head_dim 64/128/256;
-// num_qo_heads a multiple of num_kv_heads.
-void check_decode(const at::Tensor& q, const PagedKV& cache, const at::Tensor& kv_indptr,
-                  const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len, const char* op);
-// backend is "auto", "tensor_core" or "cuda_core".
-void check_decode_backend(const std::string& backend, const char* op);
+// A whole decode call: q [batch, num_qo_heads, head_dim] (fp16/bf16) against a paged cache of q's dtype or fp8,
+// head_dim 64/128/256, num_qo_heads a multiple of num_kv_heads, consistent page tables, backend "auto",
+// "tensor_core" or "cuda_core". Returns the cache's K/V views.
+PagedKV check_decode(const at::Tensor& q, const at::Tensor& k_cache, const std::optional<at::Tensor>& v_cache,
+                     const at::Tensor& kv_indptr, const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len,
+                     const std::string& kv_layout, const std::string& backend, const char* op);
 
 // ---- prefill ----
-// The KV of a ragged prefill as [total_kv, num_kv_heads, head_dim] views (transposed views of HND storage).
-std::pair<at::Tensor, at::Tensor> ragged_kv_views(const at::Tensor& k, const at::Tensor& v,
-                                                  const std::string& kv_layout, const char* op);
-// q [total_q, Hq, D] (fp16/bf16) against K/V views [..., Hkv, D] of q's dtype; qo_indptr int32 [batch + 1];
-// a packed custom mask (uint8) comes with mask_indptr int32 [batch + 1].
-// An indptr: 1-D int32 with at least one entry, on ref's device.
-void check_indptr(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* op);
-void check_prefill(const at::Tensor& q, const at::Tensor& qo_indptr, const at::Tensor& k, int64_t batch,
-                   const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
-                   const char* op);
+// A whole prefill call: q [total_q, Hq, D] (fp16/bf16) against KV of q's dtype; qo_indptr int32 [batch + 1]; a
+// packed custom mask (uint8) comes with mask_indptr int32 [batch + 1]. The paged form returns the cache's views,
+// the ragged one K/V as [total_kv, num_kv_heads, head_dim] (transposed views of HND storage).
+PagedKV check_paged_prefill(const at::Tensor& q, const at::Tensor& qo_indptr, const at::Tensor& k_cache,
+                            const std::optional<at::Tensor>& v_cache, const at::Tensor& kv_indptr,
+                            const at::Tensor& kv_indices, const at::Tensor& kv_last_page_len,
+                            const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
+                            const std::string& kv_layout, const char* op);
+std::pair<at::Tensor, at::Tensor> check_ragged_prefill(const at::Tensor& q, const at::Tensor& qo_indptr,
+                                                       const at::Tensor& k, const at::Tensor& v,
+                                                       const at::Tensor& kv_indptr,
+                                                       const std::optional<at::Tensor>& mask,
+                                                       const std::optional<at::Tensor>& mask_indptr,
+                                                       const std::string& kv_layout, const char* op);
 
 // ---- layouts and failures of the CUDA adapters ----
 // Leading dims of a [..., D] tensor collapsed to at most two (size, stride) levels; nullopt when the last dim

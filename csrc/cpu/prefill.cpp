@@ -77,10 +77,9 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cpu(
     const std::optional<at::Tensor>& mask_indptr, c10::string_view kv_layout, bool causal, int64_t window_left,
     double logits_soft_cap, double sm_scale, double k_scale, double v_scale) {
   const char* op = "batch_prefill_with_paged_kv_cache";
-  const PagedKV cache = paged_kv_views(k_cache, v_cache, std::string(kv_layout), op);
-  check_paged_tables(cache, kv_indices, kv_indptr, kv_last_page_len, q, "q", op);
+  const PagedKV cache = check_paged_prefill(q, qo_indptr, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len,
+                                            mask, mask_indptr, std::string(kv_layout), op);
   const int64_t batch = kv_last_page_len.size(0);
-  check_prefill(q, qo_indptr, cache.k, batch, mask, mask_indptr, op);
   const int64_t page = cache.page_size, num_pages = cache.k.size(0), num_indices = kv_indices.size(0);
   const auto ip = kv_indptr.to(at::kLong), last = kv_last_page_len.to(at::kLong), ind = kv_indices.to(at::kLong);
   const auto ipa = ip.accessor<int64_t, 1>();
@@ -106,10 +105,9 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_ragged_cpu(
     c10::string_view kv_layout, bool causal, int64_t window_left, double logits_soft_cap, double sm_scale,
     double k_scale, double v_scale) {
   const char* op = "batch_prefill_with_ragged_kv_cache";
-  const auto [k, v] = ragged_kv_views(k_, v_, std::string(kv_layout), op);
-  check_indptr(kv_indptr, "kv_indptr", q, op);
+  const auto [k, v] = check_ragged_prefill(q, qo_indptr, k_, v_, kv_indptr, mask, mask_indptr,
+                                           std::string(kv_layout), op);
   const int64_t batch = kv_indptr.size(0) - 1;
-  check_prefill(q, qo_indptr, k, batch, mask, mask_indptr, op);
   const auto ip = kv_indptr.to(at::kLong);
   const auto ipa = ip.accessor<int64_t, 1>();
   const int64_t rows = k.size(0);

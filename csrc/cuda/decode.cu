@@ -26,9 +26,9 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cuda(const at::Tensor& q_, const
                                                      double rope_scale, double rope_theta,
                                                      c10::string_view backend) {
   const char* op = "batch_decode_with_paged_kv_cache";
-  const PagedKV cache = paged_kv_views(k_cache, v_cache, std::string(kv_layout), op);
-  check_decode_backend(std::string(backend), op);
-  check_decode(q_, cache, kv_indptr, kv_indices, kv_last_page_len, op);
+  const PagedKV cache = check_decode(q_, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len,
+                                     std::string(kv_layout), std::string(backend), op);
+  check_kv_rows_aligned(cache.k, cache.v, 3, op);
   const c10::cuda::CUDAGuard guard(q_.device());
   const at::Tensor q = q_.stride(2) == 1 ? q_ : q_.contiguous();
   const int64_t batch = q.size(0), hq = q.size(1), d = q.size(2), hkv = cache.k.size(2);
@@ -39,17 +39,9 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cuda(const at::Tensor& q_, const
   decode::Params p{};
   p.q = q.data_ptr();
   p.q_stride_n = q.stride(0), p.q_stride_h = q.stride(1);
-  p.k_cache = cache.k.data_ptr();
-  p.v_cache = cache.v.data_ptr();
-  p.k_stride_page = cache.k.stride(0), p.k_stride_entry = cache.k.stride(1), p.k_stride_head = cache.k.stride(2);
-  p.v_stride_page = cache.v.stride(0), p.v_stride_entry = cache.v.stride(1), p.v_stride_head = cache.v.stride(2);
+  set_paged_kv(p, cache, ind, last);
   p.indptr = ip.data_ptr<int32_t>();
-  p.indices = ind.data_ptr<int32_t>();
-  p.last_page_len = last.data_ptr<int32_t>();
-  p.num_indices = kv_indices.size(0);
-  p.num_pages = cache.k.size(0);
-  p.batch = (int)batch, p.hq = (int)hq, p.hkv = (int)hkv, p.page_size = (int)cache.page_size;
-  p.page_div = FastDiv((uint32_t)cache.page_size);
+  p.batch = (int)batch, p.hq = (int)hq, p.hkv = (int)hkv;
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.sm_scale = (float)sm_scale, p.logits_soft_cap = (float)logits_soft_cap;
@@ -67,13 +59,6 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cuda(const at::Tensor& q_, const
                    pp.tmp_lse = tmp_lse.data_ptr<float>();
                  },
                  c10::cuda::getCurrentCUDAStream()};
-  check_condition(kv_indices.size(0) * cache.page_size < (int64_t(1) << 31), op,
-                  "kv_indices.size(0) * page_size must stay below 2^31 tokens");
-  // The kernel moves 8 elements of a KV row at a time.
-  const uint64_t row_bytes = 8 * cache.k.element_size();
-  bool aligned = addr(cache.k) % row_bytes == 0 && addr(cache.v) % row_bytes == 0;
-  for (int i = 0; i < 3; ++i) aligned = aligned && cache.k.stride(i) % 8 == 0 && cache.v.stride(i) % 8 == 0;
-  check_condition(aligned, op, "paged_kv_cache rows must start on 8-element boundaries (aligned views of a cache)");
   const bool half = q.scalar_type() == at::kHalf, tc = backend != "cuda_core";
   cudaError_t err = cudaSuccess;
   switch (cache.k.scalar_type()) {

@@ -33,13 +33,6 @@ prefill::Params common_params(const at::Tensor& q, const at::Tensor& qo_indptr, 
   return p;
 }
 
-void check_kv_aligned(const at::Tensor& k, const at::Tensor& v, int64_t dims, const char* op) {
-  // The kernel copies 8 elements (16 bytes) of a KV row at a time.
-  bool aligned = addr(k) % 16 == 0 && addr(v) % 16 == 0;
-  for (int64_t i = 0; i < dims; ++i) aligned = aligned && k.stride(i) % 8 == 0 && v.stride(i) % 8 == 0;
-  check_condition(aligned, op, "KV rows must start on 8-element boundaries (aligned views of a cache)");
-}
-
 void launch(const prefill::Params& p, const at::Tensor& q, bool ragged, const char* op) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const cudaError_t err = q.scalar_type() == at::kHalf
@@ -55,13 +48,9 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cuda(
     const std::optional<at::Tensor>& mask_indptr, c10::string_view kv_layout, bool causal, int64_t window_left,
     double logits_soft_cap, double sm_scale, double k_scale, double v_scale) {
   const char* op = "batch_prefill_with_paged_kv_cache";
-  const PagedKV cache = paged_kv_views(k_cache, v_cache, std::string(kv_layout), op);
-  check_paged_tables(cache, kv_indices, kv_indptr, kv_last_page_len, q_, "q", op);
-  const int64_t batch = kv_last_page_len.size(0);
-  check_prefill(q_, qo_indptr, cache.k, batch, mask, mask_indptr, op);
-  check_condition(kv_indices.size(0) * cache.page_size < (int64_t(1) << 31), op,
-                  "kv_indices.size(0) * page_size must stay below 2^31 tokens");
-  check_kv_aligned(cache.k, cache.v, 3, op);
+  const PagedKV cache = check_paged_prefill(q_, qo_indptr, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len,
+                                            mask, mask_indptr, std::string(kv_layout), op);
+  check_kv_rows_aligned(cache.k, cache.v, 3, op);
   const c10::cuda::CUDAGuard guard(q_.device());
   const at::Tensor q = q_.stride(2) == 1 ? q_ : q_.contiguous();
   auto out = at::empty(q.sizes(), q.options());
@@ -70,16 +59,9 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cuda(
   const at::Tensor qip = qo_indptr.contiguous();
   prefill::Params p = common_params(q, qip, out, lse, mask, mask_indptr, causal, window_left, logits_soft_cap,
                                     sm_scale, k_scale, v_scale);
-  p.k_cache = cache.k.data_ptr(), p.v_cache = cache.v.data_ptr();
-  p.k_stride_page = cache.k.stride(0), p.k_stride_entry = cache.k.stride(1), p.k_stride_head = cache.k.stride(2);
-  p.v_stride_page = cache.v.stride(0), p.v_stride_entry = cache.v.stride(1), p.v_stride_head = cache.v.stride(2);
+  set_paged_kv(p, cache, ind, last);
   p.kv_indptr = ip.data_ptr<int32_t>();
-  p.indices = ind.data_ptr<int32_t>();
-  p.last_page_len = last.data_ptr<int32_t>();
-  p.num_indices = kv_indices.size(0);
-  p.num_pages = cache.k.size(0);
-  p.batch = (int)batch, p.hkv = (int)cache.k.size(2), p.page_size = (int)cache.page_size;
-  p.page_div = FastDiv((uint32_t)cache.page_size);
+  p.batch = (int)kv_last_page_len.size(0), p.hkv = (int)cache.k.size(2);
   launch(p, q, false, op);
   return {out, lse};
 }
@@ -90,12 +72,10 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_ragged_cuda(
     c10::string_view kv_layout, bool causal, int64_t window_left, double logits_soft_cap, double sm_scale,
     double k_scale, double v_scale) {
   const char* op = "batch_prefill_with_ragged_kv_cache";
-  const auto [k, v] = ragged_kv_views(k_, v_, std::string(kv_layout), op);
-  check_indptr(kv_indptr, "kv_indptr", q_, op);
+  const auto [k, v] = check_ragged_prefill(q_, qo_indptr, k_, v_, kv_indptr, mask, mask_indptr,
+                                           std::string(kv_layout), op);
   const int64_t batch = kv_indptr.size(0) - 1;
-  check_prefill(q_, qo_indptr, k, batch, mask, mask_indptr, op);
-  check_condition(k.size(0) < (int64_t(1) << 31), op, "k must hold fewer than 2^31 tokens");
-  check_kv_aligned(k, v, 2, op);
+  check_kv_rows_aligned(k, v, 2, op);
   const c10::cuda::CUDAGuard guard(q_.device());
   const at::Tensor q = q_.stride(2) == 1 ? q_ : q_.contiguous();
   auto out = at::empty(q.sizes(), q.options());

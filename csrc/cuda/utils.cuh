@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 
 #include "../checks.h"
+#include "../kernels/common/fastdiv.cuh"
 #include "../kernels/common/vec.cuh"
 
 #undef FI_CHECK  // see checks.cpp: message formatting stays out of nvcc-compiled code
@@ -28,5 +29,29 @@ inline void check_launch(cudaError_t err, const char* op) {
 }
 
 inline uint64_t addr(const at::Tensor& t) { return reinterpret_cast<uint64_t>(t.data_ptr()); }
+
+// The attention kernels copy 8 elements of a K/V row at a time: the first `dims` strides and both base addresses
+// must keep every row on an 8-element boundary.
+inline void check_kv_rows_aligned(const at::Tensor& k, const at::Tensor& v, int64_t dims, const char* op) {
+  const uint64_t row_bytes = 8 * k.element_size();
+  bool aligned = addr(k) % row_bytes == 0 && addr(v) % row_bytes == 0;
+  for (int64_t i = 0; i < dims; ++i) aligned = aligned && k.stride(i) % 8 == 0 && v.stride(i) % 8 == 0;
+  check_condition(aligned, op, "KV rows must start on 8-element boundaries (aligned views of a cache)");
+}
+
+// Fills the paged-cache fields every attention family's Params shares (the names common/kv_tile.cuh reads):
+// the K/V views and their strides, the page tables (contiguous tensors that outlive the launch), page geometry.
+template <typename P>
+void set_paged_kv(P& p, const PagedKV& cache, const at::Tensor& indices, const at::Tensor& last_page_len) {
+  p.k_cache = cache.k.data_ptr(), p.v_cache = cache.v.data_ptr();
+  p.k_stride_page = cache.k.stride(0), p.k_stride_entry = cache.k.stride(1), p.k_stride_head = cache.k.stride(2);
+  p.v_stride_page = cache.v.stride(0), p.v_stride_entry = cache.v.stride(1), p.v_stride_head = cache.v.stride(2);
+  p.indices = indices.data_ptr<int32_t>();
+  p.last_page_len = last_page_len.data_ptr<int32_t>();
+  p.num_indices = indices.size(0);
+  p.num_pages = cache.k.size(0);
+  p.page_size = (int)cache.page_size;
+  p.page_div = FastDiv((uint32_t)cache.page_size);
+}
 
 }  // namespace flashinfer
