@@ -53,3 +53,14 @@ def int_vector(t: torch.Tensor, name: str, ref: torch.Tensor, op: str, dtypes=(t
     names = " or ".join(str(d).replace("torch.", "") for d in dtypes)
     check(t.dtype in dtypes, op, f"{name} must be {names}, got {dtype_name(t.dtype)}")
     check(t.dim() == 1, op, f"{name} must be 1-D, got shape {list(t.shape)}")
+
+
+def attention_q(q: torch.Tensor, hkv: int, kv_dim: int, kv_name: str, op: str) -> None:
+    """q [tokens, Hq, D] (fp16/bf16) against K/V with hkv heads of kv_dim: head_dim 64/128/256 and Hq % Hkv == 0."""
+    check(q.dtype in (torch.float16, torch.bfloat16), op, f"q must be float16 or bfloat16, got {dtype_name(q.dtype)}")
+    check(q.dim() == 3, op, f"q must be 3-D, got shape {list(q.shape)}")
+    d = q.shape[2]
+    check(d in (64, 128, 256), op, f"unsupported head_dim {d}: supported 64, 128, 256")
+    check(kv_dim == d, op, f"{kv_name} must have head_dim {d} (that of q), got {kv_dim}")
+    check(hkv > 0 and q.shape[1] % hkv == 0, op,
+          f"num_qo_heads ({q.shape[1]}) must be a multiple of num_kv_heads ({hkv})")

@@ -14,14 +14,7 @@ def batch_decode_with_paged_kv_cache(q, paged_k_cache, paged_v_cache, kv_indptr,
     checks.check(backend in ("auto", "tensor_core", "cuda_core"), op,
                  f'backend must be "auto", "tensor_core" or "cuda_core", got "{backend}"')
     hkv, cache_dim = paged_cache_heads_dim(paged_k_cache, paged_v_cache, kv_layout, op)
-    checks.check(q.dtype in (torch.float16, torch.bfloat16), op,
-                 f"q must be float16 or bfloat16, got {checks.dtype_name(q.dtype)}")
-    checks.check(q.dim() == 3, op, f"q must be 3-D, got shape {list(q.shape)}")
-    d = q.shape[2]
-    checks.check(d in (64, 128, 256), op, f"unsupported head_dim {d}: supported 64, 128, 256")
-    checks.check(cache_dim == d, op, f"paged_kv_cache must have head_dim {d} (that of q), got {cache_dim}")
-    checks.check(hkv > 0 and q.shape[1] % hkv == 0, op,
-                 f"num_qo_heads ({q.shape[1]}) must be a multiple of num_kv_heads ({hkv})")
+    checks.attention_q(q, hkv, cache_dim, "paged_kv_cache", op)
     checks.check(paged_k_cache.dtype in (q.dtype, torch.float8_e4m3fn, torch.float8_e5m2), op,
                  f"paged_kv_cache must have the dtype of q ({checks.dtype_name(q.dtype)}) or be float8_e4m3fn / "
                  f"float8_e5m2, got {checks.dtype_name(paged_k_cache.dtype)}")

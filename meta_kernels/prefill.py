@@ -7,14 +7,7 @@ from .page import paged_cache_heads_dim
 
 
 def _check_prefill(q, qo_indptr, hkv, kv_dim, kv_dtype, kv_device, batch, mask, mask_indptr, op):
-    checks.check(q.dtype in (torch.float16, torch.bfloat16), op,
-                 f"q must be float16 or bfloat16, got {checks.dtype_name(q.dtype)}")
-    checks.check(q.dim() == 3, op, f"q must be 3-D, got shape {list(q.shape)}")
-    d = q.shape[2]
-    checks.check(d in (64, 128, 256), op, f"unsupported head_dim {d}: supported 64, 128, 256")
-    checks.check(kv_dim == d, op, f"the KV cache must have head_dim {d} (that of q), got {kv_dim}")
-    checks.check(hkv > 0 and q.shape[1] % hkv == 0, op,
-                 f"num_qo_heads ({q.shape[1]}) must be a multiple of num_kv_heads ({hkv})")
+    checks.attention_q(q, hkv, kv_dim, "the KV cache", op)
     checks.check(kv_dtype == q.dtype, op, f"the KV cache must have the dtype of q ({checks.dtype_name(q.dtype)}), "
                  f"got {checks.dtype_name(kv_dtype)} (fp8 KV is not supported by prefill yet)")
     checks.check(kv_device == q.device, op, f"the KV cache must be on the same device as q ({q.device}), got "

@@ -18,18 +18,10 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .page import _validating, split_paged_kv_cache, validate_page_table
+from .wrapper import AttentionWrapper, check_heads, check_int32, rope_mode
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper",
            "CUDAGraphBatchDecodeWithPagedKVCacheWrapper"]
-
-_HEAD_DIMS = (64, 128, 256)
-
-
-def _rope_mode(pos_encoding_mode: str) -> bool:
-    if pos_encoding_mode not in ("NONE", "ROPE_LLAMA"):
-        raise ValueError(f'pos_encoding_mode must be "NONE" or "ROPE_LLAMA", got "{pos_encoding_mode}"')
-    return pos_encoding_mode == "ROPE_LLAMA"
-
 
 def _backend(use_tensor_cores: bool, backend: str) -> str:
     # Upstream's backend names ("fa2", "trtllm-gen", ...) pick among its own kernels; here they mean "auto".
@@ -58,7 +50,7 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 return_lse: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """One query ``q [num_qo_heads, head_dim]`` against ``k``/``v`` ``[kv_len, num_kv_heads, head_dim]`` (NHD) or
     ``[num_kv_heads, kv_len, head_dim]`` (HND). Returns ``out`` (and ``lse``, log base 2) like upstream."""
-    rope = _rope_mode(pos_encoding_mode)
+    rope = rope_mode(pos_encoding_mode)
     kv_len = k.shape[0] if kv_layout == "NHD" else k.shape[1]
     if kv_len == 0:  # no page of size 0: answer the empty attention directly
         out = torch.zeros_like(q)
@@ -74,46 +66,29 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return (out[0], lse[0]) if return_lse else out[0]
 
 
-class BatchDecodeWithPagedKVCacheWrapper:
+class BatchDecodeWithPagedKVCacheWrapper(AttentionWrapper):
     """Decode for a batch of requests over a paged KV cache, with upstream's constructor, ``plan`` and ``run``.
 
     With ``use_cuda_graph=True`` the page tables are copied into the fixed buffers given to the constructor, so a
     decode step captured once replays after each ``plan`` with new lengths and pages."""
+
+    _graph_buffers = ("paged_kv_indptr_buffer", "paged_kv_indices_buffer", "paged_kv_last_page_len_buffer")
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  use_tensor_cores: bool = False, paged_kv_indptr_buffer: Optional[torch.Tensor] = None,
                  paged_kv_indices_buffer: Optional[torch.Tensor] = None,
                  paged_kv_last_page_len_buffer: Optional[torch.Tensor] = None, backend: str = "auto",
                  jit_args=None) -> None:
-        if kv_layout not in ("NHD", "HND"):
-            raise ValueError(f'kv_layout must be "NHD" or "HND", got "{kv_layout}"')
-        self._float_workspace_buffer = float_workspace_buffer
-        self.device = float_workspace_buffer.device
-        self._kv_layout = kv_layout
-        self._use_cuda_graph = use_cuda_graph
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph,
+                         dict(paged_kv_indptr_buffer=paged_kv_indptr_buffer,
+                              paged_kv_indices_buffer=paged_kv_indices_buffer,
+                              paged_kv_last_page_len_buffer=paged_kv_last_page_len_buffer))
         self._use_tensor_cores = use_tensor_cores
         self._backend = _backend(use_tensor_cores, backend)
-        if use_cuda_graph:
-            for name, buf in (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
-                              ("paged_kv_indices_buffer", paged_kv_indices_buffer),
-                              ("paged_kv_last_page_len_buffer", paged_kv_last_page_len_buffer)):
-                if buf is None or buf.dtype != torch.int32:
-                    raise ValueError(f"use_cuda_graph=True needs {name} as an int32 tensor")
-        self._indptr_buf = paged_kv_indptr_buffer
-        self._indices_buf = paged_kv_indices_buffer
-        self._last_buf = paged_kv_last_page_len_buffer
-        self._planned = False
 
     @property
     def use_tensor_cores(self) -> bool:
         return self._use_tensor_cores
-
-    @property
-    def is_cuda_graph_enabled(self) -> bool:
-        return self._use_cuda_graph
-
-    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
-        self._float_workspace_buffer = float_workspace_buffer
 
     def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, num_qo_heads: int,
              num_kv_heads: int, head_dim: int, page_size: int, pos_encoding_mode: str = "NONE",
@@ -129,40 +104,23 @@ class BatchDecodeWithPagedKVCacheWrapper:
         """Records the batch's page tables and attention parameters; never waits for the device.
 
         ``validate=True`` (or FLASHINFER_VALIDATE=1) checks the page tables on the host first (a sync)."""
-        if head_dim not in _HEAD_DIMS:
-            raise ValueError(f"unsupported head_dim {head_dim}: supported 64, 128, 256")
-        if num_kv_heads <= 0 or num_qo_heads % num_kv_heads != 0:
-            raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-        for name, t in (("indptr", indptr), ("indices", indices), ("last_page_len", last_page_len)):
-            if t.dtype != torch.int32:
-                raise ValueError(f"{name} must be int32, got {t.dtype}")
+        check_heads(num_qo_heads, num_kv_heads, head_dim)
+        check_int32(indptr=indptr, indices=indices, last_page_len=last_page_len)
         if _validating(validate):
             # The cache is not known until run(): page ids are only checked to be >= 0 here.
             validate_page_table(indptr, indices, last_page_len, None, page_size)
-        batch = last_page_len.shape[0]
-        if self._use_cuda_graph:
-            if indptr.shape[0] > self._indptr_buf.shape[0] or indices.shape[0] > self._indices_buf.shape[0]:
-                raise ValueError("the batch does not fit the CUDA-graph buffers given to the constructor")
-            self._indptr_buf[: batch + 1].copy_(indptr, non_blocking=non_blocking)
-            self._indices_buf[: indices.shape[0]].copy_(indices, non_blocking=non_blocking)
-            self._last_buf[:batch].copy_(last_page_len, non_blocking=non_blocking)
-            self._indptr, self._indices, self._last = (self._indptr_buf[: batch + 1], self._indices_buf,
-                                                       self._last_buf[:batch])
-        else:
-            self._indptr, self._indices, self._last = (t.to(self.device, non_blocking=non_blocking)
-                                                       for t in (indptr, indices, last_page_len))
+        self._indptr = self._place("paged_kv_indptr_buffer", indptr, non_blocking)
+        self._indices = self._place("paged_kv_indices_buffer", indices, non_blocking, whole=True)
+        self._last = self._place("paged_kv_last_page_len_buffer", last_page_len, non_blocking)
         self._num_qo_heads, self._num_kv_heads, self._head_dim = num_qo_heads, num_kv_heads, head_dim
         self._page_size = page_size
-        self._rope = _rope_mode(pos_encoding_mode)
+        self._rope = rope_mode(pos_encoding_mode)
         self._window_left = window_left
         self._logits_soft_cap = logits_soft_cap
         self._sm_scale, self._rope_scale, self._rope_theta = sm_scale, rope_scale, rope_theta
         self._planned = True
 
     begin_forward = plan
-
-    def end_forward(self) -> None:
-        pass
 
     def run(self, q: torch.Tensor, paged_kv_cache: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], *args,
             q_scale: Optional[float] = None, k_scale: Optional[float] = None, v_scale: Optional[float] = None,
@@ -171,8 +129,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             q_len_per_req: Optional[int] = 1, skip_softmax_threshold_scale_factor=None):
         """Attention of ``q [batch, num_qo_heads, head_dim]`` over the planned requests. Returns ``out`` (and
         ``lse`` ``[batch, num_qo_heads]``, log base 2, when ``return_lse``)."""
-        if not self._planned:
-            raise RuntimeError("BatchDecodeWithPagedKVCacheWrapper.run() called before plan()")
+        self._check_planned()
         if sinks is not None or (q_len_per_req or 1) != 1:
             raise NotImplementedError("attention sinks and q_len_per_req > 1 are not supported")
         k_cache, v_cache, _, _ = split_paged_kv_cache(paged_kv_cache, self._kv_layout)
@@ -194,7 +151,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                 window_left: int = -1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None,
                 return_lse: bool = False):
         """Legacy entry point: attention parameters given per call instead of to plan()."""
-        self._rope = _rope_mode(pos_encoding_mode)
+        self._rope = rope_mode(pos_encoding_mode)
         self._logits_soft_cap, self._sm_scale = logits_soft_cap, sm_scale
         self._rope_scale, self._rope_theta = rope_scale, rope_theta
         return self.run(q, paged_kv_cache, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, window_left=window_left,

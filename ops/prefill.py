@@ -19,12 +19,10 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .page import split_paged_kv_cache
+from .wrapper import AttentionWrapper, check_heads, check_int32, rope_mode
 
 __all__ = ["packbits", "segment_packbits", "single_prefill_with_kv_cache", "single_prefill_with_kv_cache_return_lse",
            "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper"]
-
-_HEAD_DIMS = (64, 128, 256)
-
 
 def packbits(x: torch.Tensor, bitorder: str = "big") -> torch.Tensor:
     """Packs the elements of a boolean tensor (flattened) into uint8, 8 to a byte, like numpy.packbits."""
@@ -50,9 +48,7 @@ def segment_packbits(x: torch.Tensor, indptr: torch.Tensor, bitorder: str = "big
 
 
 def _check_rope(pos_encoding_mode: str) -> None:
-    if pos_encoding_mode not in ("NONE", "ROPE_LLAMA"):
-        raise ValueError(f'pos_encoding_mode must be "NONE" or "ROPE_LLAMA", got "{pos_encoding_mode}"')
-    if pos_encoding_mode == "ROPE_LLAMA":
+    if rope_mode(pos_encoding_mode):
         raise NotImplementedError('prefill does not support pos_encoding_mode="ROPE_LLAMA" yet: apply RoPE to q and '
                                   'k first (flashinfer.apply_rope_pos_ids_inplace)')
 
@@ -107,58 +103,28 @@ def single_prefill_with_kv_cache_return_lse(q, k, v, *args, **kwargs):
     return single_prefill_with_kv_cache(q, k, v, *args, return_lse=True, **kwargs)
 
 
-class _PrefillWrapper:
-    """What the paged and ragged wrappers share: buffers for CUDA graphs, plan-time parameters, mask packing."""
-
-    _buffer_names: Tuple[str, ...] = ()
+class _PrefillWrapper(AttentionWrapper):
+    """What the paged and ragged wrappers share: plan-time parameters, mask packing, the legacy forward()."""
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str, use_cuda_graph: bool,
                  buffers: dict, backend: str) -> None:
-        if kv_layout not in ("NHD", "HND"):
-            raise ValueError(f'kv_layout must be "NHD" or "HND", got "{kv_layout}"')
-        self._float_workspace_buffer = float_workspace_buffer
-        self.device = float_workspace_buffer.device
-        self._kv_layout = kv_layout
-        self._use_cuda_graph = use_cuda_graph
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, buffers)
         self._backend = backend
-        self._bufs = buffers
-        if use_cuda_graph:
-            for name in self._buffer_names:
-                buf = buffers.get(name)
-                if buf is None or buf.dtype != torch.int32:
-                    raise ValueError(f"use_cuda_graph=True needs {name} as an int32 tensor")
-        self._planned = False
 
-    @property
-    def is_cuda_graph_enabled(self) -> bool:
-        return self._use_cuda_graph
-
-    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
-        self._float_workspace_buffer = float_workspace_buffer
-
-    def _place(self, name: str, t: torch.Tensor, non_blocking: bool, whole: bool = False) -> torch.Tensor:
-        """t on the device: copied into the fixed buffer `name` under CUDA graphs (the view of its first rows, or
-        the whole buffer when `whole`), else moved without blocking."""
-        if t.dtype != torch.int32 and name != "custom_mask_buf":
-            raise ValueError(f"{name.replace('_buf', '')} must be int32, got {t.dtype}")
-        if not self._use_cuda_graph or self._bufs.get(name) is None:
-            return t.to(self.device, non_blocking=non_blocking)
-        buf = self._bufs[name]
-        if t.shape[0] > buf.shape[0]:
-            raise ValueError(f"{name} holds {buf.shape[0]} entries; this batch needs {t.shape[0]}")
-        buf[: t.shape[0]].copy_(t, non_blocking=non_blocking)
-        return buf if whole else buf[: t.shape[0]]
+    def _set_attention(self, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale) -> None:
+        _check_rope(pos_encoding_mode)
+        self._causal, self._window_left = causal, window_left
+        self._logits_soft_cap = 0.0 if logits_soft_cap is None else float(logits_soft_cap)
+        self._sm_scale = sm_scale
 
     def _plan_common(self, qo_indptr, kv_lens_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo,
                      custom_mask, packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap,
                      sm_scale, non_blocking):
-        if head_dim_qk not in _HEAD_DIMS:
-            raise ValueError(f"unsupported head_dim {head_dim_qk}: supported 64, 128, 256")
+        check_heads(num_qo_heads, num_kv_heads, head_dim_qk)
         if head_dim_vo is not None and head_dim_vo != head_dim_qk:
             raise NotImplementedError("head_dim_vo different from head_dim_qk is not supported")
-        if num_kv_heads <= 0 or num_qo_heads % num_kv_heads != 0:
-            raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-        _check_rope(pos_encoding_mode)
+        check_int32(qo_indptr=qo_indptr)
+        self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale)
         self._qo_indptr = self._place("qo_indptr_buf", qo_indptr, non_blocking)
         self._mask = self._mask_indptr = None
         if custom_mask is not None or packed_custom_mask is not None:
@@ -174,17 +140,7 @@ class _PrefillWrapper:
             self._mask = self._place("custom_mask_buf", packed_custom_mask.reshape(-1), non_blocking, whole=True)
             self._mask_indptr = self._place("mask_indptr_buf", mask_indptr.to(torch.int32), non_blocking)
         self._num_qo_heads, self._num_kv_heads, self._head_dim = num_qo_heads, num_kv_heads, head_dim_qk
-        self._causal, self._window_left = causal, window_left
-        self._logits_soft_cap = 0.0 if logits_soft_cap is None else float(logits_soft_cap)
-        self._sm_scale = sm_scale
         self._planned = True
-
-    def _check_planned(self):
-        if not self._planned:
-            raise RuntimeError(f"{type(self).__name__}.run() called before plan()")
-
-    def end_forward(self) -> None:
-        pass
 
     def run_return_lse(self, *args, **kwargs):
         return self.run(*args, return_lse=True, **kwargs)
@@ -196,7 +152,7 @@ class _PrefillWrapper:
 class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
     """Prefill for a batch whose KV is ragged: request b's keys are rows kv_indptr[b]..kv_indptr[b+1] of k/v."""
 
-    _buffer_names = ("qo_indptr_buf", "kv_indptr_buf")
+    _graph_buffers = ("qo_indptr_buf", "kv_indptr_buf")
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  qo_indptr_buf: Optional[torch.Tensor] = None, kv_indptr_buf: Optional[torch.Tensor] = None,
@@ -220,6 +176,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
         self._plan_common(qo_indptr, kv_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, custom_mask,
                           packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
                           non_blocking)
+        check_int32(kv_indptr=kv_indptr)
         self._kv_indptr = self._place("kv_indptr_buf", kv_indptr, non_blocking)
 
     begin_forward = plan
@@ -239,17 +196,14 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
                 use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
                 rope_scale=None, rope_theta=None, return_lse: bool = False):
         """Legacy entry point: attention parameters given per call instead of to plan()."""
-        _check_rope(pos_encoding_mode)
-        self._causal, self._window_left = causal, window_left
-        self._logits_soft_cap = 0.0 if logits_soft_cap is None else float(logits_soft_cap)
-        self._sm_scale = sm_scale
+        self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale)
         return self.run(q, k, v, return_lse=return_lse)
 
 
 class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
     """Prefill for a batch whose KV lives in a paged cache (the page tables of the decode wrapper)."""
 
-    _buffer_names = ("qo_indptr_buf", "paged_kv_indptr_buf", "paged_kv_indices_buf", "paged_kv_last_page_len_buf")
+    _graph_buffers = ("qo_indptr_buf", "paged_kv_indptr_buf", "paged_kv_indices_buf", "paged_kv_last_page_len_buf")
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  qo_indptr_buf: Optional[torch.Tensor] = None, paged_kv_indptr_buf: Optional[torch.Tensor] = None,
@@ -282,6 +236,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
         self._plan_common(qo_indptr, kv_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, custom_mask,
                           packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
                           non_blocking)
+        check_int32(paged_kv_indptr=paged_kv_indptr, paged_kv_indices=paged_kv_indices,
+                    paged_kv_last_page_len=paged_kv_last_page_len)
         self._kv_indptr = self._place("paged_kv_indptr_buf", paged_kv_indptr, non_blocking)
         self._kv_indices = self._place("paged_kv_indices_buf", paged_kv_indices, non_blocking, whole=True)
         self._kv_last = self._place("paged_kv_last_page_len_buf", paged_kv_last_page_len, non_blocking)
@@ -307,8 +263,5 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
                 use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
                 rope_scale=None, rope_theta=None, return_lse: bool = False):
         """Legacy entry point: attention parameters given per call instead of to plan()."""
-        _check_rope(pos_encoding_mode)
-        self._causal, self._window_left = causal, window_left
-        self._logits_soft_cap = 0.0 if logits_soft_cap is None else float(logits_soft_cap)
-        self._sm_scale = sm_scale
+        self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale)
         return self.run(q, paged_kv_cache, return_lse=return_lse)

@@ -1,0 +1,75 @@
+"""What every attention wrapper (decode, prefill paged and ragged) shares: the workspace, the KV layout, the
+plan-before-run rule and, under CUDA graphs, the fixed buffers that plan() copies its tables into so that a
+captured run reads the new ones on replay."""
+
+from typing import Dict, Optional, Tuple
+
+import torch
+
+_HEAD_DIMS = (64, 128, 256)
+
+
+def check_heads(num_qo_heads: int, num_kv_heads: int, head_dim: int) -> None:
+    if head_dim not in _HEAD_DIMS:
+        raise ValueError(f"unsupported head_dim {head_dim}: supported 64, 128, 256")
+    if num_kv_heads <= 0 or num_qo_heads % num_kv_heads != 0:
+        raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+
+
+def check_int32(**tables: torch.Tensor) -> None:
+    for name, t in tables.items():
+        if t.dtype != torch.int32:
+            raise ValueError(f"{name} must be int32, got {t.dtype}")
+
+
+def rope_mode(pos_encoding_mode: str) -> bool:
+    """Whether pos_encoding_mode asks for RoPE inside attention ("ROPE_LLAMA") or not ("NONE")."""
+    if pos_encoding_mode not in ("NONE", "ROPE_LLAMA"):
+        raise ValueError(f'pos_encoding_mode must be "NONE" or "ROPE_LLAMA", got "{pos_encoding_mode}"')
+    return pos_encoding_mode == "ROPE_LLAMA"
+
+
+class AttentionWrapper:
+    # Buffers a subclass needs under use_cuda_graph=True (int32, given to the constructor by these names).
+    _graph_buffers: Tuple[str, ...] = ()
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str, use_cuda_graph: bool,
+                 buffers: Dict[str, Optional[torch.Tensor]]) -> None:
+        if kv_layout not in ("NHD", "HND"):
+            raise ValueError(f'kv_layout must be "NHD" or "HND", got "{kv_layout}"')
+        self._float_workspace_buffer = float_workspace_buffer
+        self.device = float_workspace_buffer.device
+        self._kv_layout = kv_layout
+        self._use_cuda_graph = use_cuda_graph
+        self._bufs = buffers
+        if use_cuda_graph:
+            for name in self._graph_buffers:
+                buf = buffers.get(name)
+                if buf is None or buf.dtype != torch.int32:
+                    raise ValueError(f"use_cuda_graph=True needs {name} as an int32 tensor")
+        self._planned = False
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._use_cuda_graph
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
+        self._float_workspace_buffer = float_workspace_buffer
+
+    def _place(self, name: str, t: torch.Tensor, non_blocking: bool, whole: bool = False) -> torch.Tensor:
+        """t on the device: under CUDA graphs copied into the fixed buffer `name` (returning the view of its first
+        rows, or the whole buffer when `whole`), else moved without blocking."""
+        buf = self._bufs.get(name) if self._use_cuda_graph else None
+        if buf is None:
+            return t.to(self.device, non_blocking=non_blocking)
+        if t.shape[0] > buf.shape[0]:
+            raise ValueError(f"{name} holds {buf.shape[0]} entries; this batch needs {t.shape[0]}")
+        buf[: t.shape[0]].copy_(t, non_blocking=non_blocking)
+        return buf if whole else buf[: t.shape[0]]
+
+    def _check_planned(self) -> None:
+        if not self._planned:
+            raise RuntimeError(f"{type(self).__name__}.run() called before plan()")
+
+    def end_forward(self) -> None:
+        pass
