@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flashinfer  # noqa: E402
-from common import main  # noqa: E402
+from common import main, paged_batch  # noqa: E402
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 SIZES = [(1, 8192), (16, 4096), (64, 4096), (128, 8192), (32, 32768), (256, 2048)]
@@ -18,12 +18,7 @@ DT = torch.bfloat16
 
 def make(size, use_tensor_cores=False, **wrapper_kw):
     b, n = size
-    pages_per = (n + PAGE - 1) // PAGE
-    num_pages = b * pages_per
-    cache = torch.randn(num_pages, 2, PAGE, HKV, D, dtype=DT, device="cuda")
-    indices = torch.randperm(num_pages, device="cuda").to(torch.int32)
-    indptr = torch.arange(0, num_pages + 1, pages_per, dtype=torch.int32, device="cuda")
-    last = torch.full((b,), (n - 1) % PAGE + 1, dtype=torch.int32, device="cuda")
+    cache, indptr, indices, last = paged_batch(b, n, PAGE, HKV, D, DT)
     q = torch.randn(b, HQ, D, dtype=DT, device="cuda")
     ws = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=use_tensor_cores, **wrapper_kw)

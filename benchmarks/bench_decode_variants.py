@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flashinfer  # noqa: E402
-from common import main  # noqa: E402
+from common import main, paged_batch  # noqa: E402
 
 SIZES = [(1, 8192), (64, 4096)]
 BASE = dict(kv=torch.bfloat16, layout="NHD", hq=32, hkv=8, d=128, page=16)
@@ -27,13 +27,7 @@ def make(size, cfg, use_tensor_cores=False):
     b, n = size
     c = dict(BASE, **cfg)
     page, hkv, d = c["page"], c["hkv"], c["d"]
-    pages_per = (n + page - 1) // page
-    num_pages = b * pages_per
-    shape = (num_pages, 2, page, hkv, d) if c["layout"] == "NHD" else (num_pages, 2, hkv, page, d)
-    cache = torch.randn(shape, dtype=torch.bfloat16, device="cuda").to(c["kv"])
-    indices = torch.randperm(num_pages, device="cuda").to(torch.int32)
-    indptr = torch.arange(0, num_pages + 1, pages_per, dtype=torch.int32, device="cuda")
-    last = torch.full((b,), (n - 1) % page + 1, dtype=torch.int32, device="cuda")
+    cache, indptr, indices, last = paged_batch(b, n, page, hkv, d, c["kv"], c["layout"])
     q = torch.randn(b, c["hq"], d, dtype=torch.bfloat16, device="cuda")
     ws = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, c["layout"], use_tensor_cores=use_tensor_cores)

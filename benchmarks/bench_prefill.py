@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flashinfer  # noqa: E402
-from common import main  # noqa: E402
+from common import main, paged_batch  # noqa: E402
 
 HQ, HKV, PAGE = 32, 8, 16
 DT = torch.bfloat16
@@ -19,12 +19,7 @@ SIZES = [(1, 8192, 128, True), (4, 4096, 128, True), (16, 1024, 128, True), (4, 
 
 def make(size, backend=None):
     b, n, d, causal = size
-    pages_per = (n + PAGE - 1) // PAGE
-    num_pages = b * pages_per
-    cache = torch.randn(num_pages, 2, PAGE, HKV, d, dtype=DT, device="cuda")
-    indices = torch.randperm(num_pages, device="cuda").to(torch.int32)
-    indptr = torch.arange(0, num_pages + 1, pages_per, dtype=torch.int32, device="cuda")
-    last = torch.full((b,), (n - 1) % PAGE + 1, dtype=torch.int32, device="cuda")
+    cache, indptr, indices, last = paged_batch(b, n, PAGE, HKV, d, DT)
     qo = torch.arange(0, b * n + 1, n, dtype=torch.int32, device="cuda")
     q = torch.randn(b * n, HQ, d, dtype=DT, device="cuda")
     ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")

@@ -22,6 +22,19 @@ for _name in ("cache_size_limit", "recompile_limit"):
         setattr(torch._dynamo.config, _name, 256)
 
 
+def paged_batch(batch, kv_len, page, hkv, d, dtype=torch.bfloat16, layout="NHD", device="cuda"):
+    """A 5-D paged cache holding `batch` requests of kv_len tokens on pages in random order, and its page tables
+    (kv_indptr, kv_indices, kv_last_page_len), as a serving engine's cache looks after some churn."""
+    pages_per = (kv_len + page - 1) // page
+    num_pages = batch * pages_per
+    shape = (num_pages, 2, page, hkv, d) if layout == "NHD" else (num_pages, 2, hkv, page, d)
+    cache = torch.randn(shape, dtype=torch.bfloat16, device=device).to(dtype)
+    indices = torch.randperm(num_pages, device=device).to(torch.int32)
+    indptr = torch.arange(0, num_pages + 1, pages_per, dtype=torch.int32, device=device)
+    last = torch.full((batch,), (kv_len - 1) % page + 1, dtype=torch.int32, device=device)
+    return cache, indptr, indices, last
+
+
 def time_us(fn, make, nbytes):
     """Median time of one call, in us. Calls run inside a CUDA graph (no launch gaps) and rotate over enough
     input sets that the working set exceeds L2 twice, so small shapes are timed from memory, not cache."""
