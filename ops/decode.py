@@ -12,13 +12,12 @@ faster at every group size; ``use_tensor_cores=True`` asks for them explicitly; 
 CUDA cores. All give the same result within rounding.
 """
 
-import math
 from typing import Optional, Tuple, Union
 
 import torch
 
 from .page import _validating, split_paged_kv_cache, validate_page_table
-from .wrapper import AttentionWrapper, check_heads, check_int32, rope_mode
+from .wrapper import AttentionWrapper, attention_scales, check_heads, check_int32, finish, rope_mode
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper",
            "CUDAGraphBatchDecodeWithPagedKVCacheWrapper"]
@@ -32,12 +31,10 @@ def _backend(use_tensor_cores: bool, backend: str) -> str:
 
 def _decode(q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope, window_left, logits_soft_cap,
             sm_scale, q_scale, k_scale, v_scale, rope_scale, rope_theta, backend="auto"):
-    head_dim = q.shape[-1]
-    scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * (1.0 if q_scale is None else q_scale)
+    sm, ks, vs = attention_scales(q.shape[-1], sm_scale, q_scale, k_scale, v_scale)
     return torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
         q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope, window_left,
-        0.0 if logits_soft_cap is None else float(logits_soft_cap), float(scale),
-        1.0 if k_scale is None else float(k_scale), 1.0 if v_scale is None else float(v_scale),
+        0.0 if logits_soft_cap is None else float(logits_soft_cap), sm, ks, vs,
         1.0 if rope_scale is None else float(rope_scale), 1e4 if rope_theta is None else float(rope_theta), backend)
 
 
@@ -136,13 +133,7 @@ class BatchDecodeWithPagedKVCacheWrapper(AttentionWrapper):
         o, s = _decode(q, k_cache, v_cache, self._indptr, self._indices, self._last, self._kv_layout, self._rope,
                        self._window_left if window_left is None else window_left, self._logits_soft_cap,
                        self._sm_scale, q_scale, k_scale, v_scale, self._rope_scale, self._rope_theta, self._backend)
-        if out is not None:
-            out.copy_(o)
-            o = out
-        if lse is not None:
-            lse.copy_(s)
-            s = lse
-        return (o, s) if return_lse else o
+        return finish(o, s, out, lse, return_lse)
 
     def run_return_lse(self, q, paged_kv_cache, *args, **kwargs):
         return self.run(q, paged_kv_cache, *args, return_lse=True, **kwargs)

@@ -13,13 +13,12 @@ Not supported yet: ``pos_encoding_mode="ROPE_LLAMA"`` and fp8 KV (both raise), a
 head_dim_qk.
 """
 
-import math
 from typing import Optional, Tuple, Union
 
 import torch
 
 from .page import split_paged_kv_cache
-from .wrapper import AttentionWrapper, check_heads, check_int32, rope_mode
+from .wrapper import AttentionWrapper, attention_scales, check_heads, check_int32, finish, rope_mode
 
 __all__ = ["packbits", "segment_packbits", "single_prefill_with_kv_cache", "single_prefill_with_kv_cache_return_lse",
            "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper"]
@@ -53,23 +52,6 @@ def _check_rope(pos_encoding_mode: str) -> None:
                                   'k first (flashinfer.apply_rope_pos_ids_inplace)')
 
 
-def _scales(head_dim, sm_scale, q_scale, k_scale, v_scale):
-    scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * (1.0 if q_scale is None else q_scale)
-    return float(scale), 1.0 if k_scale is None else float(k_scale), 1.0 if v_scale is None else float(v_scale)
-
-
-def _finish(o, s, out, lse, return_lse, o_dtype=None):
-    if o_dtype is not None and o.dtype != o_dtype:
-        o = o.to(o_dtype)
-    if out is not None:
-        out.copy_(o)
-        o = out
-    if lse is not None:
-        lse.copy_(s)
-        s = lse
-    return (o, s) if return_lse else o
-
-
 def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale_q=None, scale_k=None,
                                  scale_v=None, o_dtype: Optional[torch.dtype] = None,
                                  custom_mask: Optional[torch.Tensor] = None,
@@ -92,11 +74,11 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         packed_custom_mask = packbits(custom_mask, "little")
     if packed_custom_mask is not None:
         mask_indptr = torch.zeros(2, dtype=torch.int32, device=dev)
-    sm, ks, vs = _scales(q.shape[-1], sm_scale, scale_q, scale_k, scale_v)
+    sm, ks, vs = attention_scales(q.shape[-1], sm_scale, scale_q, scale_k, scale_v)
     o, s = torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(
         q, qo_indptr, k, v, kv_indptr, packed_custom_mask, mask_indptr, kv_layout, causal, window_left,
         0.0 if logits_soft_cap is None else float(logits_soft_cap), sm, ks, vs)
-    return _finish(o, s, None, None, return_lse, o_dtype)
+    return finish(o, s, None, None, return_lse, o_dtype)
 
 
 def single_prefill_with_kv_cache_return_lse(q, k, v, *args, **kwargs):
@@ -186,11 +168,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
             lse: Optional[torch.Tensor] = None, return_lse: bool = False, enable_pdl: Optional[bool] = None):
         """Attention of ``q [total_q, num_qo_heads, head_dim]`` over the planned requests."""
         self._check_planned()
-        sm, ks, vs = _scales(q.shape[-1], self._sm_scale, q_scale, k_scale, v_scale)
+        sm, ks, vs = attention_scales(q.shape[-1], self._sm_scale, q_scale, k_scale, v_scale)
         o, s = torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(
             q, self._qo_indptr, k, v, self._kv_indptr, self._mask, self._mask_indptr, self._kv_layout,
             self._causal, self._window_left, self._logits_soft_cap, sm, ks, vs)
-        return _finish(o, s, out, lse, return_lse)
+        return finish(o, s, out, lse, return_lse)
 
     def forward(self, q, k, v, causal: bool = False, pos_encoding_mode: str = "NONE",
                 use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
@@ -252,12 +234,12 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
         """Attention of ``q [total_q, num_qo_heads, head_dim]`` over the planned requests' pages."""
         self._check_planned()
         k_cache, v_cache, _, _ = split_paged_kv_cache(paged_kv_cache, self._kv_layout)
-        sm, ks, vs = _scales(q.shape[-1], self._sm_scale, q_scale, k_scale, v_scale)
+        sm, ks, vs = attention_scales(q.shape[-1], self._sm_scale, q_scale, k_scale, v_scale)
         o, s = torch.ops.flashinfer.batch_prefill_with_paged_kv_cache(
             q, self._qo_indptr, k_cache, v_cache, self._kv_indptr, self._kv_indices, self._kv_last, self._mask,
             self._mask_indptr, self._kv_layout, self._causal,
             self._window_left if window_left is None else window_left, self._logits_soft_cap, sm, ks, vs)
-        return _finish(o, s, out, lse, return_lse)
+        return finish(o, s, out, lse, return_lse)
 
     def forward(self, q, paged_kv_cache, causal: bool = False, pos_encoding_mode: str = "NONE",
                 use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap=None, sm_scale=None,

@@ -2,6 +2,7 @@
 plan-before-run rule and, under CUDA graphs, the fixed buffers that plan() copies its tables into so that a
 captured run reads the new ones on replay."""
 
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -27,6 +28,26 @@ def rope_mode(pos_encoding_mode: str) -> bool:
     if pos_encoding_mode not in ("NONE", "ROPE_LLAMA"):
         raise ValueError(f'pos_encoding_mode must be "NONE" or "ROPE_LLAMA", got "{pos_encoding_mode}"')
     return pos_encoding_mode == "ROPE_LLAMA"
+
+
+def attention_scales(head_dim, sm_scale, q_scale, k_scale, v_scale) -> Tuple[float, float, float]:
+    """(softmax scale with q_scale folded in, k_scale, v_scale) with upstream's defaults: 1/sqrt(head_dim), 1, 1."""
+    scale = (1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale) * (1.0 if q_scale is None else q_scale)
+    return float(scale), 1.0 if k_scale is None else float(k_scale), 1.0 if v_scale is None else float(v_scale)
+
+
+def finish(o, s, out, lse, return_lse, o_dtype=None):
+    """Upstream's return convention: out (cast to o_dtype, copied into `out` when given) and, with return_lse,
+    the log2 LSE (copied into `lse` when given)."""
+    if o_dtype is not None and o.dtype != o_dtype:
+        o = o.to(o_dtype)
+    if out is not None:
+        out.copy_(o)
+        o = out
+    if lse is not None:
+        lse.copy_(s)
+        s = lse
+    return (o, s) if return_lse else o
 
 
 class AttentionWrapper:
