@@ -82,19 +82,27 @@ class Llama(torch.nn.Module):
             flashinfer.apply_rope_pos_ids_inplace(q, k, positions, rope_theta=cfg.rope_theta)
             flashinfer.append_paged_kv_cache(k, v, batch_indices, positions, caches[i], kv_indices, kv_indptr,
                                              kv_last_page_len)
-            if decode:  # one token per request
-                attn, _ = torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
-                    q, caches[i], None, kv_indptr, kv_indices, kv_last_page_len, "NHD", False, -1, 0.0, d ** -0.5,
-                    1.0, 1.0, 1.0, 1e4)
-            else:
-                attn, _ = torch.ops.flashinfer.batch_prefill_with_paged_kv_cache(
-                    q, qo_indptr, caches[i], None, kv_indptr, kv_indices, kv_last_page_len, None, None, "NHD", True,
-                    -1, 0.0, d ** -0.5, 1.0, 1.0)
+            attn = self.attend(i, q, caches[i], qo_indptr, kv_indptr, kv_indices, kv_last_page_len, decode)
             x = attn.reshape(t, hq * d) @ layer.o
             flashinfer.fused_add_rmsnorm(x, residual, layer.mlp_norm, cfg.eps)
             x = flashinfer.silu_and_mul(x @ layer.gate_up) @ layer.down
         flashinfer.fused_add_rmsnorm(x, residual, self.norm, cfg.eps)
         return x @ self.lm_head
+
+    def attend(self, layer_idx, q, cache, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, decode: bool):
+        """Attention of the new tokens over their requests' cached K/V (causal). The ops are called directly:
+        no wrapper state, so nothing here stops torch.compile, CUDA graphs or torch.export. A subclass may route
+        this elsewhere (benchmarks/bench_model.py runs the same model on upstream FlashInfer's wrappers)."""
+        d = self.cfg.head_dim
+        if decode:  # one token per request
+            out, _ = torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
+                q, cache, None, kv_indptr, kv_indices, kv_last_page_len, "NHD", False, -1, 0.0, d ** -0.5,
+                1.0, 1.0, 1.0, 1e4)
+        else:
+            out, _ = torch.ops.flashinfer.batch_prefill_with_paged_kv_cache(
+                q, qo_indptr, cache, None, kv_indptr, kv_indices, kv_last_page_len, None, None, "NHD", True, -1,
+                0.0, d ** -0.5, 1.0, 1.0)
+        return out
 
 
 class DecodeStep(torch.nn.Module):
@@ -113,58 +121,107 @@ class DecodeStep(torch.nn.Module):
 
 
 class Pages:
-    """A minimal page allocator for the example: request b owns pages b * max_pages .. in order."""
+    """The page pool of the example: one [num_pages, 2, page_size, kv_heads, head_dim] cache per layer, pages handed
+    out from a shuffled free list as requests grow (a server's pool after some churn), so a request's pages are
+    scattered and a step that crosses a page boundary gets a new page between two steps."""
 
-    def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype, device):
-        self.cfg, self.max_pages = cfg, -(-max_len // cfg.page_size)
-        shape = (batch * self.max_pages, 2, cfg.page_size, cfg.kv_heads, cfg.head_dim)
+    def __init__(self, cfg: LlamaConfig, num_pages: int, dtype, device, seed: int = 0):
+        self.cfg, self.num_pages, self.device = cfg, num_pages, device
+        shape = (num_pages, 2, cfg.page_size, cfg.kv_heads, cfg.head_dim)
         self.caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.layers)]
-        self.device = device
+        self.free = torch.randperm(num_pages, generator=torch.Generator().manual_seed(seed)).tolist()
+        self.owned: List[List[int]] = []  # request -> its pages, in token order
 
     def tables(self, lens: Sequence[int]):
-        """(kv_indptr, kv_indices, kv_last_page_len) for requests of these lengths."""
+        """(kv_indptr, kv_indices, kv_last_page_len) for requests 0..len(lens)-1 at these lengths, allocating the
+        pages they now need. kv_indices is padded to the pool's size: the page tables keep one shape for the
+        life of the pool, as the fixed buffers of a CUDA graph need."""
         ps = self.cfg.page_size
-        counts = [-(-n // ps) for n in lens]
-        indptr = [0]
-        indices = []
-        for b, c in enumerate(counts):
-            indices += range(b * self.max_pages, b * self.max_pages + c)
-            indptr.append(indptr[-1] + c)
-        last = [n - (c - 1) * ps if c else 0 for n, c in zip(lens, counts)]
+        while len(self.owned) < len(lens):
+            self.owned.append([])
+        indptr, indices = [0], []
+        for pages, n in zip(self.owned, lens):
+            while len(pages) * ps < n:
+                if not self.free:
+                    raise RuntimeError(f"Pages: out of pages ({self.num_pages} in the pool)")
+                pages.append(self.free.pop())
+            used = pages[: -(-n // ps)]
+            indices += used
+            indptr.append(len(indices))
+        last = [n - (-(-n // ps) - 1) * ps if n else 0 for n in lens]
+        indices += [0] * (self.num_pages - len(indices))
         i32 = dict(dtype=torch.int32, device=self.device)
         return torch.tensor(indptr, **i32), torch.tensor(indices, **i32), torch.tensor(last, **i32)
 
 
-def prefill(model: Llama, pages: Pages, prompts: Sequence[Sequence[int]]):
-    """Runs the prompts (of different lengths) in one ragged call; returns the logits of each prompt's last token."""
+class GraphedDecode:
+    """A decode step captured once in a CUDA graph for one batch size and page pool. Each call copies the step's
+    inputs into the graph's buffers and replays; the logits it returns are a buffer the next call overwrites.
+    `step` is any callable with DecodeStep's signature (eager or compiled)."""
+
+    def __init__(self, step, example_args: Sequence[torch.Tensor], caches: List[torch.Tensor]):
+        self.inputs = [a.clone() for a in example_args]
+        self.caches = caches
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the capture (lazy init, autotuning); it writes the new
+            for _ in range(2):         # tokens' K/V into slots that are not part of any request yet
+                step(*self.inputs, caches)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = step(*self.inputs, caches)
+
+    def __call__(self, *args):
+        *args, caches = args
+        if len(caches) != len(self.caches) or any(a is not b for a, b in zip(caches, self.caches)):
+            raise ValueError("GraphedDecode: the caches must be the ones the graph was captured with")
+        for buf, a in zip(self.inputs, args):
+            if buf.shape != a.shape:
+                raise ValueError(f"GraphedDecode: input of shape {tuple(a.shape)}, captured {tuple(buf.shape)}")
+            buf.copy_(a)
+        self.graph.replay()
+        return self.out
+
+
+def prefill(model: Llama, pages: Pages, prompts: Sequence[Sequence[int]], forward=None):
+    """Runs the prompts (of different lengths) in one ragged call (through `forward`, the model by default, or a
+    compiled model); returns the logits of each prompt's last token."""
     dev = pages.device
     lens = [len(p) for p in prompts]
     tokens = torch.tensor([t for p in prompts for t in p], device=dev)
     positions = torch.tensor([i for n in lens for i in range(n)], dtype=torch.int32, device=dev)
     batch_indices = torch.tensor([b for b, n in enumerate(lens) for _ in range(n)], dtype=torch.int32, device=dev)
     qo_indptr = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(dev)
-    logits = model(tokens, positions, qo_indptr, batch_indices, *pages.tables(lens), pages.caches, decode=False)
+    forward = model if forward is None else forward
+    logits = forward(tokens, positions, qo_indptr, batch_indices, *pages.tables(lens), pages.caches, decode=False)
     return logits[qo_indptr[1:].long() - 1]
 
 
-def generate(model: Llama, prompts, steps: int, device="cpu", step_fn=None, max_batch=8, max_len=128):
-    """Greedy decoding: prefill, then `steps` decode steps (step_fn(tokens, positions, *tables, caches) runs the
-    step; the eager DecodeStep by default). The page pool is sized for max_batch requests of max_len tokens, as a
-    server's would be, whatever the batch. Returns the generated tokens [batch, steps] and each step's logits."""
+def generate(model: Llama, prompts, steps: int, device="cpu", step_fn=None, prefill_fn=None, graph=False,
+             max_batch=8, max_len=128):
+    """Greedy decoding: prefill (through prefill_fn, the model by default), then `steps` decode steps through
+    step_fn(tokens, positions, kv_indptr, kv_indices, kv_last_page_len, caches) (the eager DecodeStep by default;
+    with graph=True captured once in a CUDA graph and replayed). The page pool holds max_batch requests of max_len
+    tokens, as a server's would, whatever the batch. Returns the generated tokens [batch, steps] and each step's
+    logits."""
     lens = [len(p) for p in prompts]
     if len(prompts) > max_batch or max(lens) + steps > max_len:
         raise ValueError(f"generate: {len(prompts)} prompts of up to {max(lens)} + {steps} tokens exceed the pool "
                          f"(max_batch={max_batch}, max_len={max_len})")
-    pages = Pages(model.cfg, max_batch, max_len, model.embed.dtype, device)
+    pages = Pages(model.cfg, max_batch * -(-max_len // model.cfg.page_size), model.embed.dtype, device)
     step_fn = DecodeStep(model) if step_fn is None else step_fn
-    logits = prefill(model, pages, prompts)
+    logits = prefill(model, pages, prompts, prefill_fn)
     out, all_logits = [], []
     for _ in range(steps):
         tokens = logits.argmax(-1)
         out.append(tokens)
-        positions = torch.tensor(lens, dtype=torch.int32, device=device)
+        args = (tokens, torch.tensor(lens, dtype=torch.int32, device=device))
         lens = [n + 1 for n in lens]
-        logits = step_fn(tokens, positions, *pages.tables(lens), pages.caches)
+        args += pages.tables(lens)  # allocates the pages of requests that cross a page boundary
+        if graph and not isinstance(step_fn, GraphedDecode):
+            step_fn = GraphedDecode(step_fn, args, pages.caches)
+        logits = step_fn(*args, pages.caches).clone()  # graph outputs are overwritten by the next replay
         all_logits.append(logits)
     return torch.stack(out, 1), all_logits
 

@@ -1,5 +1,7 @@
-"""The Llama-style example model (examples/llama.py) at a tiny size: eager against a plain-PyTorch version of the
-same model (contiguous K/V, SDPA), the decode step compiled whole, exported and run through AOTInductor."""
+"""The Llama-style example model (examples/llama.py), tiny on the CPU and of real head geometry on CUDA: eager
+against a plain-PyTorch version of the same model (contiguous K/V, SDPA); prefill and the decode step compiled
+whole (one graph for every batch and step, caches written in place); the decode loop in a CUDA graph and under
+reduce-overhead; the decode step exported and run through AOTInductor in a fresh process."""
 
 import math
 import os
@@ -15,6 +17,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import llama  # noqa: E402
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [20] * 30]
+GPU = pytest.mark.gpu
+
+
+def make_model(device):
+    """Tiny on the CPU (CI); on CUDA Llama-like heads (D 128, GQA 4) at a width the float64 reference can afford."""
+    if device == "cpu":
+        return llama.Llama(llama.LlamaConfig(), device=device)
+    cfg = llama.LlamaConfig(vocab_size=2048, hidden=1024, layers=2, heads=8, kv_heads=2, head_dim=128,
+                            intermediate=2816)
+    return llama.Llama(cfg, device=device)
 
 
 def _rms(x, w, eps):
@@ -33,7 +45,10 @@ def _rope(x, pos, theta):
 def plain_logits(model, tokens, dtype):
     """Logits of the last token of `tokens` from the same weights in plain PyTorch at `dtype` (SDPA, full K/V)."""
     cfg = model.cfg
-    p = {n: t.detach().cpu().to(dtype) for n, t in model.named_parameters()}
+    cached = model.__dict__.setdefault("_plain_params", {})
+    if dtype not in cached:
+        cached[dtype] = {n: t.detach().cpu().to(dtype) for n, t in model.named_parameters()}
+    p = cached[dtype]
     tok = torch.tensor(tokens)
     n = tok.shape[0]
     h = p["embed"][tok]
@@ -55,7 +70,7 @@ def plain_logits(model, tokens, dtype):
 
 
 def test_eager_matches_plain_pytorch(device):
-    model = llama.Llama(llama.LlamaConfig(), device=device)
+    model = make_model(device)
     steps = 20  # the third prompt crosses pages 2 and 3
     tokens, logits = llama.generate(model, PROMPTS, steps, device=device)
     for s in (0, 1, 9, 19):
@@ -71,7 +86,7 @@ def test_decode_step_compiles_once_for_every_batch_and_step(device):
     the warm-up); the generated code writes the caches in place (no clone or copy of them)."""
     from torch._inductor.utils import run_and_get_code
 
-    model = llama.Llama(llama.LlamaConfig(), device=device)
+    model = make_model(device)
     torch._dynamo.reset()
     compiled = torch.compile(llama.DecodeStep(model), fullgraph=True, dynamic=True)
     batches = [PROMPTS[:2], PROMPTS, PROMPTS + [[7, 7], [9] * 5]]
@@ -83,7 +98,7 @@ def test_decode_step_compiles_once_for_every_batch_and_step(device):
                 got, _ = llama.generate(model, prompts, 6, device=device, step_fn=compiled)
                 expect, _ = llama.generate(model, prompts, 6, device=device)
                 assert torch.equal(got, expect)
-    pages = llama.Pages(model.cfg, 2, 40, torch.bfloat16, device)
+    pages = llama.Pages(model.cfg, 8, torch.bfloat16, device)
     llama.prefill(model, pages, PROMPTS[:2])
     args = (torch.tensor([3, 4], device=device), torch.tensor([3, 14], dtype=torch.int32, device=device),
             *pages.tables([4, 15]), pages.caches)
@@ -94,8 +109,105 @@ def test_decode_step_compiles_once_for_every_batch_and_step(device):
         assert copy not in code, f"generated code holds a {copy} (of a cache?)"
 
 
+def test_prefill_compiles_once_for_every_batch(device):
+    """Prefill of the whole model under fullgraph + dynamic: one graph for batches of 2, 3 and 5 prompts of
+    different lengths (error_on_recompile after the warm-up), logits equal to eager, caches written in place."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = make_model(device)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    batches = [PROMPTS[1:], PROMPTS, PROMPTS + [[7, 7], [9] * 5], PROMPTS[:2]]
+
+    def run(prompts, fn):
+        pages = llama.Pages(model.cfg, 16, torch.bfloat16, device)
+        return llama.prefill(model, pages, prompts, fn), pages.caches
+
+    with torch.fx.experimental._config.patch(use_duck_shape=False):
+        run(batches[0], compiled)  # warm-up: the one compile
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for prompts in batches:
+                got, got_caches = run(prompts, compiled)
+                expect, expect_caches = run(prompts, None)
+                torch.testing.assert_close(got, expect)
+                assert torch.equal(got.argmax(-1), expect.argmax(-1))
+                for g, e in zip(got_caches, expect_caches):
+                    torch.testing.assert_close(g, e)
+            pages = llama.Pages(model.cfg, 16, torch.bfloat16, device)
+            _, codes = run_and_get_code(lambda: llama.prefill(model, pages, PROMPTS, compiled))
+    code = "\n".join(codes)
+    assert code.count("torch.ops.flashinfer.batch_prefill_with_paged_kv_cache.default(") == model.cfg.layers
+    for copy in ("clone", "copy_"):
+        assert copy not in code, f"generated code holds a {copy} (of a cache?)"
+
+
+@GPU
+def test_decode_graph_replayed_120_steps_as_pages_are_allocated():
+    """The decode step captured once in a CUDA graph and replayed for 120 steps; every request grows across page
+    boundaries and gets new (scattered) pages between replays. Each replay's logits and cache writes equal an
+    eager step on the same inputs, and the greedy tokens follow from them."""
+    dev = "cuda"
+    model = make_model(dev)
+    step = llama.DecodeStep(model)
+    prompts = [[5] * 9, [1, 2, 3], list(range(100, 130)), [7] * 16]
+    pages = llama.Pages(model.cfg, 64, torch.bfloat16, dev)
+    logits = llama.prefill(model, pages, prompts)
+    lens = [len(p) for p in prompts]
+    graphed = None
+    allocations = 0
+    for s in range(120):
+        free_before = len(pages.free)
+        args = (logits.argmax(-1), torch.tensor(lens, dtype=torch.int32, device=dev))
+        lens = [n + 1 for n in lens]
+        args += pages.tables(lens)
+        allocations += free_before - len(pages.free)
+        if graphed is None:
+            graphed = llama.GraphedDecode(step, args, pages.caches)
+        before = [c.clone() for c in pages.caches]
+        got = graphed(*args, pages.caches).clone()
+        after = [c.clone() for c in pages.caches]
+        for c, b in zip(pages.caches, before):
+            c.copy_(b)
+        expect = step(*args, pages.caches)
+        torch.testing.assert_close(got, expect, rtol=0, atol=0, msg=lambda m: f"step {s}: {m}")
+        for a, c in zip(after, pages.caches):
+            assert torch.equal(a, c), f"step {s}: the replay wrote the cache differently from eager"
+        logits = got
+    assert allocations >= 4 * 7, f"only {allocations} pages were allocated between replays"
+    # The same through generate(graph=True), the example's own loop.
+    got, _ = llama.generate(model, PROMPTS, 30, device=dev, graph=True)
+    expect, _ = llama.generate(model, PROMPTS, 30, device=dev)
+    assert torch.equal(got, expect)
+
+
+@GPU
+def test_decode_loop_reduce_overhead_no_skipped_graphs():
+    """generate() with the decode step under torch.compile(mode="reduce-overhead"): cudagraph trees record the step
+    once and replay it for every step (no skipped graph: the caches are static addresses, the page tables have
+    one shape); tokens equal eager's, logits within the tolerance of eager."""
+    from torch._dynamo.utils import counters
+
+    dev = "cuda"
+    model = make_model(dev)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(llama.DecodeStep(model), mode="reduce-overhead", fullgraph=True)
+
+    def step(*args):
+        for c in args[-1]:
+            torch._dynamo.mark_static_address(c)
+        return compiled(*args)
+
+    got, got_logits = llama.generate(model, PROMPTS, 40, device=dev, step_fn=step)
+    expect, expect_logits = llama.generate(model, PROMPTS, 40, device=dev)
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    assert torch.equal(got, expect)
+    for g, e in zip(got_logits, expect_logits):
+        torch.testing.assert_close(g, e)
+
+
 def _step_inputs(model, device, batch=3):
-    pages = llama.Pages(model.cfg, batch, 40, torch.bfloat16, device)
+    pages = llama.Pages(model.cfg, batch * 3, torch.bfloat16, device)
     logits = llama.prefill(model, pages, PROMPTS[:batch])
     lens = [len(p) for p in PROMPTS[:batch]]
     args = (logits.argmax(-1), torch.tensor(lens, dtype=torch.int32, device=device),
@@ -115,7 +227,7 @@ def _run_fresh(kind, path, args, caches, tmp_path):
 
 
 def test_export_decode_step_dynamic_batch_fresh_process(device, tmp_path):
-    model = llama.Llama(llama.LlamaConfig(), device=device)
+    model = make_model(device)
     args, caches = _step_inputs(model, device)
     b, n = torch.export.Dim("batch", min=2, max=256), torch.export.Dim("pages", min=1, max=4096)
     dyn = ({0: b}, {0: b}, {0: b + 1}, {0: n}, {0: b}, [None] * model.cfg.layers)
@@ -135,7 +247,7 @@ def test_aoti_decode_step_fresh_process(device, tmp_path):
 
     if not test_compose._aoti_works_here(device, tmp_path):
         pytest.skip("AOTInductor packages do not load in a fresh process on this machine (see test_compose)")
-    model = llama.Llama(llama.LlamaConfig(), device=device)
+    model = make_model(device)
     args, caches = _step_inputs(model, device)
     b, n = torch.export.Dim("batch", min=2, max=256), torch.export.Dim("pages", min=1, max=4096)
     dyn = ({0: b}, {0: b}, {0: b + 1}, {0: n}, {0: b}, [None] * model.cfg.layers)
