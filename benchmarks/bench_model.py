@@ -46,11 +46,13 @@ class Paged:
         self.caches = pages.caches
         self.table = torch.tensor(pages.free[: batch * self.max_pages], dtype=torch.int32, device="cuda")
         self.table = self.table.view(batch, self.max_pages)
+        self.tokens = torch.zeros(batch, dtype=torch.long, device="cuda")
         self.bufs = dict(positions=torch.zeros(batch, dtype=torch.int32, device="cuda"),
                          indptr=torch.zeros(batch + 1, dtype=torch.int32, device="cuda"),
                          indices=torch.zeros(batch * self.max_pages, dtype=torch.int32, device="cuda"),
                          last=torch.zeros(batch, dtype=torch.int32, device="cuda"))
         self._by_count = {}
+        self._count = None
 
     def rewind(self):
         self.lens = [n - 1 for n in self.lens]
@@ -67,16 +69,20 @@ class Paged:
         last_h = torch.full((self.batch,), n % ps + 1, dtype=torch.int32)
         b = self.bufs
         b["positions"].fill_(n)
-        b["indptr"].copy_(indptr_d)
-        b["indices"][: indices.numel()].copy_(indices)
+        if count != self._count:  # the page count grows every page_size steps
+            b["indptr"].copy_(indptr_d)
+            b["indices"][: indices.numel()].copy_(indices)
+            self._count = count
         b["last"].fill_(n % ps + 1)
         self.lens = [m + 1 for m in self.lens]
         return (b["positions"], b["indptr"], b["indices"], b["last"]), (indptr_h, indices, last_h)
 
 
 def time_loop(step, state, prepare=None):
-    """Median seconds of one decode step (host table update, the step, argmax, tokens read back)."""
-    tokens = torch.randint(0, CFG.vocab_size, (state.batch,), device="cuda")
+    """Median seconds of one decode step: the host updates the inputs in place, the step runs, argmax writes the
+    next tokens into their input buffer, the host reads them back (a serving loop's one synchronisation)."""
+    tokens = state.tokens
+    tokens.random_(0, CFG.vocab_size)
     times = []
     for s in range(WARMUP + STEPS):
         t0 = time.perf_counter()
@@ -84,8 +90,8 @@ def time_loop(step, state, prepare=None):
         if prepare is not None:
             prepare(host)
         logits = step(tokens, *tables, state.caches)
-        tokens = logits.argmax(-1)
-        tokens.cpu()  # the scheduler reads the sampled tokens every step
+        torch.argmax(logits, -1, out=tokens)
+        tokens.cpu()
         if s >= WARMUP:
             times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
@@ -144,6 +150,7 @@ class Contiguous:
         self.k = [torch.randn(shape, dtype=torch.bfloat16, device="cuda") for _ in range(CFG.layers)]
         self.v = [torch.randn(shape, dtype=torch.bfloat16, device="cuda") for _ in range(CFG.layers)]
         self.positions = torch.zeros(batch, dtype=torch.int64, device="cuda")
+        self.tokens = torch.zeros(batch, dtype=torch.long, device="cuda")
         self.caches = [self.k, self.v]
 
     def rewind(self):
@@ -162,12 +169,11 @@ def plain_step(fn):
 # ---- the variants ----
 
 def graphed(step, state):
-    """The step captured in a CUDA graph for this point (its warm-up runs on the next step's tables, which are
-    then handed out again)."""
-    tokens = torch.zeros(state.batch, dtype=torch.long, device="cuda")
+    """The step captured in a CUDA graph for this point, reading the point's input buffers in place (its warm-up
+    runs on the next step's tables, which are then handed out again)."""
     tables, _ = state.advance()
     state.rewind()
-    return llama.GraphedDecode(step, (tokens, *tables), state.caches)
+    return llama.GraphedDecode(step, (state.tokens, *tables), state.caches, own_inputs=False)
 
 
 def local_rows(points):

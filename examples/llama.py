@@ -157,10 +157,12 @@ class Pages:
 class GraphedDecode:
     """A decode step captured once in a CUDA graph for one batch size and page pool. Each call copies the step's
     inputs into the graph's buffers and replays; the logits it returns are a buffer the next call overwrites.
-    `step` is any callable with DecodeStep's signature (eager or compiled)."""
+    `step` is any callable with DecodeStep's signature (eager or compiled). With own_inputs=False the example
+    tensors themselves become the graph's inputs: a loop that updates them in place calls replay() and copies
+    nothing (what a serving engine's persistent input buffers do)."""
 
-    def __init__(self, step, example_args: Sequence[torch.Tensor], caches: List[torch.Tensor]):
-        self.inputs = [a.clone() for a in example_args]
+    def __init__(self, step, example_args: Sequence[torch.Tensor], caches: List[torch.Tensor], own_inputs=True):
+        self.inputs = [a.clone() if own_inputs else a for a in example_args]
         self.caches = caches
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -179,7 +181,11 @@ class GraphedDecode:
         for buf, a in zip(self.inputs, args):
             if buf.shape != a.shape:
                 raise ValueError(f"GraphedDecode: input of shape {tuple(a.shape)}, captured {tuple(buf.shape)}")
-            buf.copy_(a)
+            if buf is not a:
+                buf.copy_(a)
+        return self.replay()
+
+    def replay(self):
         self.graph.replay()
         return self.out
 
