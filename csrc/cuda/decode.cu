@@ -50,13 +50,15 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cuda(const at::Tensor& q_, const
   p.rope_rcp_scale = (float)(1.0 / rope_scale), p.rope_log2_theta = (float)std::log2(rope_theta);
 
   // Partials of the KV splits, when the launcher picks more than one (the count depends on shapes only).
-  at::Tensor tmp_o, tmp_lse;
+  at::Tensor tmp_o, tmp_lse, counters;
   const decode::Launch l{sm_count(q.get_device()),
                  [&](decode::Params& pp) {
                    tmp_o = at::empty({batch, pp.num_splits, hq, d}, q.options().dtype(at::kFloat));
                    tmp_lse = at::empty({batch, pp.num_splits, hq}, q.options().dtype(at::kFloat));
                    pp.tmp_o = tmp_o.data_ptr<float>();
                    pp.tmp_lse = tmp_lse.data_ptr<float>();
+                   counters = at::empty({batch * hkv * pp.head_chunks}, q.options().dtype(at::kInt));
+                   pp.counters = counters.data_ptr<int>();
                  },
                  c10::cuda::getCurrentCUDAStream()};
   const bool half = q.scalar_type() == at::kHalf, tc = backend != "cuda_core";

@@ -3,7 +3,8 @@
 // Grid (batch, num_kv_heads * head_chunks, num_splits). num_splits is fixed by the launcher from shapes and the
 // SM count; each block finds on the device which slice of its request's KV it owns, so a captured launch stays
 // correct when lengths change between replays. Empty slices write an empty partial (lse = -inf); with more than
-// one split, partials go to a workspace and merge_kernel combines them.
+// one split, partials go to a workspace and the last split block of each (request, kv head, head chunk) to finish
+// combines them (merge_if_last_split), so no merge kernel trails the launch.
 //
 // Memory: K and V tiles of kTile tokens stream through a kStages-deep cp.async pipeline in shared memory, so each
 // block keeps (kStages - 1) tiles in flight while it computes on the current one; the page-table lookups are part
@@ -44,6 +45,7 @@ struct Params {
   float* lse;                 // [batch, hq], log2 (num_splits == 1)
   float* tmp_o;               // [batch, num_splits, hq, head_dim] (num_splits > 1)
   float* tmp_lse;             // [batch, num_splits, hq]
+  int* counters;              // [batch, grid y]: split blocks done per (request, kv head, head chunk); zero at launch
   float sm_scale, logits_soft_cap, k_scale, v_scale;
   int window_left;            // -1: no window
   float rope_rcp_scale, rope_log2_theta;
@@ -106,6 +108,61 @@ __device__ __forceinline__ void load_row(const KV* s, float (&x)[kVec]) {
   const auto v = Vec<KV, kVec>::load(s);
 #pragma unroll
   for (int j = 0; j < kVec; ++j) x[j] = to_float(v.v[j]);
+}
+
+// Run by every thread of a split block once its partials are written. The last of the num_splits blocks of this
+// (request, kv head, head chunk) to arrive combines the partials of its heads into out and lse; the others return.
+// Ordering: each block's partials are made visible (fence) before its arrival is counted, and the last block
+// fences again and reads the partials through L2 (__ldcg), never from a stale L1 line. Every split block writes
+// its partial (an empty slice: zeros and lse = -inf), so none is ever uninitialised.
+//
+// Shared memory (w_s, `cap` floats, the block's K/V stages, free by now) holds the split weights of as many heads
+// as fit; the partials are then read with no dependence between splits, so the loads overlap.
+template <typename Q, int D>
+__device__ void merge_if_last_split(const Params& p, int b, int h_base, int nheads, float* w_s, size_t cap) {
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(p.counters + (int64_t)b * gridDim.y + blockIdx.y, 1) == p.num_splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int ns = p.num_splits, tid = threadIdx.x, nthreads = blockDim.x, lane = tid % 32, warp = tid / 32;
+  const int per_round = max(1, min(nheads, (int)(cap / (ns + 2))));
+  float* stat = w_s + per_round * ns;  // [per_round][2]: max, 1 / sum
+  for (int r0 = 0; r0 < nheads; r0 += per_round) {
+    const int hg = min(per_round, nheads - r0);
+    for (int i = tid; i < hg * ns; i += nthreads) {
+      const int64_t row = ((int64_t)b * ns + i % ns) * p.hq + h_base + r0 + i / ns;
+      w_s[i] = __ldcg(p.tmp_lse + row);
+    }
+    __syncthreads();
+    for (int r = warp; r < hg; r += nthreads / 32) {  // a warp per head: max, weights, sum
+      float mx = -INFINITY;
+      for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, w_s[r * ns + s]);
+      for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      float den = 0.f;
+      for (int s = lane; s < ns; s += 32) {
+        const float w = mx == -INFINITY ? 0.f : exp2f(w_s[r * ns + s] - mx);
+        w_s[r * ns + s] = w;
+        den += w;
+      }
+      for (int off = 16; off > 0; off /= 2) den += __shfl_xor_sync(0xffffffffu, den, off);
+      if (lane == 0) stat[2 * r] = mx, stat[2 * r + 1] = den;
+    }
+    __syncthreads();
+    for (int i = tid; i < hg * D; i += nthreads) {
+      const int r = i / D, e = i % D, h = h_base + r0 + r;
+      const float* o = p.tmp_o + ((int64_t)b * ns * p.hq + h) * D + e;
+      float acc = 0.f;
+#pragma unroll 8
+      for (int s = 0; s < ns; ++s) acc = fmaf(w_s[r * ns + s], __ldcg(o + (int64_t)s * p.hq * D), acc);
+      const float den = stat[2 * r + 1];
+      static_cast<Q*>(p.out)[((int64_t)b * p.hq + h) * D + e] = from_float<Q>(den > 0.f ? acc / den : 0.f);
+      if (e == 0) p.lse[(int64_t)b * p.hq + h] = den > 0.f ? stat[2 * r] + log2f(den) : -INFINITY;
+    }
+    __syncthreads();  // w_s is refilled by the next round
+  }
 }
 
 template <typename Q, typename KV, int D, bool ROPE>
@@ -261,8 +318,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
     }
   }
   __syncthreads();
-  if (tslot != 0) return;
-  for (int g = 0; g < gt; ++g) {
+  for (int g = 0; g < gt && tslot == 0; ++g) {
     const int hl = slot * gt + g;
     if (hl >= nheads) break;
     float mx = -INFINITY;
@@ -296,36 +352,12 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
       if (lane == 0) p.tmp_lse[r] = lse;
     }
   }
-}
-
-// Combines the num_splits partials of each (request, head): grid (batch, hq), one thread per element. Every split
-// block writes its partial (an empty one: zeros and lse = -inf), so no partial is ever uninitialised. The split
-// weights are computed once into shared memory and the partials are then read with no dependence between splits,
-// so the loads overlap (a loop that found the maximum and the weights split by split would wait on memory each step).
-template <typename Q, int D>
-__global__ void merge_kernel(Params p) {
-  __shared__ float w_s[kMaxSplits];
-  const int b = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
-  const int64_t base = (int64_t)b * p.num_splits * p.hq + h;
-  for (int s = e; s < p.num_splits; s += D) w_s[s] = p.tmp_lse[base + (int64_t)s * p.hq];
-  __syncthreads();
-  float mx = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, w_s[s]);
-  __syncthreads();
-  for (int s = e; s < p.num_splits; s += D) w_s[s] = mx == -INFINITY ? 0.f : exp2f(w_s[s] - mx);
-  __syncthreads();
-  float den = 0.f, acc = 0.f;
-#pragma unroll 8
-  for (int s = 0; s < p.num_splits; ++s) {
-    den += w_s[s];
-    acc = fmaf(w_s[s], p.tmp_o[(base + (int64_t)s * p.hq) * D + e], acc);
-  }
-  static_cast<Q*>(p.out)[((int64_t)b * p.hq + h) * D + e] = from_float<Q>(den > 0.f ? acc / den : 0.f);
-  if (e == 0) p.lse[(int64_t)b * p.hq + h] = den > 0.f ? mx + log2f(den) : -INFINITY;
+  if (p.num_splits > 1) merge_if_last_split<Q, D>(p, b, h_base, nheads, reinterpret_cast<float*>(smem),
+                                                  stage_region_bytes(D, sizeof(KV)) / 4);
 }
 
 // Fills in the grid shape, asks `alloc_tmp(p)` for the split workspace when there is more than one split (it sets
-// p.tmp_o and p.tmp_lse), and launches `kernel` with its merge. The split count depends only on shapes and the
+// p.tmp_o, p.tmp_lse and p.counters, [batch * hkv * head_chunks] ints, zeroed here), and launches `kernel`. The split count depends only on shapes and the
 // device: as many splits per (request, kv head) as fill one wave of resident blocks.
 template <typename Q, int D, typename AllocTmp>
 cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int block_heads, Params p, int sm_count,
@@ -342,8 +374,11 @@ cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int b
       (int)std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (int64_t)sm_count * std::max(per_sm, 1) / blocks));
   if (p.num_splits > 1) alloc_tmp(p);
   if (p.batch == 0 || p.hq == 0) return cudaSuccess;
+  if (p.num_splits > 1) {
+    err = cudaMemsetAsync(p.counters, 0, sizeof(int) * p.batch * p.hkv * p.head_chunks, stream);
+    if (err != cudaSuccess) return err;
+  }
   kernel<<<dim3(p.batch, p.hkv * p.head_chunks, p.num_splits), threads, smem, stream>>>(p);
-  if (p.num_splits > 1) merge_kernel<Q, D><<<dim3(p.batch, p.hq), D, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,6 @@
 // Batch decode over a paged KV cache on tensor cores (mma.sync m16n8k16, sm_80+), for 16-bit KV. Torch-free.
 //
-// Same grid, splits, slices, merge and memory safety as the CUDA-core kernel in decode.cuh; what differs is the
+// Same grid, splits, slices, split merge and memory safety as the CUDA-core kernel in decode.cuh; what differs is the
 // math. The query heads of one kv head (the GQA group, up to 16) are the 16 rows of an mma A tile, so a block
 // reads each K/V element from shared memory once for the whole group and does its dot products on tensor cores:
 // S = Q K^T and O += P V per warp over 16 tokens of each tile, with the online softmax on the S fragments in
@@ -196,6 +196,8 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
       if (e == 0) p.tmp_lse[row] = lse;
     }
   }
+  if (p.num_splits > 1)
+    merge_if_last_split<T, D>(p, b, h_base, nheads, reinterpret_cast<float*>(smem), tc_stage_region(D) / 4);
 }
 
 template <typename T, int D, typename AllocTmp>
