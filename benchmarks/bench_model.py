@@ -38,7 +38,8 @@ class Paged:
 
     def __init__(self, batch, ctx, max_steps):
         ps = CFG.page_size
-        self.batch, self.lens = batch, [ctx] * batch
+        self.batch, self.n = batch, ctx  # every request holds n tokens
+        self.want_host = False  # whether advance() also returns host tables (upstream's plan() reads them)
         self.max_pages = -(-(ctx + max_steps) // ps)
         pages = llama.Pages(CFG, batch * self.max_pages, torch.bfloat16, "cuda")
         for c in pages.caches:
@@ -55,18 +56,17 @@ class Paged:
         self._count = None
 
     def rewind(self):
-        self.lens = [n - 1 for n in self.lens]
+        self.n -= 1
 
     def advance(self):
         """The next step's (positions, kv_indptr, kv_indices, kv_last_page_len), written into the fixed buffers;
-        also returns the host copies of indptr and last_page_len (what upstream's plan() reads)."""
-        ps, n = CFG.page_size, self.lens[0]
+        with want_host, also (indptr on the host, indices, last_page_len on the host) for upstream's plan()."""
+        ps, n = CFG.page_size, self.n
         count = n // ps + 1  # pages once the new token is in
         if count not in self._by_count:
             indptr = torch.arange(self.batch + 1, dtype=torch.int32) * count
             self._by_count[count] = (indptr, indptr.cuda(), self.table[:, :count].reshape(-1).contiguous())
         indptr_h, indptr_d, indices = self._by_count[count]
-        last_h = torch.full((self.batch,), n % ps + 1, dtype=torch.int32)
         b = self.bufs
         b["positions"].fill_(n)
         if count != self._count:  # the page count grows every page_size steps
@@ -74,8 +74,11 @@ class Paged:
             b["indices"][: indices.numel()].copy_(indices)
             self._count = count
         b["last"].fill_(n % ps + 1)
-        self.lens = [m + 1 for m in self.lens]
-        return (b["positions"], b["indptr"], b["indices"], b["last"]), (indptr_h, indices, last_h)
+        self.n += 1
+        host = None
+        if self.want_host:
+            host = (indptr_h, indices, torch.full((self.batch,), n % ps + 1, dtype=torch.int32))
+        return (b["positions"], b["indptr"], b["indices"], b["last"]), host
 
 
 def time_loop(step, state, prepare=None):
@@ -227,6 +230,7 @@ def upstream_rows(points):
             box = {}
 
             def step_of(state, use_graph=use_graph, box=box):
+                state.want_host = True
                 ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
                 kw = {}
                 if use_graph:
