@@ -102,12 +102,13 @@ def test_batch_decode_gqa_groups(device, group, backend):
 
 @pytest.mark.parametrize("window_left", [-1, 300])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_batch_decode_long_requests(device, window_left, backend):
+@pytest.mark.parametrize("kv_dtype", [torch.float16, torch.float8_e4m3fn])
+def test_batch_decode_long_requests(device, window_left, backend, kv_dtype):
     # Enough requests x kv heads to fill the GPU without KV splits, so one block walks many pipeline tiles;
     # lengths cross tile (64 tokens), page and window boundaries.
     dtype, d, hkv, group, page = torch.float16, 128, 8, 2, 16
     lengths = torch.randint(0, 1500, (40,), generator=torch.Generator().manual_seed(3)).tolist() + [1, 64, 65, 1024]
-    cache, indices, indptr, last = _batch(lengths, page, hkv, d, dtype, device)
+    cache, indices, indptr, last = _batch(lengths, page, hkv, d, kv_dtype, device)
     q = torch.randn(len(lengths), hkv * group, d, dtype=dtype, device=device)
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), backend=backend)
     wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page, window_left=window_left)
@@ -117,11 +118,15 @@ def test_batch_decode_long_requests(device, window_left, backend):
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
-def test_batch_decode_fp8_kv(device, kv_dtype):
-    dtype, d, hkv, group, page = torch.float16, 128, 2, 4, 16
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_decode_fp8_kv(device, kv_dtype, dtype, d, backend):
+    # Both paths: the tensor-core kernel converts each staged fp8 tile to 16-bit in shared memory.
+    hkv, group, page = 2, 4, 16
     cache, indices, indptr, last = _batch(LENGTHS, page, hkv, d, kv_dtype, device)
     q = torch.randn(len(LENGTHS), hkv * group, d, dtype=dtype, device=device)
-    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), backend=backend)
     wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page)
     out, lse = wrapper.run(q, cache, k_scale=0.5, v_scale=2.0, return_lse=True)
     _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, sm_scale=1 / math.sqrt(d),

@@ -1,4 +1,5 @@
-// Batch decode over a paged KV cache on tensor cores (mma.sync m16n8k16, sm_80+), for 16-bit KV. Torch-free.
+// Batch decode over a paged KV cache on tensor cores (mma.sync m16n8k16, sm_80+), for 16-bit and fp8 KV (fp8
+// tiles are converted to 16-bit in shared memory, stage by stage). Torch-free.
 //
 // Same grid, splits, slices, split merge and memory safety as the CUDA-core kernel in decode.cuh; what differs is the
 // math. The query heads of one kv head (the GQA group, up to 16) are the 16 rows of an mma A tile, so a block
@@ -9,6 +10,8 @@
 //
 // Tiles: kTcTile tokens of K and V per stage, rows swizzled for ldmatrix; warp w owns tokens [16w, 16w + 16).
 #pragma once
+#include <type_traits>
+
 #include "decode.cuh"
 
 namespace flashinfer {
@@ -21,24 +24,58 @@ constexpr int kTcRows = 16;   // query heads per block (mma M)
 // Stages: enough in flight per block, few enough that 3 blocks (D = 64, 128) fit an SM; D = 256 runs one block
 // per SM with 3 stages, so two tiles stay in flight while it computes.
 __host__ __device__ constexpr int tc_stages(int head_dim) { return head_dim == 64 ? 4 : head_dim == 128 ? 2 : 3; }
-__host__ __device__ constexpr size_t tc_stage_region(int head_dim) {
-  return (size_t)tc_stages(head_dim) * 2 * kTcTile * head_dim * 2;
+// The K/V work region: the stages, and for fp8 KV one 16-bit tile of K and V that each stage is converted into
+// before the mma reads it (ldmatrix needs 16-bit rows). Reused by the final merge (4 warps x 16 rows x
+// (head_dim + 2) floats, and the split weights).
+__host__ __device__ constexpr size_t tc_work_region(int head_dim, int kv_bytes) {
+  return (size_t)tc_stages(head_dim) * 2 * kTcTile * head_dim * kv_bytes +
+         (kv_bytes == 2 ? 0 : (size_t)2 * kTcTile * head_dim * 2);
 }
-// K/V stages (reused by the final merge: 4 warps x 16 rows x (head_dim + 2) floats), the swizzled query tile,
-// token validity per stage.
-__host__ __device__ constexpr size_t tc_smem_bytes(int head_dim) {
-  return tc_stage_region(head_dim) + (size_t)kTcRows * head_dim * 2 + (size_t)tc_stages(head_dim) * kTcTile * 4;
+// Work region, the swizzled query tile, token validity per stage.
+__host__ __device__ constexpr size_t tc_smem_bytes(int head_dim, int kv_bytes) {
+  return tc_work_region(head_dim, kv_bytes) + (size_t)kTcRows * head_dim * 2 +
+         (size_t)tc_stages(head_dim) * kTcTile * 4;
 }
 
-template <typename T, int D>
+// One staged fp8 tile (rows of D, unswizzled) to 16-bit rows laid out for ldmatrix. fp8 -> half is exact
+// (both fp8 formats fit half's range and precision), and so is half -> bf16 for these values; the scales stay
+// out of the conversion (k_scale goes into the scores, v_scale into the output), as on the CUDA-core path.
+template <typename T, typename KV, int D>
+__device__ __forceinline__ void convert_tile(const KV* src, T* dst) {
+  constexpr __nv_fp8_interpretation_t kind = std::is_same_v<KV, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
+  for (int c = threadIdx.x; c < kTcTile * (D / 8); c += kTcThreads) {
+    const int tok = c / (D / 8), ch = c % (D / 8);
+    const uint2 raw = *reinterpret_cast<const uint2*>(src + tok * D + ch * 8);
+    const uint32_t words[2] = {raw.x, raw.y};
+    Vec<T, 8> out;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const auto pair = (__nv_fp8x2_storage_t)(words[i / 2] >> (16 * (i % 2)));
+      const __half2 h(__nv_cvt_fp8x2_to_halfraw2(pair, kind));
+      if constexpr (std::is_same_v<T, __half>) {
+        out.v[2 * i] = __low2half(h), out.v[2 * i + 1] = __high2half(h);
+      } else {
+        const float2 f = __half22float2(h);
+        out.v[2 * i] = __float2bfloat16_rn(f.x), out.v[2 * i + 1] = __float2bfloat16_rn(f.y);
+      }
+    }
+    out.store(dst + swizzle<D>(tok, ch));
+  }
+}
+
+template <typename T, typename KV, int D>
 __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel(Params p) {
   constexpr int kStages = tc_stages(D);
   constexpr int kNT = D / 8;  // n-tiles of the output
-  static_assert((size_t)4 * kTcRows * (D + 2) * 4 <= tc_stage_region(D), "merge buffers fit in the stages");
+  constexpr bool kConvert = !std::is_same_v<T, KV>;
+  constexpr size_t kWork = tc_work_region(D, sizeof(KV));
+  static_assert((size_t)4 * kTcRows * (D + 2) * 4 <= kWork, "merge buffers fit in the work region");
   extern __shared__ __align__(128) unsigned char smem[];
-  T* k_s = reinterpret_cast<T*>(smem);  // [kStages][kTcTile][D], swizzled
-  T* v_s = k_s + kStages * kTcTile * D;
-  T* q_s = reinterpret_cast<T*>(smem + tc_stage_region(D));                 // [16][D], swizzled
+  KV* k_s = reinterpret_cast<KV*>(smem);  // [kStages][kTcTile][D], swizzled when 16-bit
+  KV* v_s = k_s + kStages * kTcTile * D;
+  T* kc_s = reinterpret_cast<T*>(v_s + kStages * kTcTile * D);  // fp8 KV: the converted tile [kTcTile][D]
+  T* vc_s = kc_s + kTcTile * D;
+  T* q_s = reinterpret_cast<T*>(smem + kWork);                               // [16][D], swizzled
   int* valid_s = reinterpret_cast<int*>(q_s + kTcRows * D);                  // [kStages][kTcTile]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -48,7 +85,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   const int nheads = min(group - chunk * kTcRows, kTcRows);
 
   const Slice sl = request_slice(p, b, blockIdx.z, kTcTile);
-  TileLoader<Params, T, D, kTcTile, kTcThreads, true> loader(p, sl, kvh);
+  TileLoader<Params, KV, D, kTcTile, kTcThreads, !kConvert> loader(p, sl, kvh);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     loader.find(s);
@@ -86,8 +123,17 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     cp_async_commit();
     loader.find(tile + kStages);
     const int stage = tile % kStages;
-    const T* kt = k_s + stage * kTcTile * D;
-    const T* vt = v_s + stage * kTcTile * D;
+    const T* kt;
+    const T* vt;
+    if constexpr (kConvert) {
+      // Every warp finished reading the previous converted tile before the barrier above.
+      convert_tile<T, KV, D>(k_s + stage * kTcTile * D, kc_s);
+      convert_tile<T, KV, D>(v_s + stage * kTcTile * D, vc_s);
+      __syncthreads();
+      kt = kc_s, vt = vc_s;
+    } else {
+      kt = k_s + stage * kTcTile * D, vt = v_s + stage * kTcTile * D;
+    }
 
     // S = Q K^T over this warp's 16 tokens: two 16x8 fragments.
     float s[2][4] = {};
@@ -197,13 +243,13 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     }
   }
   if (p.num_splits > 1)
-    merge_if_last_split<T, D>(p, b, h_base, nheads, reinterpret_cast<float*>(smem), tc_stage_region(D) / 4);
+    merge_if_last_split<T, D>(p, b, h_base, nheads, reinterpret_cast<float*>(smem), kWork / 4);
 }
 
-template <typename T, int D, typename AllocTmp>
+template <typename T, typename KV, int D, typename AllocTmp>
 cudaError_t launch_tc(const Params& p, int sm_count, AllocTmp&& alloc_tmp, cudaStream_t stream) {
-  return launch_split<T, D>(decode_tc_kernel<T, D>, kTcThreads, tc_smem_bytes(D), kTcRows, p, sm_count, alloc_tmp,
-                            stream);
+  return launch_split<T, D>(decode_tc_kernel<T, KV, D>, kTcThreads, tc_smem_bytes(D, sizeof(KV)), kTcRows, p,
+                            sm_count, alloc_tmp, stream);
 }
 
 }  // namespace decode
