@@ -146,6 +146,9 @@ class PlainStep(torch.nn.Module):
 
 
 class Contiguous:
+    """One point's static contiguous cache for PlainStep: [batch, Hkv, max_len, D] K and V per layer of random
+    values, every request at `ctx` tokens and growing by one a step."""
+
     def __init__(self, batch, ctx, max_steps):
         self.batch, self.pos = batch, ctx
         max_len = -(-(ctx + max_steps) // 64) * 64

@@ -139,11 +139,12 @@ class Pages:
         ps = self.cfg.page_size
         while len(self.owned) < len(lens):
             self.owned.append([])
+        need = sum(max(0, -(-n // ps) - len(pages)) for pages, n in zip(self.owned, lens))
+        if need > len(self.free):  # checked first: a failing call hands out nothing
+            raise RuntimeError(f"Pages: out of pages: {need} more needed, {len(self.free)} free of {self.num_pages}")
         indptr, indices = [0], []
         for pages, n in zip(self.owned, lens):
             while len(pages) * ps < n:
-                if not self.free:
-                    raise RuntimeError(f"Pages: out of pages ({self.num_pages} in the pool)")
                 pages.append(self.free.pop())
             used = pages[: -(-n // ps)]
             indices += used

@@ -206,6 +206,24 @@ def test_decode_loop_reduce_overhead_no_skipped_graphs():
         torch.testing.assert_close(g, e)
 
 
+def test_page_pool_errors_and_reuse():
+    """The example's pool: pages handed out as requests grow, a clear error when it runs out (nothing handed
+    out by the failing call), generate() refusing prompts its pool cannot hold."""
+    cfg = llama.LlamaConfig()
+    pages = llama.Pages(cfg, 4, torch.bfloat16, "cpu")
+    indptr, indices, last = pages.tables([16, 17])  # one page, then two
+    assert indptr.tolist() == [0, 1, 3] and last.tolist() == [16, 1] and indices.shape == (4,)
+    assert len(set(indices[:3].tolist())) == 3 and len(pages.free) == 1
+    pages.tables([16, 18])  # same pages: nothing new
+    assert len(pages.free) == 1
+    with pytest.raises(RuntimeError, match="out of pages: 2 more needed, 1 free"):
+        pages.tables([40, 18])
+    assert len(pages.free) == 1 and [len(p) for p in pages.owned] == [1, 2]
+    model = llama.Llama(cfg)
+    with pytest.raises(ValueError, match="exceed the pool"):
+        llama.generate(model, PROMPTS, 200)
+
+
 def _step_inputs(model, device, batch=3):
     pages = llama.Pages(model.cfg, batch * 3, torch.bfloat16, device)
     logits = llama.prefill(model, pages, PROMPTS[:batch])
