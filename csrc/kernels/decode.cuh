@@ -129,7 +129,7 @@ __device__ void merge_if_last_split(const Params& p, int b, int h_base, int nhea
   __threadfence();
   const int ns = p.num_splits, tid = threadIdx.x, nthreads = blockDim.x, lane = tid % 32, warp = tid / 32;
   const int per_round = max(1, min(nheads, (int)(cap / (ns + 2))));
-  float* stat = w_s + per_round * ns;  // [per_round][2]: max, 1 / sum
+  float* stat = w_s + per_round * ns;  // [per_round][2]: max, sum of weights
   for (int r0 = 0; r0 < nheads; r0 += per_round) {
     const int hg = min(per_round, nheads - r0);
     for (int i = tid; i < hg * ns; i += nthreads) {
@@ -161,7 +161,8 @@ __device__ void merge_if_last_split(const Params& p, int b, int h_base, int nhea
       for (int s = 0; s < ns; ++s) {
         const float w = w_s[r * ns + s];
         const float4 x = __ldcg(o + s * step);
-        acc.x = fmaf(w, x.x, acc.x), acc.y = fmaf(w, x.y, acc.y), acc.z = fmaf(w, x.z, acc.z), acc.w = fmaf(w, x.w, acc.w);
+        acc.x = fmaf(w, x.x, acc.x), acc.y = fmaf(w, x.y, acc.y);
+        acc.z = fmaf(w, x.z, acc.z), acc.w = fmaf(w, x.w, acc.w);
       }
       const float den = stat[2 * r + 1], inv = den > 0.f ? 1.f / den : 0.f;
       Vec<Q, 4> ov;
@@ -366,8 +367,9 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
 }
 
 // Fills in the grid shape, asks `alloc_tmp(p)` for the split workspace when there is more than one split (it sets
-// p.tmp_o, p.tmp_lse and p.counters, [batch * hkv * head_chunks] ints, zeroed here), and launches `kernel`. The split count depends only on shapes and the
-// device: as many splits per (request, kv head) as fill one wave of resident blocks.
+// p.tmp_o, p.tmp_lse and p.counters, [batch * hkv * head_chunks] ints, zeroed here), and launches `kernel`. The
+// split count depends only on shapes and the device: as many splits per (request, kv head) as fill one wave of
+// resident blocks.
 template <typename Q, int D, typename AllocTmp>
 cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int block_heads, Params p, int sm_count,
                          AllocTmp&& alloc_tmp, cudaStream_t stream) {

@@ -1,8 +1,8 @@
 // Batch decode over a paged KV cache on tensor cores (mma.sync m16n8k16, sm_80+), for 16-bit and fp8 KV (fp8
 // tiles are converted to 16-bit in shared memory, stage by stage). Torch-free.
 //
-// Same grid, splits, slices, split merge and memory safety as the CUDA-core kernel in decode.cuh; what differs is the
-// math. The query heads of one kv head (the GQA group, up to 16) are the 16 rows of an mma A tile, so a block
+// Same grid, splits, slices, split merge and memory safety as the CUDA-core kernel in decode.cuh; what differs is
+// the math. The query heads of one kv head (the GQA group, up to 16) are the 16 rows of an mma A tile, so a block
 // reads each K/V element from shared memory once for the whole group and does its dot products on tensor cores:
 // S = Q K^T and O += P V per warp over 16 tokens of each tile, with the online softmax on the S fragments in
 // registers (log2 domain). Rows past the group are zero and never written. Per tile of 64 tokens a warp issues
