@@ -12,6 +12,7 @@ as sequences grow and pages are allocated. The views handed to the kernels are c
 ``torch.compile`` sees the same tensors from step to step. Bad calls raise before anything changes.
 """
 
+import itertools
 import math
 from typing import Dict, List, Optional
 
@@ -23,10 +24,11 @@ __all__ = ["PagedKVCache", "BatchDecodeWithPagedKVCache", "BatchPrefillWithRagge
 
 
 class _Seq:
-    __slots__ = ("pages", "committed", "pending")
+    __slots__ = ("pages", "table", "committed", "pending")
 
     def __init__(self):
         self.pages: List[int] = []
+        self.table = torch.zeros(0, dtype=torch.int32)  # the pages as a host tensor, rebuilt when a page is added
         self.committed = 0
         self.pending = 0
 
@@ -98,9 +100,11 @@ class PagedKVCache:
         if new:
             seq_idx, self._next_id = self._next_id, self._next_id + 1
             self._seqs[seq_idx] = s
-        s.pages.extend(self._free.pop() for _ in range(max(need, 0)))
+        if need > 0:
+            s.pages.extend(self._free.pop() for _ in range(need))
+            s.table = torch.tensor(s.pages, dtype=torch.int32)
         s.pending += num_new_tokens
-        self._sync()
+        self._sync(pages_changed=new or need > 0)
         return seq_idx
 
     def end_forward(self, seq_idx: int, num_tokens: Optional[int] = None) -> None:
@@ -112,7 +116,7 @@ class PagedKVCache:
                              f"commit {n}")
         s.committed += n
         s.pending -= n
-        self._sync()
+        self._sync(pages_changed=False)
 
     def release(self, seq_idx: int) -> None:
         """Ends a sequence; its pages go back to the pool."""
@@ -123,24 +127,25 @@ class PagedKVCache:
 
     # ---- device tables ----
 
-    def _sync(self) -> None:
-        """Rewrites the device page tables and the append metadata of the current pass in place."""
+    def _sync(self, pages_changed: bool = True) -> None:
+        """Rewrites the device page tables and the append metadata of the current pass in place. It runs on every
+        state change, not lazily: a captured graph reads these buffers with no Python in between. The page
+        indices are rebuilt (from each sequence's cached page tensor) only when a page list changed."""
         seqs = [self._seqs[i] for i in self.active]
-        indptr, indices, last, batch, pos = [0], [], [], [], []
-        for b, s in enumerate(seqs):
-            n = s.committed + s.pending
-            used = math.ceil(n / self.page_size)
-            indices.extend(s.pages[:used])
-            indptr.append(len(indices))
-            last.append(n - (used - 1) * self.page_size if used > 0 else 0)
-            batch.extend([b] * s.pending)
-            pos.extend(range(s.committed, s.committed + s.pending))
-        nb = len(seqs)
+        nb, ps = len(seqs), self.page_size
+        lens = [s.committed + s.pending for s in seqs]
+        used = [-(-n // ps) for n in lens]
+        indptr = [0, *itertools.accumulate(used)]
+        last = [n - (u - 1) * ps if u > 0 else 0 for n, u in zip(lens, used)]
         pin = self.device.type == "cuda"
-        host = torch.tensor(indptr + last + indices, dtype=torch.int32, pin_memory=pin)
+        host = torch.tensor(indptr + last, dtype=torch.int32, pin_memory=pin)
         self._indptr[: nb + 1].copy_(host[: nb + 1], non_blocking=True)
-        self._last[:nb].copy_(host[nb + 1 : 2 * nb + 1], non_blocking=True)
-        self._indices[: len(indices)].copy_(host[2 * nb + 1 :], non_blocking=True)
+        self._last[:nb].copy_(host[nb + 1 :], non_blocking=True)
+        if pages_changed and indptr[-1] > 0:
+            indices = torch.cat([s.table[:u] for s, u in zip(seqs, used)])
+            self._indices[: indptr[-1]].copy_(indices.pin_memory() if pin else indices, non_blocking=True)
+        batch = [b for b, s in enumerate(seqs) for _ in range(s.pending)]
+        pos = [p for s in seqs for p in range(s.committed, s.committed + s.pending)]
         self._append_batch = torch.tensor(batch, dtype=torch.int32, pin_memory=pin).to(self.device, non_blocking=True)
         self._append_pos = torch.tensor(pos, dtype=torch.int32, pin_memory=pin).to(self.device, non_blocking=True)
 
