@@ -14,7 +14,7 @@ as sequences grow and pages are allocated. The views handed to the kernels are c
 
 import itertools
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -85,37 +85,72 @@ class PagedKVCache:
     def begin_forward(self, num_new_tokens: int, seq_idx: Optional[int] = None) -> int:
         """Reserves room for num_new_tokens more tokens of sequence seq_idx (a new sequence when None) and returns
         its index. Raises, changing nothing, when the pages run out."""
-        if num_new_tokens < 0:
-            raise ValueError(f"PagedKVCache.begin_forward: num_new_tokens must be >= 0, got {num_new_tokens}")
-        if seq_idx is None:
-            if len(self._seqs) >= self.max_batch_size:
-                raise RuntimeError(f"PagedKVCache: max_batch_size={self.max_batch_size} sequences already active")
-            s, new = _Seq(), True
-        else:
-            s, new = self._get(seq_idx), False
-        need = math.ceil((s.committed + s.pending + num_new_tokens) / self.page_size) - len(s.pages)
-        if need > len(self._free):
-            raise RuntimeError(f"PagedKVCache: out of pages: {need} more needed, {len(self._free)} free of "
+        return self._begin([num_new_tokens], [seq_idx], "begin_forward")[0]
+
+    def begin_forward_batch(self, num_new_tokens: Sequence[int],
+                            seq_idx: Optional[Sequence[Optional[int]]] = None) -> List[int]:
+        """begin_forward for several sequences (None: a new one) with a single rewrite of the device tables, as a
+        serving loop calls it once a step (per-sequence calls rewrite them once each). Returns the indices. Raises,
+        changing nothing, if any part cannot be done."""
+        seq_idx = [None] * len(num_new_tokens) if seq_idx is None else list(seq_idx)
+        if len(seq_idx) != len(num_new_tokens):
+            raise ValueError(f"PagedKVCache.begin_forward_batch: {len(num_new_tokens)} token counts for "
+                             f"{len(seq_idx)} sequences")
+        return self._begin(list(num_new_tokens), seq_idx, "begin_forward_batch")
+
+    def _begin(self, counts: List[int], seq_idx: List[Optional[int]], who: str) -> List[int]:
+        for n in counts:
+            if n < 0:
+                raise ValueError(f"PagedKVCache.{who}: num_new_tokens must be >= 0, got {n}")
+        named = [i for i in seq_idx if i is not None]
+        if len(set(named)) != len(named):
+            raise ValueError(f"PagedKVCache.{who}: a sequence appears twice in {named}")
+        fresh = len(seq_idx) - len(named)
+        if fresh and len(self._seqs) + fresh > self.max_batch_size:
+            raise RuntimeError(f"PagedKVCache: max_batch_size={self.max_batch_size} sequences already active")
+        seqs = [_Seq() if i is None else self._get(i) for i in seq_idx]
+        needs = [max(0, -(-(s.committed + s.pending + n) // self.page_size) - len(s.pages))
+                 for s, n in zip(seqs, counts)]
+        if sum(needs) > len(self._free):
+            raise RuntimeError(f"PagedKVCache: out of pages: {sum(needs)} more needed, {len(self._free)} free of "
                                f"{self.max_num_pages}")
-        if new:
-            seq_idx, self._next_id = self._next_id, self._next_id + 1
-            self._seqs[seq_idx] = s
-        if need > 0:
-            s.pages.extend(self._free.pop() for _ in range(need))
-            s.table = torch.tensor(s.pages, dtype=torch.int32)
-        s.pending += num_new_tokens
-        self._sync(pages_changed=new or need > 0)
-        return seq_idx
+        out = []
+        for i, s, n, need in zip(seq_idx, seqs, counts, needs):
+            if i is None:
+                i, self._next_id = self._next_id, self._next_id + 1
+                self._seqs[i] = s
+            if need:
+                s.pages.extend(self._free.pop() for _ in range(need))
+                s.table = torch.tensor(s.pages, dtype=torch.int32)
+            s.pending += n
+            out.append(i)
+        self._sync(pages_changed=fresh > 0 or sum(needs) > 0)
+        return out
 
     def end_forward(self, seq_idx: int, num_tokens: Optional[int] = None) -> None:
         """Commits num_tokens (default: all) of the tokens begun for seq_idx."""
-        s = self._get(seq_idx)
-        n = s.pending if num_tokens is None else num_tokens
-        if n < 0 or n > s.pending:
-            raise ValueError(f"PagedKVCache.end_forward: sequence {seq_idx} has {s.pending} begun tokens, cannot "
-                             f"commit {n}")
-        s.committed += n
-        s.pending -= n
+        self._end([seq_idx], [num_tokens], "end_forward")
+
+    def end_forward_batch(self, seq_idx: Sequence[int], num_tokens: Optional[Sequence[int]] = None) -> None:
+        """end_forward for several sequences with a single rewrite of the device tables; changes nothing if any
+        part is invalid."""
+        num_tokens = [None] * len(seq_idx) if num_tokens is None else list(num_tokens)
+        if len(num_tokens) != len(seq_idx):
+            raise ValueError(f"PagedKVCache.end_forward_batch: {len(num_tokens)} token counts for {len(seq_idx)} "
+                             f"sequences")
+        self._end(list(seq_idx), num_tokens, "end_forward_batch")
+
+    def _end(self, seq_idx: List[int], counts: List[Optional[int]], who: str) -> None:
+        if len(set(seq_idx)) != len(seq_idx):
+            raise ValueError(f"PagedKVCache.{who}: a sequence appears twice in {seq_idx}")
+        seqs = [self._get(i) for i in seq_idx]
+        ns = [s.pending if c is None else c for s, c in zip(seqs, counts)]
+        for i, s, n in zip(seq_idx, seqs, ns):
+            if n < 0 or n > s.pending:
+                raise ValueError(f"PagedKVCache.{who}: sequence {i} has {s.pending} begun tokens, cannot commit {n}")
+        for s, n in zip(seqs, ns):
+            s.committed += n
+            s.pending -= n
         self._sync(pages_changed=False)
 
     def release(self, seq_idx: int) -> None:

@@ -151,6 +151,76 @@ def test_errors_leave_the_cache_unchanged(device):
     assert (cache.num_free_pages, cache.seq_len(a) - 1, cache.active) == state
 
 
+def _tables(cache):
+    return [t.cpu().clone() for t in (*cache.page_tables(), cache._append_batch, cache._append_pos)]
+
+
+def test_batch_calls_equal_per_sequence_calls(device):
+    """begin_forward_batch / end_forward_batch leave exactly the tables the per-sequence calls leave (one rewrite
+    instead of one per sequence), across page boundaries, new sequences and a release."""
+    one, _, _ = _setup(device)
+    many, _, _ = _setup(device)
+    a = [one.begin_forward(n) for n in (7, 16, 30)]
+    b = many.begin_forward_batch([7, 16, 30])
+    assert a == b
+    for c in (one, many):
+        c.end_forward(a[0])
+    many.end_forward_batch(a[1:])
+    for s in a[1:]:
+        one.end_forward(s)
+    for step in range(40):
+        if step == 10:
+            one.release(a[1]), many.release(a[1])
+        if step == 20:  # a new sequence joins mid-flight, next to growing ones
+            new = many.begin_forward_batch([5, *[1] * len(many.active)], [None, *many.active])[0]
+            olds = list(one.active)
+            assert one.begin_forward(5) == new
+            for s in olds:
+                one.begin_forward(1, s)
+        else:
+            many.begin_forward_batch([1] * len(many.active), many.active)
+            for s in one.active:
+                one.begin_forward(1, s)
+        for x, y in zip(_tables(one), _tables(many)):
+            assert torch.equal(x, y), f"step {step}"
+        many.end_forward_batch(many.active)
+        for s in one.active:
+            one.end_forward(s)
+        assert [one.seq_len(s) for s in one.active] == [many.seq_len(s) for s in many.active]
+    for x, y in zip(_tables(one), _tables(many)):
+        assert torch.equal(x, y)
+
+
+def test_batch_call_errors_change_nothing(device):
+    cache, _, _ = _setup(device, max_pages=6)
+    a, b = cache.begin_forward_batch([20, 20])  # 2 pages each
+    cache.end_forward_batch([a, b])
+    state = (cache.num_free_pages, cache.seq_len(a), cache.seq_len(b), cache.active, _tables(cache))
+
+    def unchanged():
+        now = (cache.num_free_pages, cache.seq_len(a), cache.seq_len(b), cache.active, _tables(cache))
+        assert now[:4] == state[:4] and all(torch.equal(x, y) for x, y in zip(now[4], state[4]))
+
+    with pytest.raises(RuntimeError, match=r"out of pages: 3 more needed, 2 free of 6"):
+        cache.begin_forward_batch([13, 13, 1], [a, b, None])  # 2 + 0 pages fit, the new sequence's third does not
+    unchanged()
+    with pytest.raises(ValueError, match=r"a sequence appears twice in \[0, 0\]"):
+        cache.begin_forward_batch([1, 1], [a, a])
+    with pytest.raises(ValueError, match=r"2 token counts for 1 sequences"):
+        cache.begin_forward_batch([1, 1], [a])
+    with pytest.raises(ValueError, match=r"num_new_tokens must be >= 0, got -1"):
+        cache.begin_forward_batch([1, -1], [a, b])
+    with pytest.raises(KeyError, match=r"unknown or released sequence 7"):
+        cache.begin_forward_batch([1, 1], [a, 7])
+    unchanged()
+    cache.begin_forward_batch([1, 1], [a, b])
+    with pytest.raises(ValueError, match=rf"sequence {b} has 1 begun tokens, cannot commit 2"):
+        cache.end_forward_batch([a, b], [1, 2])
+    assert cache.seq_len(a) == 21 and cache._seqs[a].committed == 20  # a was not committed either
+    cache.end_forward_batch([a, b])
+    assert cache._seqs[a].committed == cache._seqs[b].committed == 21
+
+
 def _decode_flow(device, steps, decode_fn, cache, dec):
     """Runs `steps` decode steps of 3 growing sequences with decode_fn(q) -> out; checks each against eager."""
     outs = []
