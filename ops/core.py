@@ -111,8 +111,9 @@ class PagedKVCache:
         seqs = [_Seq() if i is None else self._get(i) for i in seq_idx]
         needs = [max(0, -(-(s.committed + s.pending + n) // self.page_size) - len(s.pages))
                  for s, n in zip(seqs, counts)]
-        if sum(needs) > len(self._free):
-            raise RuntimeError(f"PagedKVCache: out of pages: {sum(needs)} more needed, {len(self._free)} free of "
+        total = sum(needs)
+        if total > len(self._free):
+            raise RuntimeError(f"PagedKVCache: out of pages: {total} more needed, {len(self._free)} free of "
                                f"{self.max_num_pages}")
         out = []
         for i, s, n, need in zip(seq_idx, seqs, counts, needs):
@@ -124,7 +125,7 @@ class PagedKVCache:
                 s.table = torch.tensor(s.pages, dtype=torch.int32)
             s.pending += n
             out.append(i)
-        self._sync(pages_changed=fresh > 0 or sum(needs) > 0)
+        self._sync(pages_changed=fresh > 0 or total > 0)
         return out
 
     def end_forward(self, seq_idx: int, num_tokens: Optional[int] = None) -> None:

@@ -69,6 +69,14 @@ def plain_logits(model, tokens, dtype):
     return (_rms(h, p["norm"], cfg.eps) @ p["lm_head"])[-1]
 
 
+def _assert_caches_written_in_place(codes, op, layers):
+    """The generated code calls `op` once per layer and holds no clone or copy_ (of a cache or anything else)."""
+    code = "\n".join(codes)
+    assert code.count(f"torch.ops.flashinfer.{op}.default(") == layers
+    for copy in ("clone", "copy_"):
+        assert copy not in code, f"generated code holds a {copy} (of a cache?)"
+
+
 def test_eager_matches_plain_pytorch(device):
     model = make_model(device)
     steps = 20  # the third prompt crosses pages 2 and 3
@@ -103,10 +111,7 @@ def test_decode_step_compiles_once_for_every_batch_and_step(device):
     args = (torch.tensor([3, 4], device=device), torch.tensor([3, 14], dtype=torch.int32, device=device),
             *pages.tables([4, 15]), pages.caches)
     _, codes = run_and_get_code(compiled, *args)
-    code = "\n".join(codes)
-    assert code.count("torch.ops.flashinfer.append_paged_kv_cache.default(") == model.cfg.layers
-    for copy in ("clone", "copy_"):
-        assert copy not in code, f"generated code holds a {copy} (of a cache?)"
+    _assert_caches_written_in_place(codes, "append_paged_kv_cache", model.cfg.layers)
 
 
 def test_prefill_compiles_once_for_every_batch(device):
@@ -135,10 +140,7 @@ def test_prefill_compiles_once_for_every_batch(device):
                     torch.testing.assert_close(g, e)
             pages = llama.Pages(model.cfg, 16, torch.bfloat16, device)
             _, codes = run_and_get_code(lambda: llama.prefill(model, pages, PROMPTS, compiled))
-    code = "\n".join(codes)
-    assert code.count("torch.ops.flashinfer.batch_prefill_with_paged_kv_cache.default(") == model.cfg.layers
-    for copy in ("clone", "copy_"):
-        assert copy not in code, f"generated code holds a {copy} (of a cache?)"
+    _assert_caches_written_in_place(codes, "batch_prefill_with_paged_kv_cache", model.cfg.layers)
 
 
 @GPU
@@ -244,36 +246,28 @@ def _run_fresh(kind, path, args, caches, tmp_path):
     return torch.load(out)
 
 
-def test_export_decode_step_dynamic_batch_fresh_process(device, tmp_path):
+@pytest.mark.parametrize("kind", ["export", "aoti"])
+def test_decode_step_exported_dynamic_batch_fresh_process(device, kind, tmp_path):
+    """torch.export with a dynamic batch, the caches as inputs; saved (or packaged with AOTInductor), loaded in a
+    new process and run: the logits equal eager and the caches are written in place."""
+    if kind == "aoti":
+        import test_compose
+
+        if not test_compose._aoti_works_here(device, tmp_path):
+            pytest.skip("AOTInductor packages do not load in a fresh process on this machine (see test_compose)")
     model = make_model(device)
     args, caches = _step_inputs(model, device)
     b, n = torch.export.Dim("batch", min=2, max=256), torch.export.Dim("pages", min=1, max=4096)
     dyn = ({0: b}, {0: b}, {0: b + 1}, {0: n}, {0: b}, [None] * model.cfg.layers)
     ep = torch.export.export(llama.DecodeStep(model), (*args, [c.clone() for c in caches]), dynamic_shapes=dyn)
-    path = tmp_path / "decode_step.pt2"
-    torch.export.save(ep, str(path))
+    path = tmp_path / f"decode_step_{kind}.pt2"
+    if kind == "export":
+        torch.export.save(ep, str(path))
+    else:
+        path = torch._inductor.aoti_compile_and_package(ep, package_path=str(path))
     expect_caches = [c.clone() for c in caches]
     expect = llama.DecodeStep(model)(*args, expect_caches)
-    got, got_caches = _run_fresh("export", path, args, caches, tmp_path)
-    torch.testing.assert_close(got, expect.cpu() if got.device.type == "cpu" else expect)
-    for g, e in zip(got_caches, expect_caches):
-        assert torch.equal(g.to(e.device), e), "the exported step must write the caches in place"
-
-
-def test_aoti_decode_step_fresh_process(device, tmp_path):
-    import test_compose
-
-    if not test_compose._aoti_works_here(device, tmp_path):
-        pytest.skip("AOTInductor packages do not load in a fresh process on this machine (see test_compose)")
-    model = make_model(device)
-    args, caches = _step_inputs(model, device)
-    b, n = torch.export.Dim("batch", min=2, max=256), torch.export.Dim("pages", min=1, max=4096)
-    dyn = ({0: b}, {0: b}, {0: b + 1}, {0: n}, {0: b}, [None] * model.cfg.layers)
-    ep = torch.export.export(llama.DecodeStep(model), (*args, [c.clone() for c in caches]), dynamic_shapes=dyn)
-    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "decode_step_aoti.pt2"))
-    expect_caches = [c.clone() for c in caches]
-    expect = llama.DecodeStep(model)(*args, expect_caches)
-    got, got_caches = _run_fresh("aoti", path, args, caches, tmp_path)
+    got, got_caches = _run_fresh(kind, path, args, caches, tmp_path)
     torch.testing.assert_close(got.to(expect.device), expect)
     for g, e in zip(got_caches, expect_caches):
-        assert torch.equal(g.to(e.device), e), "the AOTInductor step must write the caches in place"
+        assert torch.equal(g.to(e.device), e), f"the {kind} step must write the caches in place"
