@@ -2,9 +2,10 @@
 // Torch-free.
 //
 // Query rows are (token, head) pairs packed head-fastest: row r of request b is query token r / group, query head
-// kvh * group + r % group, so a GQA group shares every K/V tile it loads. A block takes 64 packed rows (4 warps x
-// 16, one mma M tile each) of one request and one kv head, and walks the KV tokens its rows can see (causal and
-// window limits cut the range) in tiles of kTile tokens through a cp.async pipeline, with an online softmax per row in
+// kvh * group + r % group, so a GQA group shares every K/V tile it loads. A block takes block_rows(D) packed rows of
+// one request and one kv head: 4 warps, each owning m_tiles(D) mma M tiles of 16 rows, so every K/V fragment a warp
+// reads from shared memory feeds m_tiles(D) mma. It walks the KV tokens its rows can see (causal and window limits
+// cut the range) in tiles of kv_tile(D) tokens through a cp.async pipeline, with an online softmax per row in
 // registers (log2 domain). Each warp owns its rows over the whole KV range, so there is no cross-warp merge.
 //
 // Scheduling is on the device: grid x is an upper bound of the number of row tiles over the batch (it depends
@@ -49,18 +50,23 @@ struct Params {
 };
 
 constexpr int kThreads = 128;
-constexpr int kRows = 64;  // packed query rows per block
-constexpr int kTile = 32;  // KV tokens per stage (32 measured 9% faster than 64 on the H100)
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLazyMax = 8.f;  // log2 units the running max may lag the true one (see the softmax)
 
-__host__ __device__ constexpr int stages(int head_dim) { return head_dim == 256 ? 2 : head_dim == 128 ? 2 : 3; }
+// mma M tiles (16 rows each) per warp. Two halve the shared-memory reads per mma; head_dim 256 keeps one, since
+// its output accumulators alone would fill the register file at two.
+__host__ __device__ constexpr int m_tiles(int head_dim) { return head_dim == 256 ? 1 : 2; }
+__host__ __device__ constexpr int block_rows(int head_dim) { return 4 * 16 * m_tiles(head_dim); }
+// KV tokens per pipeline stage.
+__host__ __device__ constexpr int kv_tile(int head_dim) { return head_dim == 64 ? 64 : 32; }
+__host__ __device__ constexpr int stages(int head_dim) { return head_dim == 256 ? 2 : 3; }
 __host__ __device__ constexpr size_t smem_bytes(int head_dim) {
-  return (size_t)stages(head_dim) * 2 * kTile * head_dim * 2 + (size_t)kRows * head_dim * 2 +
-         (size_t)stages(head_dim) * kTile * 4;
+  return (size_t)stages(head_dim) * 2 * kv_tile(head_dim) * head_dim * 2 +
+         (size_t)block_rows(head_dim) * head_dim * 2 + (size_t)stages(head_dim) * kv_tile(head_dim) * 4;
 }
-// Upper bound of sum_b ceil(qo_len_b * group / kRows) from shapes alone.
-inline int64_t max_row_tiles(int64_t total_q, int64_t batch, int64_t group) {
-  return (total_q * group + kRows - 1) / kRows + batch;
+// Upper bound of sum_b ceil(qo_len_b * group / rows) from shapes alone.
+inline int64_t max_row_tiles(int64_t total_q, int64_t batch, int64_t group, int rows) {
+  return (total_q * group + rows - 1) / rows + batch;
 }
 
 // Request b's KV length and first page entry (paged) or row (ragged), with every table read guarded.
@@ -82,8 +88,9 @@ __device__ __forceinline__ int64_t qo_start(const Params& p, int b) {
 
 template <typename T, int D, bool kRagged, bool kMask>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
-  constexpr int kStages = stages(D);
-  constexpr int kNT = D / 8;
+  constexpr int kStages = stages(D), kTile = kv_tile(D), kM = m_tiles(D), kRows = block_rows(D);
+  constexpr int kNT = D / 8;      // n-tiles of the output
+  constexpr int kSN = kTile / 8;  // n-tiles of S
   extern __shared__ __align__(128) unsigned char smem[];
   T* k_s = reinterpret_cast<T*>(smem);                         // [kStages][kTile][D], swizzled
   T* v_s = k_s + kStages * kTile * D;
@@ -167,124 +174,204 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
     v.store(q_s + swizzle<D>(r, ch));
   }
 
+  // Scores to the log2 domain. The common case folds the scale into the exponent (exp2(x * e_scale - m), one
+  // fma); a soft cap, or a scale that is not positive (which would turn a masked -inf into NaN), transforms each
+  // score first and leaves e_scale = 1.
   const bool cap = p.logits_soft_cap > 0.f;
-  const float qk_scale = p.sm_scale * p.k_scale * (cap ? 1.f : kLog2e);
-  const float cap_scale = p.logits_soft_cap * kLog2e, inv_cap = cap ? 1.f / p.logits_soft_cap : 0.f;
-  // This thread's two rows (lane / 4 and lane / 4 + 8 of its warp) and their query tokens.
-  int64_t qi[2];
-  bool row_ok[2];
+  const float qk_scale = p.sm_scale * p.k_scale * kLog2e;
+  const bool pre = cap || !(qk_scale > 0.f);
+  const float e_scale = pre ? 1.f : qk_scale;
+  const float cap_scale = p.logits_soft_cap * kLog2e;
+  const float tanh_scale = cap ? p.sm_scale * p.k_scale / p.logits_soft_cap : 0.f;
+  // This warp's rows: tile mi holds rows wrow + 16 mi .. + 16; a thread owns two of each (lane / 4 and lane / 4 + 8).
+  const int wrow = warp * 16 * kM;
+  // 32-bit positions from here on: query and KV positions are < 2^31 (checked by the adapter).
+  int qi[kM][2];
+  bool row_ok[kM][2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    qi[r] = (row0 + warp * 16 + lane / 4 + 8 * r) / group;
-    row_ok[r] = qi[r] < qo_len;
-  }
+  for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      qi[mi][r] = (int)((row0 + wrow + 16 * mi + lane / 4 + 8 * r) / group);
+      row_ok[mi][r] = qi[mi][r] < qo_len;
+    }
+  const int j_off32 = (int)j_off;
   int64_t mask_bit0 = 0;
   if constexpr (kMask) mask_bit0 = (int64_t)max(p.mask_indptr[b], 0) * 8;
-  float o[kNT][4];
+  float o[kM][kNT][4];
 #pragma unroll
-  for (int n = 0; n < kNT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  // Query fragments stay in registers when they fit (head_dim <= 128); head_dim 256 reads them per tile.
-  constexpr bool kQInRegs = D <= 128;
-  uint32_t qa[kQInRegs ? D / 16 : 1][4];
+  for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+    for (int n = 0; n < kNT; ++n) o[mi][n][0] = o[mi][n][1] = o[mi][n][2] = o[mi][n][3] = 0.f;
+  float m[kM][2], l[kM][2];
+#pragma unroll
+  for (int mi = 0; mi < kM; ++mi) m[mi][0] = m[mi][1] = -INFINITY, l[mi][0] = l[mi][1] = 0.f;
+  // Query fragments stay in registers when they fit in 32; otherwise they are read from shared memory per tile.
+  constexpr bool kQInRegs = kM * D / 16 * 4 <= 32;
+  uint32_t qa[kQInRegs ? kM : 1][kQInRegs ? D / 16 : 1][4];
   __syncthreads();
+  // Fragment addresses: K as the B operand (tokens x chunks), V transposed, Q as the A operand.
+  const SwizzledLane<D> k_lane(k_s, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
+  const SwizzledLane<D> v_lane(v_s, ((lane / 8) % 2) * 8 + lane % 8, lane / 16);
+  const SwizzledLane<D> q_lane(q_s, lane % 16, lane / 16);
   if constexpr (kQInRegs) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[kk], q_s + swizzle<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
+    for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[mi][kk], q_lane.at(wrow + 16 * mi, kk * 2));
   }
   // The first and last query token of this warp's rows: a tile every row sees whole needs no per-element mask.
-  const int64_t warp_i0 = (row0 + warp * 16) / group, warp_i1 = (row0 + warp * 16 + 15) / group;
+  const int64_t warp_i0 = (row0 + wrow) / group, warp_i1 = (row0 + wrow + 16 * kM - 1) / group;
 
   for (int tile = 0; tile < sl.ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
     __syncthreads();
-    // Every token of the tile on a readable page and inside the slice (the common case)?
-    const bool all_valid = __syncthreads_and(valid_s[(tile % kStages) * kTile + tid % kTile]);
+    // Every token of the tile on a readable page and inside the slice (the common case)? The flags were written
+    // when the stage was issued, before the barrier above.
+    int valid = 1;
+#pragma unroll
+    for (int t = lane; t < kTile; t += 32) valid &= valid_s[(tile % kStages) * kTile + t];
+    const bool all_valid = __all_sync(0xffffffffu, valid);
     if (tile + kStages - 1 < sl.ntiles) loader.issue(k_s, v_s, valid_s, (tile + kStages - 1) % kStages);
     cp_async_commit();
     loader.find(tile + kStages);
     const int stage = tile % kStages;
-    const T* kt = k_s + stage * kTile * D;
-    const T* vt = v_s + stage * kTile * D;
+    const int srow = stage * kTile;  // first row of this stage in k_s / v_s
     const int64_t j0 = lo + (int64_t)tile * kTile;
 
-    constexpr int kSN = kTile / 8;  // n-tiles of S
-    float s[kSN][4];
+    // S = Q K^T: each K fragment serves the warp's kM row tiles.
+    float s[kM][kSN][4];
 #pragma unroll
-    for (int nt = 0; nt < kSN; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+    for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+      for (int nt = 0; nt < kSN; ++nt) s[mi][nt][0] = s[mi][nt][1] = s[mi][nt][2] = s[mi][nt][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a_smem[4];
-      if constexpr (!kQInRegs) ldmatrix_x4(a_smem, q_s + swizzle<D>(warp * 16 + lane % 16, kk * 2 + lane / 16));
-      const uint32_t(&a)[4] = kQInRegs ? qa[kQInRegs ? kk : 0] : a_smem;
+      uint32_t bk[kTile / 16][4];
 #pragma unroll
-      for (int nb = 0; nb < kTile / 16; ++nb) {
-        uint32_t bk[4];
-        ldmatrix_x4(bk, kt + swizzle<D>(nb * 16 + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
-        mma_16816<T>(s[2 * nb], a, bk[0], bk[1]);
-        mma_16816<T>(s[2 * nb + 1], a, bk[2], bk[3]);
+      for (int nb = 0; nb < kTile / 16; ++nb)
+        ldmatrix_x4(bk[nb], k_lane.at(srow + nb * 16, kk * 2));
+#pragma unroll
+      for (int mi = 0; mi < kM; ++mi) {
+        uint32_t a_smem[4];
+        if constexpr (!kQInRegs) ldmatrix_x4(a_smem, q_lane.at(wrow + 16 * mi, kk * 2));
+        const uint32_t(&a)[4] = kQInRegs ? qa[kQInRegs ? mi : 0][kQInRegs ? kk : 0] : a_smem;
+#pragma unroll
+        for (int nb = 0; nb < kTile / 16; ++nb) {
+          mma_16816<T>(s[mi][2 * nb], a, bk[nb][0], bk[nb][1]);
+          mma_16816<T>(s[mi][2 * nb + 1], a, bk[nb][2], bk[nb][3]);
+        }
       }
     }
-    // Per-element masks only where some element of the warp's 16 x 64 block can be masked out; rows past the
+    // Per-element masks only where some element of the warp's rows x tile can be masked out; rows past the
     // request are never written, so they need no mask.
     const bool whole = all_valid && !kMask && (!p.causal || j0 + kTile - 1 <= j_off + warp_i0) &&
                        (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
-    float mx[2] = {m[0], m[1]};
+    // Each uniform condition is tested once per tile, around a whole pass over the fragments.
+    if (pre) {
 #pragma unroll
-    for (int nt = 0; nt < kSN; ++nt)
+      for (int mi = 0; mi < kM; ++mi)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = i / 2;
-        float x = s[nt][i] * qk_scale;
-        if (cap) x = cap_scale * tanhf(x * inv_cap);
-        if (!whole) {
-          const int tok = nt * 8 + 2 * (lane % 4) + (i % 2);
-          const int64_t j = j0 + tok;
-          bool ok = row_ok[r] && valid_s[stage * kTile + tok];
-          if (p.causal) ok = ok && j <= j_off + qi[r];
-          if (p.window_left >= 0) ok = ok && j >= j_off + qi[r] - p.window_left;
-          if constexpr (kMask) {
-            const int64_t bit = mask_bit0 + qi[r] * kv_len + j;
-            ok = ok && bit < p.mask_bytes * 8 && ((p.mask[bit >> 3] >> (bit & 7)) & 1);
+        for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float x = s[mi][nt][i];
+            s[mi][nt][i] = cap ? cap_scale * tanhf(x * tanh_scale) : x * qk_scale;
           }
-          x = ok ? x : -INFINITY;
+    }
+    if (!whole) {
+#pragma unroll
+      for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+        for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int tok = nt * 8 + 2 * (lane % 4) + (i % 2);
+            const int j = (int)j0 + tok, q = qi[mi][i / 2];
+            bool ok = row_ok[mi][i / 2] && valid_s[stage * kTile + tok];
+            if (p.causal) ok = ok && j <= j_off32 + q;
+            if (p.window_left >= 0) ok = ok && j >= j_off32 + q - p.window_left;
+            if constexpr (kMask) {
+              const int64_t bit = mask_bit0 + (int64_t)q * kv_len + j;
+              ok = ok && bit < p.mask_bytes * 8 && ((p.mask[bit >> 3] >> (bit & 7)) & 1);
+            }
+            if (!ok) s[mi][nt][i] = -INFINITY;
+          }
+    }
+    float mx[kM][2];
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi) {
+      mx[mi][0] = mx[mi][1] = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) mx[mi][i / 2] = fmaxf(mx[mi][i / 2], s[mi][nt][i]);
+    }
+    // Row maxima in the log2 domain; the running max m moves only when a tile's max passes it by more than
+    // kLazyMax, so most tiles skip the rescale of o. exp2(x - m) then stays <= 2^kLazyMax: exact enough in 16-bit
+    // P and far from fp32 overflow in l and o.
+    bool grow = false;
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float v = mx[mi][r];
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+        mx[mi][r] = v * e_scale;  // -inf stays -inf: e_scale > 0
+        grow |= mx[mi][r] > m[mi][r] + kLazyMax;
+      }
+    if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+      for (int mi = 0; mi < kM; ++mi) {
+        float scale[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float m_new = fmaxf(m[mi][r], mx[mi][r]);
+          scale[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[mi][r] - m_new);
+          m[mi][r] = m_new;
+          l[mi][r] *= scale[r];
         }
-        s[nt][i] = x;
-        mx[r] = fmaxf(mx[r], x);
-      }
-    float scale[2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      scale[r] = mx[r] == -INFINITY ? 1.f : fast_exp2(m[r] - mx[r]);
-      m[r] = mx[r];
-      l[r] *= scale[r];
+        for (int n = 0; n < kNT; ++n) {
+          o[mi][n][0] *= scale[0], o[mi][n][1] *= scale[0];
+          o[mi][n][2] *= scale[1], o[mi][n][3] *= scale[1];
+        }
+      }
     }
 #pragma unroll
-    for (int nt = 0; nt < kSN; ++nt)
+    for (int mi = 0; mi < kM; ++mi) {
+      // A row with nothing seen yet has m = -inf and only -inf scores: subtracting 0 keeps exp2 at 0.
+      const float m_use[2] = {m[mi][0] == -INFINITY ? 0.f : m[mi][0], m[mi][1] == -INFINITY ? 0.f : m[mi][1]};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float mr = mx[i / 2];
-        s[nt][i] = mr == -INFINITY ? 0.f : fast_exp2(s[nt][i] - mr);
-        l[i / 2] += s[nt][i];
-      }
+      for (int nt = 0; nt < kSN; ++nt)
 #pragma unroll
-    for (int n = 0; n < kNT; ++n) {
-      o[n][0] *= scale[0], o[n][1] *= scale[0];
-      o[n][2] *= scale[1], o[n][3] *= scale[1];
+        for (int i = 0; i < 4; ++i) {
+          s[mi][nt][i] = fast_exp2(fmaf(s[mi][nt][i], e_scale, -m_use[i / 2]));
+          l[mi][i / 2] += s[mi][nt][i];
+        }
     }
+    // O += P V: P straight from the S fragments (the mma C layout is the A layout of the next), each V fragment
+    // serving the kM row tiles.
 #pragma unroll
     for (int kt2 = 0; kt2 < kTile / 16; ++kt2) {
-      const uint32_t pa[4] = {pack2<T>(s[2 * kt2][0], s[2 * kt2][1]), pack2<T>(s[2 * kt2][2], s[2 * kt2][3]),
-                              pack2<T>(s[2 * kt2 + 1][0], s[2 * kt2 + 1][1]),
-                              pack2<T>(s[2 * kt2 + 1][2], s[2 * kt2 + 1][3])};
+      uint32_t pa[kM][4];
+#pragma unroll
+      for (int mi = 0; mi < kM; ++mi) {
+        pa[mi][0] = pack2<T>(s[mi][2 * kt2][0], s[mi][2 * kt2][1]);
+        pa[mi][1] = pack2<T>(s[mi][2 * kt2][2], s[mi][2 * kt2][3]);
+        pa[mi][2] = pack2<T>(s[mi][2 * kt2 + 1][0], s[mi][2 * kt2 + 1][1]);
+        pa[mi][3] = pack2<T>(s[mi][2 * kt2 + 1][2], s[mi][2 * kt2 + 1][3]);
+      }
 #pragma unroll
       for (int n = 0; n < kNT; n += 2) {
         uint32_t bv[4];
-        ldmatrix_x4_trans(bv, vt + swizzle<D>(kt2 * 16 + ((lane / 8) % 2) * 8 + lane % 8, n + lane / 16));
-        mma_16816<T>(o[n], pa, bv[0], bv[1]);
-        mma_16816<T>(o[n + 1], pa, bv[2], bv[3]);
+        ldmatrix_x4_trans(bv, v_lane.at(srow + kt2 * 16, n));
+#pragma unroll
+        for (int mi = 0; mi < kM; ++mi) {
+          mma_16816<T>(o[mi][n], pa[mi], bv[0], bv[1]);
+          mma_16816<T>(o[mi][n + 1], pa[mi], bv[2], bv[3]);
+        }
       }
     }
   }
@@ -292,22 +379,25 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
 
   // Each row is complete in its warp: normalise and write.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    if (!row_ok[r]) continue;
-    const int64_t pr = row0 + warp * 16 + lane / 4 + 8 * r;
-    const int h = kvh * group + (int)(pr % group);
-    const int64_t orow = (q0 + qi[r]) * p.hq + h;
-    const float inv = l[r] > 0.f ? p.v_scale / l[r] : 0.f;
-    T* dst = static_cast<T*>(p.out) + orow * D + 2 * (lane % 4);
+  for (int mi = 0; mi < kM; ++mi)
 #pragma unroll
-    for (int n = 0; n < kNT; ++n) {
-      dst[n * 8] = from_float<T>(o[n][2 * r] * inv);
-      dst[n * 8 + 1] = from_float<T>(o[n][2 * r + 1] * inv);
+    for (int r = 0; r < 2; ++r) {
+      float sum = l[mi][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      if (!row_ok[mi][r]) continue;
+      const int64_t pr = row0 + wrow + 16 * mi + lane / 4 + 8 * r;
+      const int h = kvh * group + (int)(pr % group);
+      const int64_t orow = (q0 + qi[mi][r]) * p.hq + h;
+      const float inv = sum > 0.f ? p.v_scale / sum : 0.f;
+      T* dst = static_cast<T*>(p.out) + orow * D + 2 * (lane % 4);
+#pragma unroll
+      for (int n = 0; n < kNT; ++n) {
+        dst[n * 8] = from_float<T>(o[mi][n][2 * r] * inv);
+        dst[n * 8 + 1] = from_float<T>(o[mi][n][2 * r + 1] * inv);
+      }
+      if (lane % 4 == 0) p.lse[orow] = sum > 0.f ? m[mi][r] + log2f(sum) : -INFINITY;
     }
-    if (lane % 4 == 0) p.lse[orow] = l[r] > 0.f ? m[r] + log2f(l[r]) : -INFINITY;
-  }
 }
 
 template <typename T, int D, bool kRagged, bool kMask>
@@ -317,7 +407,7 @@ cudaError_t launch_one(const Params& p, cudaStream_t stream) {
   // Above 48 KiB of dynamic shared memory a kernel must opt in (per device, so on every launch; it is cheap).
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
-  const int64_t tiles = max_row_tiles(p.total_q, p.batch, p.hq / p.hkv);
+  const int64_t tiles = max_row_tiles(p.total_q, p.batch, p.hq / p.hkv, block_rows(D));
   kernel<<<dim3((unsigned)tiles, p.hkv), kThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }

@@ -26,21 +26,25 @@ struct Slice {
 // copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read ever
 // leaves the cache. Positions are 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter).
 // kSwizzle lays rows out for ldmatrix (see swizzle() in common/mma.cuh). kRagged reads a contiguous KV tensor
-// instead of pages: token t of the slice is row s.start + t (p.k_stride_page is then unused).
+// instead of pages: token t of the slice is row s.start + t (p.k_stride_page is then unused). The page and entry
+// strides are below 2^31 (checked by the adapter), so each offset is two 32 x 32 -> 64-bit multiply-adds.
 template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false>
 struct TileLoader {
   static constexpr int kChunks = D / 8;  // copies per token row
   static constexpr int kLoads = kTile * kChunks / kThreads;
   static_assert(kTile * kChunks % kThreads == 0, "whole copies per thread");
-  const KV* k_base;
+  static_assert(kThreads % kChunks == 0, "a thread copies the same chunk of every row it loads");
+  const KV* k_base;  // this thread's chunk of kv head kvh in entry 0 of page 0
   const KV* v_base;
   const P& p;
   const Slice& s;
   int page_of[kLoads], entry_of[kLoads];
 
   __device__ __forceinline__ TileLoader(const P& params, const Slice& slice, int kvh)
-      : k_base(static_cast<const KV*>(params.k_cache) + kvh * params.k_stride_head),
-        v_base(static_cast<const KV*>(params.v_cache) + kvh * params.v_stride_head), p(params), s(slice) {}
+      : k_base(static_cast<const KV*>(params.k_cache) + kvh * params.k_stride_head + threadIdx.x % kChunks * 8),
+        v_base(static_cast<const KV*>(params.v_cache) + kvh * params.v_stride_head + threadIdx.x % kChunks * 8),
+        p(params),
+        s(slice) {}
 
   __device__ __forceinline__ void find(int tile) {
 #pragma unroll
@@ -68,12 +72,17 @@ struct TileLoader {
     for (int i = 0; i < kLoads; ++i) {
       const int c = threadIdx.x + i * kThreads, tok = c / kChunks, ch = c % kChunks;
       const bool ok = page_of[i] >= 0;
-      const int64_t pg = ok ? page_of[i] : 0, entry = ok ? entry_of[i] : 0;
+      const int pg = ok ? page_of[i] : 0, entry = ok ? entry_of[i] : 0;
       int dst = tok * D + ch * 8;
       if constexpr (kSwizzle) dst = swizzle<D>(tok, ch);
       dst += stage * kTile * D;
-      cp_async<8 * sizeof(KV)>(k_s + dst, k_base + pg * p.k_stride_page + entry * p.k_stride_entry + ch * 8, ok);
-      cp_async<8 * sizeof(KV)>(v_s + dst, v_base + pg * p.v_stride_page + entry * p.v_stride_entry + ch * 8, ok);
+      int64_t k_off = (int64_t)entry * (int32_t)p.k_stride_entry, v_off = (int64_t)entry * (int32_t)p.v_stride_entry;
+      if constexpr (!kRagged) {
+        k_off += (int64_t)pg * (int32_t)p.k_stride_page;
+        v_off += (int64_t)pg * (int32_t)p.v_stride_page;
+      }
+      cp_async<8 * sizeof(KV)>(k_s + dst, k_base + k_off, ok);
+      cp_async<8 * sizeof(KV)>(v_s + dst, v_base + v_off, ok);
       if (ch == 0) valid_s[stage * kTile + tok] = ok;
     }
   }

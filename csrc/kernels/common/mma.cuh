@@ -16,6 +16,34 @@ __device__ __forceinline__ int swizzle(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) * 8);
 }
 
+// ldmatrix operand addresses of one lane into a swizzled [rows][D] tile, from two registers. The lane reads row
+// r + lane_row (r a multiple of 8, so the row's low three bits are lane_row's) at logical chunk c + lane_chunk (c
+// even, lane_chunk 0 or 1); its swizzled chunk is then c ^ y with y = lane_chunk ^ (lane_row & 7) fixed per lane.
+// Kernels that unroll over many (r, c) keep base and y live instead of one address per fragment.
+template <int D>
+struct SwizzledLane {
+  uint32_t base;  // .shared byte address of row lane_row of the tile
+  uint32_t y;
+  __device__ __forceinline__ SwizzledLane(const void* tile, int lane_row, int lane_chunk)
+      : base(static_cast<uint32_t>(__cvta_generic_to_shared(tile)) + (uint32_t)(lane_row * D * 2)),
+        y((uint32_t)(lane_chunk ^ (lane_row & 7))) {}
+  __device__ __forceinline__ uint32_t at(int r, int c) const {
+    return base + (uint32_t)(r * D * 2) + (((uint32_t)c ^ y) << 4);
+  }
+};
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
   const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
