@@ -3,8 +3,8 @@
 //
 // Query rows are (token, head) pairs packed head-fastest: row r of request b is query token r / group, query head
 // kvh * group + r % group, so a GQA group shares every K/V tile it loads. A block takes block_rows(D) packed rows of
-// one request and one kv head: 4 warps, each owning m_tiles(D) mma M tiles of 16 rows, so every K/V fragment a warp
-// reads from shared memory feeds m_tiles(D) mma. It walks the KV tokens its rows can see (causal and window limits
+// one request and one kv head: kWarps warps, each owning m_tiles(D) mma M tiles of 16 rows, so every K/V fragment
+// a warp reads from shared memory feeds m_tiles(D) mma. It walks the KV tokens its rows can see (causal and window limits
 // cut the range) in tiles of kv_tile(D) tokens through a cp.async pipeline, with an online softmax per row in
 // registers (log2 domain). Each warp owns its rows over the whole KV range, so there is no cross-warp merge.
 //
@@ -49,14 +49,15 @@ struct Params {
   bool causal;
 };
 
-constexpr int kThreads = 128;
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLazyMax = 8.f;  // log2 units the running max may lag the true one (see the softmax)
 
 // mma M tiles (16 rows each) per warp. Two halve the shared-memory reads per mma; head_dim 256 keeps one, since
 // its output accumulators alone would fill the register file at two.
 __host__ __device__ constexpr int m_tiles(int head_dim) { return head_dim == 256 ? 1 : 2; }
-__host__ __device__ constexpr int block_rows(int head_dim) { return 4 * 16 * m_tiles(head_dim); }
+__host__ __device__ constexpr int block_rows(int head_dim) { return kWarps * 16 * m_tiles(head_dim); }
 // KV tokens per pipeline stage.
 __host__ __device__ constexpr int kv_tile(int head_dim) { return head_dim == 64 ? 64 : 32; }
 __host__ __device__ constexpr int stages(int head_dim) { return head_dim == 256 ? 2 : 3; }

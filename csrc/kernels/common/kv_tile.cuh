@@ -22,8 +22,8 @@ struct Slice {
 
 // Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 8 elements per copy.
 // A load is two steps, one pipeline iteration apart, so the page-table reads of the next tile overlap the compute
-// of this one: find() reads the pages of this thread's kLoads token rows into registers, issue() starts their
-// copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read ever
+// of this one: find() starts reading the pages of this thread's kLoads token rows into registers, issue() checks
+// them and starts their copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read ever
 // leaves the cache. Positions are 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter).
 // kSwizzle lays rows out for ldmatrix (see swizzle() in common/mma.cuh). kRagged reads a contiguous KV tensor
 // instead of pages: token t of the slice is row s.start + t (p.k_stride_page is then unused). The page and entry
@@ -56,12 +56,9 @@ struct TileLoader {
         entry_of[i] = (int)(s.start + t);
       } else {
         const uint32_t pi = p.page_div.div(t);
-        int page = -1;
-        if (in) {
-          page = p.indices[s.start + pi];
-          if (page >= p.num_pages) page = -1;
-        }
-        page_of[i] = page;
+        // The page is checked against the cache in issue(), an iteration later: testing it here would stall the
+        // warp on this load at every tile.
+        page_of[i] = in ? p.indices[s.start + pi] : -1;
         entry_of[i] = (int)p.page_div.mod(t, pi);
       }
     }
@@ -71,7 +68,7 @@ struct TileLoader {
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
       const int c = threadIdx.x + i * kThreads, tok = c / kChunks, ch = c % kChunks;
-      const bool ok = page_of[i] >= 0;
+      const bool ok = page_of[i] >= 0 && page_of[i] < p.num_pages;
       const int pg = ok ? page_of[i] : 0, entry = ok ? entry_of[i] : 0;
       int dst = tok * D + ch * 8;
       if constexpr (kSwizzle) dst = swizzle<D>(tok, ch);
