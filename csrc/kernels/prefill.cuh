@@ -1,12 +1,12 @@
 // Batch prefill attention on tensor cores (mma.sync m16n8k16, sm_80+), over a paged or a ragged KV cache.
 // Torch-free.
 //
-// Query rows are (token, head) pairs packed head-fastest: row r of request b is query token r / group, query head
-// kvh * group + r % group, so a GQA group shares every K/V tile it loads. A block takes block_rows(D) packed rows of
-// one request and one kv head: kWarps warps, each owning m_tiles(D) mma M tiles of 16 rows, so every K/V fragment
-// a warp reads from shared memory feeds m_tiles(D) mma. It walks the KV tokens its rows can see (causal and window limits
-// cut the range) in tiles of kv_tile(D) tokens through a cp.async pipeline, with an online softmax per row in
-// registers (log2 domain). Each warp owns its rows over the whole KV range, so there is no cross-warp merge.
+// Query rows are (token, head) pairs packed head-fastest: row r of request b is query token r / group, query head kvh *
+// group + r % group, so a GQA group shares every K/V tile it loads. A block takes block_rows(D) packed rows of one
+// request and one kv head: kWarps warps, each owning m_tiles(D) mma M tiles of 16 rows, so every K/V fragment a warp
+// reads from shared memory feeds m_tiles(D) mma. It walks the KV tokens its rows can see (causal and window limits cut
+// the range) in tiles of kv_tile(D) tokens through a cp.async pipeline, with an online softmax per row in registers
+// (log2 domain). Each warp owns its rows over the whole KV range, so there is no cross-warp merge.
 //
 // Scheduling is on the device: grid x is an upper bound of the number of row tiles over the batch (it depends
 // only on shapes: total query tokens, batch, group); each block finds its (request, tile) by a warp scan of

@@ -20,14 +20,14 @@ struct Slice {
   int ntiles;
 };
 
-// Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 8 elements per copy.
-// A load is two steps, one pipeline iteration apart, so the page-table reads of the next tile overlap the compute
-// of this one: find() starts reading the pages of this thread's kLoads token rows into registers, issue() checks
-// them and starts their copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read ever
-// leaves the cache. Positions are 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter).
-// kSwizzle lays rows out for ldmatrix (see swizzle() in common/mma.cuh). kRagged reads a contiguous KV tensor
-// instead of pages: token t of the slice is row s.start + t (p.k_stride_page is then unused). The page and entry
-// strides are below 2^31 (checked by the adapter), so each offset is two 32 x 32 -> 64-bit multiply-adds.
+// Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 8 elements per copy. A load is
+// two steps, one pipeline iteration apart, so the page-table reads of the next tile overlap the compute of this one:
+// find() starts reading the pages of this thread's kLoads token rows into registers, issue() checks them and starts
+// their copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read
+// ever leaves the cache. Positions are 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter).
+// kSwizzle lays rows out for ldmatrix (see swizzle() in common/mma.cuh). kRagged reads a contiguous KV tensor instead
+// of pages: token t of the slice is row s.start + t (p.k_stride_page is then unused). The page and entry strides are
+// below 2^31 (checked by the adapter), so each offset is two 32 x 32 -> 64-bit multiply-adds.
 template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false>
 struct TileLoader {
   static constexpr int kChunks = D / 8;  // copies per token row
