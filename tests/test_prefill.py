@@ -62,6 +62,22 @@ def test_batch_prefill_ragged(device, dtype, head_dim, group, causal):
                              causal=causal), "ragged")
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_batch_prefill_unaligned_q(device, head_dim):
+    """q rows that do not start on 16-byte boundaries (a view one element into a wider buffer) are read correctly."""
+    hkv, group, dtype = 2, 4, torch.bfloat16
+    q, k, v, qo, kv = _ragged(PAIRS, hkv * group, hkv, head_dim, dtype, device, seed=3)
+    wide = torch.zeros(q.shape[0], q.shape[1], head_dim + 1, dtype=dtype, device=device)
+    wide[..., 1:] = q
+    q_view = wide[..., 1:]
+    assert q_view.stride(-1) == 1 and (q_view.data_ptr() % 16 != 0 or q_view.stride(1) % 8 != 0)
+    wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(qo, kv, hkv * group, hkv, head_dim, causal=True)
+    out, lse = wrapper.run(q_view, k, v, return_lse=True)
+    _check(out, lse, _expect(q, _split(k, kv), _split(v, kv), qo, dtype, sm_scale=1 / math.sqrt(head_dim),
+                             causal=True), "unaligned q")
+
+
 @pytest.mark.parametrize("page_size", [1, 16])
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("causal", [False, True])

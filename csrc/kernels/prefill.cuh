@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 
 #include "common/fastdiv.cuh"
 #include "common/kv_tile.cuh"
@@ -149,6 +150,27 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   sl.start = kv_start, sl.len = kv_len, sl.t0 = lo, sl.t1 = hi;
   sl.ntiles = hi > lo ? (int)((hi - lo + kTile - 1) / kTile) : 0;
 
+  // The query tile: packed row r -> token i = (row0 + r) / group, head kvh * group + (row0 + r) % group. Its copies
+  // join the first pipeline stage's group; a row past the request is zero-filled, and a row whose chunks are not on
+  // 16-byte boundaries (an unaligned view of q) is copied by the threads themselves.
+  for (int c = tid; c < kRows * (D / 8); c += kThreads) {
+    const int r = c / (D / 8), ch = c % (D / 8);
+    const int64_t pr = row0 + r, i = pr / group;
+    const bool in = i < qo_len;
+    const T* src = static_cast<const T*>(p.q) +
+                   (in ? (q0 + i) * p.q_stride_n + (int64_t)(kvh * group + (int)(pr % group)) * p.q_stride_h + ch * 8
+                       : 0);
+    T* dst = q_s + swizzle<D>(r, ch);
+    if (!in || reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+      cp_async<16>(dst, src, in);
+    } else {
+      Vec<T, 8> v;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v.v[j] = src[j];
+      v.store(dst);
+    }
+  }
+
   TileLoader<Params, T, D, kTile, kThreads, true, kRagged> loader(p, sl, kvh);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -157,23 +179,6 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
     cp_async_commit();
   }
   loader.find(kStages - 1);
-
-  // The query tile: packed row r -> token i = (row0 + r) / group, head kvh * group + (row0 + r) % group.
-  for (int c = tid; c < kRows * (D / 8); c += kThreads) {
-    const int r = c / (D / 8), ch = c % (D / 8);
-    const int64_t pr = row0 + r, i = pr / group;
-    Vec<T, 8> v;
-    if (i < qo_len) {
-      const T* src = static_cast<const T*>(p.q) + (q0 + i) * p.q_stride_n +
-                     (int64_t)(kvh * group + (int)(pr % group)) * p.q_stride_h + ch * 8;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v.v[j] = src[j];
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v.v[j] = from_float<T>(0.f);
-    }
-    v.store(q_s + swizzle<D>(r, ch));
-  }
 
   // Scores to the log2 domain. The common case folds the scale into the exponent (exp2(x * e_scale - m), one
   // fma); a soft cap, or a scale that is not positive (which would turn a masked -inf into NaN), transforms each
@@ -210,6 +215,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   // Query fragments stay in registers when they fit in 32; otherwise they are read from shared memory per tile.
   constexpr bool kQInRegs = kM * D / 16 * 4 <= 32;
   uint32_t qa[kQInRegs ? kM : 1][kQInRegs ? D / 16 : 1][4];
+  cp_async_wait<kStages - 2>();  // the first group: the query tile and the first K/V stage
   __syncthreads();
   // Fragment addresses: K as the B operand (tokens x chunks), V transposed, Q as the A operand.
   const SwizzledLane<D> k_lane(k_s, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
