@@ -23,6 +23,7 @@
 
 #include "common/fastdiv.cuh"
 #include "common/kv_tile.cuh"
+#include "common/launch.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -370,14 +371,11 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
 // p.tmp_o, p.tmp_lse and p.counters, [batch * hkv * head_chunks] ints, zeroed here), and launches `kernel`. The
 // split count depends only on shapes and the device: as many splits per (request, kv head) as fill one wave of
 // resident blocks.
-template <typename Q, int D, typename AllocTmp>
+template <typename AllocTmp>
 cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int block_heads, Params p, int sm_count,
                          AllocTmp&& alloc_tmp, cudaStream_t stream) {
-  // Above 48 KiB of dynamic shared memory a kernel must opt in (per device, so on every launch; it is cheap).
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (err != cudaSuccess) return err;
   int per_sm = 0;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+  cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), threads, smem, &per_sm);
   if (err != cudaSuccess) return err;
   p.head_chunks = (p.hkv > 0 ? p.hq / p.hkv + block_heads - 1 : 0) / block_heads;
   const int64_t blocks = std::max<int64_t>((int64_t)p.batch * p.hkv * p.head_chunks, 1);
@@ -395,7 +393,7 @@ cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int b
 
 template <typename Q, typename KV, int D, bool ROPE, typename AllocTmp>
 cudaError_t launch(const Params& p, int sm_count, AllocTmp&& alloc_tmp, cudaStream_t stream) {
-  return launch_split<Q, D>(decode_kernel<Q, KV, D, ROPE>, kThreads, smem_bytes(D, sizeof(KV)), heads_per_block(D), p,
+  return launch_split(decode_kernel<Q, KV, D, ROPE>, kThreads, smem_bytes(D, sizeof(KV)), heads_per_block(D), p,
                             sm_count, alloc_tmp, stream);
 }
 

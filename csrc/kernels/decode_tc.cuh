@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
 
 template <typename T, typename KV, int D, typename AllocTmp>
 cudaError_t launch_tc(const Params& p, int sm_count, AllocTmp&& alloc_tmp, cudaStream_t stream) {
-  return launch_split<T, D>(decode_tc_kernel<T, KV, D>, kTcThreads, tc_smem_bytes(D, sizeof(KV)), kTcRows, p,
+  return launch_split(decode_tc_kernel<T, KV, D>, kTcThreads, tc_smem_bytes(D, sizeof(KV)), kTcRows, p,
                             sm_count, alloc_tmp, stream);
 }
 

@@ -21,6 +21,7 @@
 
 #include "common/fastdiv.cuh"
 #include "common/kv_tile.cuh"
+#include "common/launch.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -86,6 +87,19 @@ __device__ __forceinline__ void kv_extent(const Params& p, int b, int64_t& start
 
 __device__ __forceinline__ int64_t qo_start(const Params& p, int b) {
   return min(max((int64_t)p.qo_indptr[b], (int64_t)0), p.total_q);
+}
+
+// Calls f(mi, nt, i) for every score a thread holds: row tile mi, n-tile nt, fragment element i (its row is i / 2
+// of the thread's two, its token 2 * (lane % 4) + i % 2 of the n-tile). Unrolled: each pass of the softmax is one
+// straight run of instructions.
+template <int kM, int kSN, typename F>
+__device__ __forceinline__ void for_each_score(F&& f) {
+#pragma unroll
+  for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+    for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) f(mi, nt, i);
 }
 
 template <typename T, int D, bool kRagged, bool kMask>
@@ -235,23 +249,20 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
     __syncthreads();
     // Every token of the tile on a readable page and inside the slice (the common case)? The flags were written
     // when the stage was issued, before the barrier above.
+    const int stage = tile % kStages;
+    const int srow = stage * kTile;  // first row of this stage in k_s / v_s (and in valid_s)
     int valid = 1;
 #pragma unroll
-    for (int t = lane; t < kTile; t += 32) valid &= valid_s[(tile % kStages) * kTile + t];
+    for (int t = lane; t < kTile; t += 32) valid &= valid_s[srow + t];
     const bool all_valid = __all_sync(0xffffffffu, valid);
     if (tile + kStages - 1 < sl.ntiles) loader.issue(k_s, v_s, valid_s, (tile + kStages - 1) % kStages);
     cp_async_commit();
     loader.find(tile + kStages);
-    const int stage = tile % kStages;
-    const int srow = stage * kTile;  // first row of this stage in k_s / v_s
     const int64_t j0 = lo + (int64_t)tile * kTile;
 
     // S = Q K^T: each K fragment serves the warp's kM row tiles.
     float s[kM][kSN][4];
-#pragma unroll
-    for (int mi = 0; mi < kM; ++mi)
-#pragma unroll
-      for (int nt = 0; nt < kSN; ++nt) s[mi][nt][0] = s[mi][nt][1] = s[mi][nt][2] = s[mi][nt][3] = 0.f;
+    for_each_score<kM, kSN>([&](int mi, int nt, int i) { s[mi][nt][i] = 0.f; });
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t bk[kTile / 16][4];
@@ -276,17 +287,13 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
                        (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
     // Each uniform condition is tested once per tile, around a whole pass over the fragments.
     if (pre) {
-#pragma unroll
-      for (int mi = 0; mi < kM; ++mi)
-#pragma unroll
-        for (int nt = 0; nt < kSN; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float x = s[mi][nt][i];
-            s[mi][nt][i] = cap ? cap_scale * tanhf(x * tanh_scale) : x * qk_scale;
-          }
+      for_each_score<kM, kSN>([&](int mi, int nt, int i) {
+        const float x = s[mi][nt][i];
+        s[mi][nt][i] = cap ? cap_scale * tanhf(x * tanh_scale) : x * qk_scale;
+      });
     }
     if (!whole) {
+      // Written out rather than through for_each_score: as a lambda this pass costs ptxas 64 more bytes of spills.
 #pragma unroll
       for (int mi = 0; mi < kM; ++mi)
 #pragma unroll
@@ -295,7 +302,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
           for (int i = 0; i < 4; ++i) {
             const int tok = nt * 8 + 2 * (lane % 4) + (i % 2);
             const int j = (int)j0 + tok, q = qi[mi][i / 2];
-            bool ok = row_ok[mi][i / 2] && valid_s[stage * kTile + tok];
+            bool ok = row_ok[mi][i / 2] && valid_s[srow + tok];
             if (p.causal) ok = ok && j <= j_off32 + q;
             if (p.window_left >= 0) ok = ok && j >= j_off32 + q - p.window_left;
             if constexpr (kMask) {
@@ -307,13 +314,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
     }
     float mx[kM][2];
 #pragma unroll
-    for (int mi = 0; mi < kM; ++mi) {
-      mx[mi][0] = mx[mi][1] = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < kSN; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) mx[mi][i / 2] = fmaxf(mx[mi][i / 2], s[mi][nt][i]);
-    }
+    for (int mi = 0; mi < kM; ++mi) mx[mi][0] = mx[mi][1] = -INFINITY;
+    for_each_score<kM, kSN>([&](int mi, int nt, int i) { mx[mi][i / 2] = fmaxf(mx[mi][i / 2], s[mi][nt][i]); });
     // Row maxima in the log2 domain; the running max m moves only when a tile's max passes it by more than
     // kLazyMax, so most tiles skip the rescale of o. exp2(x - m) then stays <= 2^kLazyMax: exact enough in 16-bit
     // P and far from fp32 overflow in l and o.
@@ -346,18 +348,16 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
         }
       }
     }
+    // A row with nothing seen yet has m = -inf and only -inf scores: subtracting 0 keeps exp2 at 0.
+    float m_use[kM][2];
 #pragma unroll
-    for (int mi = 0; mi < kM; ++mi) {
-      // A row with nothing seen yet has m = -inf and only -inf scores: subtracting 0 keeps exp2 at 0.
-      const float m_use[2] = {m[mi][0] == -INFINITY ? 0.f : m[mi][0], m[mi][1] == -INFINITY ? 0.f : m[mi][1]};
+    for (int mi = 0; mi < kM; ++mi)
 #pragma unroll
-      for (int nt = 0; nt < kSN; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          s[mi][nt][i] = fast_exp2(fmaf(s[mi][nt][i], e_scale, -m_use[i / 2]));
-          l[mi][i / 2] += s[mi][nt][i];
-        }
-    }
+      for (int r = 0; r < 2; ++r) m_use[mi][r] = m[mi][r] == -INFINITY ? 0.f : m[mi][r];
+    for_each_score<kM, kSN>([&](int mi, int nt, int i) {
+      s[mi][nt][i] = fast_exp2(fmaf(s[mi][nt][i], e_scale, -m_use[mi][i / 2]));
+      l[mi][i / 2] += s[mi][nt][i];
+    });
     // O += P V: P straight from the S fragments (the mma C layout is the A layout of the next), each V fragment
     // serving the kM row tiles.
 #pragma unroll
@@ -411,8 +411,8 @@ template <typename T, int D, bool kRagged, bool kMask>
 cudaError_t launch_one(const Params& p, cudaStream_t stream) {
   constexpr size_t smem = smem_bytes(D);
   auto* kernel = prefill_kernel<T, D, kRagged, kMask>;
-  // Above 48 KiB of dynamic shared memory a kernel must opt in (per device, so on every launch; it is cheap).
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  int per_sm = 0;
+  const cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), kThreads, smem, &per_sm);
   if (err != cudaSuccess) return err;
   const int64_t tiles = max_row_tiles(p.total_q, p.batch, p.hq / p.hkv, block_rows(D));
   kernel<<<dim3((unsigned)tiles, p.hkv), kThreads, smem, stream>>>(p);
