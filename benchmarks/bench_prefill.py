@@ -1,6 +1,8 @@
 """Batch prefill over a paged KV cache: ours vs upstream FlashInfer (fa2 and fa3 backends) vs SDPA on dense
 tensors. Causal, bf16, Hq 32, Hkv 8, D 128, page 16, qo_len = kv_len (ANCHORS.md's prefill table), plus
-non-causal and head_dim 64. The figure in parentheses is TFLOP/s (causal FLOPs = 2 * b * H * L^2 * D)."""
+non-causal and head_dim 64. The figure in parentheses is TFLOP/s (causal FLOPs = 2 * b * H * L^2 * D).
+The append table is a chunk of qo tokens against a cached prefix (kv_len > qo_len, causal aligned bottom-right):
+few query tiles over a long KV, where KV splits decide the speed."""
 
 import os
 import sys
@@ -16,12 +18,24 @@ DT = torch.bfloat16
 SIZES = [(1, 8192, 128, True), (4, 4096, 128, True), (16, 1024, 128, True), (4, 4096, 128, False),
          (4, 4096, 64, True)]
 
+# (batch, qo_len, kv_len, head_dim): a chunked-prefill step or a prefix-cached prompt.
+APPEND = [(1, 128, 16384, 128), (1, 512, 16384, 128), (4, 256, 8192, 128), (8, 64, 4096, 128)]
+
 
 def make(size, backend=None):
     b, n, d, causal = size
-    cache, indptr, indices, last = paged_batch(b, n, PAGE, HKV, d, DT)
-    qo = torch.arange(0, b * n + 1, n, dtype=torch.int32, device="cuda")
-    q = torch.randn(b * n, HQ, d, dtype=DT, device="cuda")
+    return _make(b, n, n, d, causal, backend)
+
+
+def make_append(size, backend=None):
+    b, qo_len, kv_len, d = size
+    return _make(b, qo_len, kv_len, d, True, backend)
+
+
+def _make(b, qo_len, kv_len, d, causal, backend):
+    cache, indptr, indices, last = paged_batch(b, kv_len, PAGE, HKV, d, DT)
+    qo = torch.arange(0, b * qo_len + 1, qo_len, dtype=torch.int32, device="cuda")
+    q = torch.randn(b * qo_len, HQ, d, dtype=DT, device="cuda")
     ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
     kw = {} if backend is None else dict(backend=backend)
     wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", **kw)
@@ -55,6 +69,12 @@ def _flops_k(size):
     return flops / 1e3  # common.py divides by us * 1e3: the figure comes out in TFLOP/s
 
 
+def _append_flops_k(size):
+    b, qo_len, kv_len, d = size
+    scores = qo_len * kv_len - qo_len * (qo_len - 1) // 2  # query i sees kv_len - qo_len + i + 1 keys
+    return 4 * b * HQ * scores * d / 1e3
+
+
 def _cases():
     from torch.nn.attention import SDPBackend
     return {"prefill (b, len, d, causal)": (SIZES, make, {
@@ -63,7 +83,11 @@ def _cases():
         "upstream fa3": (lambda size: make(size, "fa3"), _run),
         "sdpa flash (dense)": (make_sdpa, _sdpa(SDPBackend.FLASH_ATTENTION)),
         "sdpa cudnn (dense)": (make_sdpa, _sdpa(SDPBackend.CUDNN_ATTENTION)),
-    }, _flops_k)}
+    }, _flops_k), "append (b, qo_len, kv_len, d)": (APPEND, make_append, {
+        "ours": _run,
+        "upstream fa2": (lambda size: make_append(size, "fa2"), _run),
+        "upstream fa3": (lambda size: make_append(size, "fa3"), _run),
+    }, _append_flops_k)}
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def time_us(fn, make, nbytes):
     input sets that the working set exceeds L2 twice, so small shapes are timed from memory, not cache."""
     import triton.testing
 
-    sets = max(1, min(64, (2 * L2_BYTES) // max(nbytes, 1) + 1))
+    sets = int(max(1, min(64, (2 * L2_BYTES) // max(nbytes, 1) + 1)))
     states = [make() for _ in range(sets)]
 
     def run_all():

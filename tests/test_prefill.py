@@ -136,6 +136,48 @@ def test_batch_prefill_features(device, feature):
     _check(out, lse, _expect(q, _split(k, kv), _split(v, kv), qo, dtype, masks=masks, **kw), feature)
 
 
+# Few query tokens against a long KV: with one kv head and a group of 4 the row tiles fill a handful of blocks, so
+# the CUDA launcher cuts each tile's KV range into splits (about kv rows / batch / 256 of them) merged on the device.
+# Covers a request whose KV is empty (every split empty), an empty query, one token, and a split edge at each page.
+SPLIT_PAIRS = [(16, 3000), (0, 40), (1, 2500), (9, 0), (40, 1037)]
+
+
+@pytest.mark.parametrize("form", ["ragged", "paged"])
+@pytest.mark.parametrize("feature", ["plain", "causal", "window", "mask", "soft_cap"])
+def test_batch_prefill_kv_splits(device, form, feature):
+    dtype, d, hkv, group, page = torch.bfloat16, 128, 1, 4, 16
+    hq = hkv * group
+    g = torch.Generator().manual_seed(6)
+    kw, plan, masks = dict(sm_scale=1 / math.sqrt(d)), {}, None
+    if feature in ("causal", "window"):
+        plan["causal"] = kw["causal"] = True
+    if feature == "window":
+        plan["window_left"] = kw["window_left"] = 700
+    elif feature == "mask":
+        masks = [torch.rand(a, b, generator=g) < 0.3 for a, b in SPLIT_PAIRS]
+        plan["custom_mask"] = torch.cat([m.reshape(-1) for m in masks]).to(device)
+    elif feature == "soft_cap":
+        plan["logits_soft_cap"] = kw["logits_soft_cap"] = 5.0
+    q, k, v, qo, kv = _ragged(SPLIT_PAIRS, hq, hkv, d, dtype, device, seed=7)
+    poison_allocator(device, 64 * q.numel() * 4)
+    if form == "ragged":
+        wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+        wrapper.plan(qo, kv, hq, hkv, d, **plan)
+        out, lse = wrapper.run(q, k, v, return_lse=True)
+        ks, vs = _split(k, kv), _split(v, kv)
+    else:
+        indptr, last = page_table([b for _, b in SPLIT_PAIRS], page)
+        num_pages = int(indptr[-1]) + 5
+        indices = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
+        cache = paged_cache(num_pages, page, hkv, d, dtype, device, "NHD", "5d", generator=g)
+        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=device))
+        wrapper.plan(qo, indptr.to(device), indices.to(device), last.to(device), hq, hkv, d, page, **plan)
+        out, lse = wrapper.run(q, cache, return_lse=True)
+        k_pages, v_pages = (t.cpu() for t in logical_pages(cache, "NHD"))
+        ks, vs = zip(*(ref.paged_kv(k_pages, v_pages, indptr, indices, last, b) for b in range(len(SPLIT_PAIRS))))
+    _check(out, lse, _expect(q, ks, vs, qo, dtype, masks=masks, **kw), f"{form} splits {feature}")
+
+
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("mode", ["causal", "mask", "plain"])
 def test_single_prefill(device, layout, mode):
@@ -212,11 +254,25 @@ def test_prefill_bad_input_named(device, case, msg):
                                                                 0.1, 1.0, 1.0)
 
 
+GRAPH_CASES = {
+    # (captured query rows, pages, first plan, the plans replayed)
+    "tiles": (256, 64, [(60, 60), (60, 100), (60, 300), (60, 61)],
+              [[(1, 1), (100, 500), (0, 7), (3, 3)], [(64, 64), (64, 64), (64, 64), (64, 64)],
+               [(7, 600), (0, 0), (200, 230), (1, 1)]]),
+    # few query rows against a cache of 16k tokens: the launch is captured with KV splits
+    "kv_splits": (32, 1024, [(8, 4000), (8, 100), (8, 2000), (8, 9)],
+                  [[(1, 5000), (20, 7000), (0, 300), (3, 3)], [(8, 16), (8, 17), (8, 4000), (8, 1)],
+                   [(2, 0), (0, 0), (30, 12000), (0, 50)]]),
+}
+
+
 @pytest.mark.gpu
-def test_prefill_graph_replay_with_new_lengths():
+@pytest.mark.parametrize("case", sorted(GRAPH_CASES))
+def test_prefill_graph_replay_with_new_lengths(case):
     """A paged prefill captured once with fixed buffers, replayed for batches of other lengths (up to the captured
     number of query tokens): each replay equals eager."""
-    dev, dtype, d, hkv, group, page, max_q, num_pages = "cuda", torch.bfloat16, 128, 2, 4, 16, 256, 64
+    max_q, num_pages, first, steps = GRAPH_CASES[case]
+    dev, dtype, d, hkv, group, page = "cuda", torch.bfloat16, 128, 2, 4, 16
     cache = torch.randn(num_pages, 2, page, hkv, d, dtype=dtype, device=dev)
     bufs = dict(qo_indptr_buf=torch.zeros(5, dtype=torch.int32, device=dev),
                 paged_kv_indptr_buf=torch.zeros(5, dtype=torch.int32, device=dev),
@@ -233,7 +289,7 @@ def test_prefill_graph_replay_with_new_lengths():
         wrapper.plan(qo, indptr, indices, last, hkv * group, hkv, d, page, causal=True)
         return qo
 
-    plan([(60, 60), (60, 100), (60, 300), (60, 61)], 0)
+    plan(first, 0)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -242,8 +298,7 @@ def test_prefill_graph_replay_with_new_lengths():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = wrapper.run(q, cache)
-    for step, pairs in enumerate([[(1, 1), (100, 500), (0, 7), (3, 3)], [(64, 64), (64, 64), (64, 64), (64, 64)],
-                                  [(7, 600), (0, 0), (200, 230), (1, 1)]]):
+    for step, pairs in enumerate(steps):
         qo = plan(pairs, step + 1)
         graph.replay()
         n = int(qo[-1])

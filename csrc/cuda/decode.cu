@@ -10,13 +10,6 @@
 namespace flashinfer {
 namespace {
 
-int sm_count(int device) {
-  static int counts[64] = {};
-  if (device < 0 || device >= 64) return 132;
-  if (counts[device] == 0) cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device);
-  return counts[device] > 0 ? counts[device] : 132;
-}
-
 std::tuple<at::Tensor, at::Tensor> batch_decode_cuda(const at::Tensor& q_, const at::Tensor& k_cache,
                                                      const std::optional<at::Tensor>& v_cache,
                                                      const at::Tensor& kv_indptr, const at::Tensor& kv_indices,

@@ -3,8 +3,6 @@
 // instantiated in its own translation unit (decode_inst_*.cu) so a parallel build compiles them side by side; the
 // adapter (decode.cu) only sees the declarations.
 #pragma once
-#include <functional>
-
 #include <type_traits>
 
 #include "../kernels/decode_tc.cuh"
@@ -12,12 +10,7 @@
 namespace flashinfer {
 namespace decode {
 
-// What a launch needs besides Params: the SM count, the split-workspace allocator, the stream.
-struct Launch {
-  int sm_count;
-  std::function<void(Params&)> alloc_tmp;
-  cudaStream_t stream;
-};
+using Launch = LaunchEnv<Params>;
 
 template <typename Q, typename KV>
 cudaError_t run(const Params& p, int head_dim, bool rope, bool tensor_cores, const Launch& l);

@@ -33,11 +33,23 @@ prefill::Params common_params(const at::Tensor& q, const at::Tensor& qo_indptr, 
   return p;
 }
 
+// The split workspace is allocated only when the launcher picks more than one KV split (the count depends on
+// shapes only). It is freed on return: the caching allocator gives the memory only to work queued after this
+// launch on the same stream.
 void launch(const prefill::Params& p, const at::Tensor& q, bool ragged, const char* op) {
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const cudaError_t err = q.scalar_type() == at::kHalf
-                              ? prefill::run<__half>(p, (int)q.size(2), ragged, stream)
-                              : prefill::run<__nv_bfloat16>(p, (int)q.size(2), ragged, stream);
+  at::Tensor tmp_o, tmp_lse;
+  const int64_t rows = q.size(0) * q.size(1), d = q.size(2);
+  const LaunchEnv<prefill::Params> env{
+      sm_count(q.get_device()),
+      [&](prefill::Params& pp) {
+        const auto f32 = q.options().dtype(at::kFloat);
+        tmp_o = at::empty({pp.num_splits, rows, d}, f32);
+        tmp_lse = at::empty({pp.num_splits, rows}, f32);
+        pp.tmp_o = tmp_o.data_ptr<float>(), pp.tmp_lse = tmp_lse.data_ptr<float>();
+      },
+      c10::cuda::getCurrentCUDAStream()};
+  const cudaError_t err = q.scalar_type() == at::kHalf ? prefill::run<__half>(p, (int)d, ragged, env)
+                                                       : prefill::run<__nv_bfloat16>(p, (int)d, ragged, env);
   check_launch(err, op);
 }
 

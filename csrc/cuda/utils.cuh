@@ -28,6 +28,14 @@ inline void check_launch(cudaError_t err, const char* op) {
   if (err != cudaSuccess) fail_launch(op, cudaGetErrorString(err));
 }
 
+// SMs of `device`, queried once: the split counts of the attention launchers depend on it.
+inline int sm_count(int device) {
+  static int counts[64] = {};
+  if (device < 0 || device >= 64) return 132;
+  if (counts[device] == 0) cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device);
+  return counts[device] > 0 ? counts[device] : 132;
+}
+
 inline uint64_t addr(const at::Tensor& t) { return reinterpret_cast<uint64_t>(t.data_ptr()); }
 
 // The attention kernels copy 8 elements of a K/V row at a time: the first `dims` strides and both base addresses

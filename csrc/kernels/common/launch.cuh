@@ -3,11 +3,22 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <tuple>
 
 namespace flashinfer {
+
+// What an attention launch needs besides its Params: the SM count (the split count depends on it), the allocator
+// of the split workspace (called only when there is more than one split; it fills in P's workspace pointers), and
+// the stream.
+template <typename P>
+struct LaunchEnv {
+  int sm_count;
+  std::function<void(P&)> alloc_tmp;
+  cudaStream_t stream;
+};
 
 // Opts `kernel` in to `smem` bytes of dynamic shared memory (required above 48 KiB, once per device) and returns in
 // *blocks_per_sm how many of its blocks of `threads` threads fit an SM. Both are host calls of a few microseconds,
