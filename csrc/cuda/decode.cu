@@ -50,8 +50,13 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cuda(const at::Tensor& q_, const
                    tmp_lse = at::empty({batch, pp.num_splits, hq}, q.options().dtype(at::kFloat));
                    pp.tmp_o = tmp_o.data_ptr<float>();
                    pp.tmp_lse = tmp_lse.data_ptr<float>();
-                   counters = at::empty({batch * hkv * pp.head_chunks}, q.options().dtype(at::kInt));
-                   pp.counters = counters.data_ptr<int>();
+                   const int64_t n = batch * hkv * pp.head_chunks;
+                   pp.counters = zeroed_counters(q.get_device(), c10::cuda::getCurrentCUDAStream(), n);
+                   pp.counters_zeroed = pp.counters != nullptr;
+                   if (!pp.counters_zeroed) {
+                     counters = at::empty({n}, q.options().dtype(at::kInt));
+                     pp.counters = counters.data_ptr<int>();
+                   }
                  },
                  c10::cuda::getCurrentCUDAStream()};
   const bool half = q.scalar_type() == at::kHalf, tc = backend != "cuda_core";

@@ -7,6 +7,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
+
 #include "../checks.h"
 #include "../kernels/common/fastdiv.cuh"
 #include "../kernels/common/vec.cuh"
@@ -34,6 +39,40 @@ inline int sm_count(int device) {
   if (device < 0 || device >= 64) return 132;
   if (counts[device] == 0) cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device);
   return counts[device] > 0 ? counts[device] : 132;
+}
+
+// Arrival counters of split launches that merge in their last block: `n` ints, zero now and left zero by every
+// launch that uses them (the last block resets its counter), so a launch needs no memset node of its own. One
+// buffer per (device, stream): launches on one stream run in order, so they never share a counter at the same
+// time. A buffer only grows and is never freed, since captured CUDA graphs hold its address. Growing is allowed
+// while the stream is being captured (a graph's first launch on its capture stream): the thread switches to relaxed
+// capture mode, and the buffer is zeroed on a private stream and waited for, outside the captured work. Returns null
+// if the allocation fails (the caller then zeroes a workspace of its own).
+inline int* zeroed_counters(int device, cudaStream_t stream, int64_t n) {
+  using Key = std::pair<int, cudaStream_t>;
+  static std::mutex mu;
+  static std::map<Key, std::pair<int*, int64_t>> buffers;
+  static std::map<int, cudaStream_t> zeroing;  // per device
+  std::lock_guard<std::mutex> lock(mu);
+  auto& [ptr, size] = buffers[Key{device, stream}];
+  if (size >= n) return ptr;
+  const int64_t grown = std::max<int64_t>(n, std::max<int64_t>(2 * size, 1 << 16));
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  cudaThreadExchangeStreamCaptureMode(&mode);
+  int* fresh = nullptr;
+  cudaStream_t& side = zeroing[device];
+  bool ok = (side != nullptr || cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess) &&
+            cudaMalloc(&fresh, grown * sizeof(int)) == cudaSuccess;
+  ok = ok && cudaMemsetAsync(fresh, 0, grown * sizeof(int), side) == cudaSuccess &&
+       cudaStreamSynchronize(side) == cudaSuccess;
+  cudaThreadExchangeStreamCaptureMode(&mode);
+  if (!ok) {
+    cudaGetLastError();  // not sticky: cleared so the launch that follows does not report it
+    if (fresh) cudaFree(fresh);
+    return nullptr;
+  }
+  ptr = fresh, size = grown;  // the old buffer stays allocated: a captured graph may still use it
+  return ptr;
 }
 
 inline uint64_t addr(const at::Tensor& t) { return reinterpret_cast<uint64_t>(t.data_ptr()); }

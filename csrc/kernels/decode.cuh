@@ -47,6 +47,7 @@ struct Params {
   float* tmp_o;               // [batch, num_splits, hq, head_dim] (num_splits > 1)
   float* tmp_lse;             // [batch, num_splits, hq]
   int* counters;              // [batch, grid y]: split blocks done per (request, kv head, head chunk); zero at launch
+  bool counters_zeroed;       // counters are zero already (a buffer every launch leaves zeroed): no memset
   float sm_scale, logits_soft_cap, k_scale, v_scale;
   int window_left;            // -1: no window
   float rope_rcp_scale, rope_log2_theta;
@@ -112,7 +113,8 @@ __device__ __forceinline__ void load_row(const KV* s, float (&x)[kVec]) {
 }
 
 // Run by every thread of a split block once its partials are written. The last of the num_splits blocks of this
-// (request, kv head, head chunk) to arrive combines the partials of its heads into out and lse; the others return.
+// (request, kv head, head chunk) to arrive combines the partials of its heads into out and lse and sets the counter
+// back to zero, so a buffer of counters serves the next launch on the stream with no memset; the others return.
 // Ordering: each block's partials are made visible (fence) before its arrival is counted, and the last block
 // fences again and reads the partials through L2 (__ldcg), never from a stale L1 line. Every split block writes
 // its partial (an empty slice: zeros and lse = -inf), so none is ever uninitialised.
@@ -124,7 +126,11 @@ __device__ void merge_if_last_split(const Params& p, int b, int h_base, int nhea
   __shared__ int last;
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(p.counters + (int64_t)b * gridDim.y + blockIdx.y, 1) == p.num_splits - 1;
+  if (threadIdx.x == 0) {
+    int* counter = p.counters + (int64_t)b * gridDim.y + blockIdx.y;
+    last = atomicAdd(counter, 1) == p.num_splits - 1;
+    if (last) *counter = 0;  // every split has arrived: nothing of this launch reads it again
+  }
   __syncthreads();
   if (!last) return;
   __threadfence();
@@ -368,7 +374,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
 }
 
 // Fills in the grid shape, asks `alloc_tmp(p)` for the split workspace when there is more than one split (it sets
-// p.tmp_o, p.tmp_lse and p.counters, [batch * hkv * head_chunks] ints, zeroed here), and launches `kernel`. The
+// p.tmp_o, p.tmp_lse and p.counters, [batch * hkv * head_chunks] ints, zeroed here unless p.counters_zeroed), and
+// launches `kernel`. The
 // split count depends only on shapes and the device: as many splits per (request, kv head) as fill one wave of
 // resident blocks.
 template <typename AllocTmp>
@@ -383,7 +390,7 @@ cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int b
       (int)std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (int64_t)sm_count * std::max(per_sm, 1) / blocks));
   if (p.num_splits > 1) alloc_tmp(p);
   if (p.batch == 0 || p.hq == 0) return cudaSuccess;
-  if (p.num_splits > 1) {
+  if (p.num_splits > 1 && !p.counters_zeroed) {
     err = cudaMemsetAsync(p.counters, 0, sizeof(int) * p.batch * p.hkv * p.head_chunks, stream);
     if (err != cudaSuccess) return err;
   }
