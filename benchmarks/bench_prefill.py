@@ -1,8 +1,9 @@
 """Batch prefill over a paged KV cache: ours vs upstream FlashInfer (fa2 and fa3 backends) vs SDPA on dense
 tensors. Causal, bf16, Hq 32, Hkv 8, D 128, page 16, qo_len = kv_len (ANCHORS.md's prefill table), plus
 non-causal and head_dim 64. The figure in parentheses is TFLOP/s (causal FLOPs = 2 * b * H * L^2 * D).
-The append table is a chunk of qo tokens against a cached prefix (kv_len > qo_len, causal aligned bottom-right):
-few query tiles over a long KV, where KV splits decide the speed."""
+The fp8 table reads an e4m3 cache (bf16 queries). The append table is a chunk of qo tokens against a cached
+prefix (kv_len > qo_len, causal aligned bottom-right): few query tiles over a long KV, where KV splits decide the
+speed."""
 
 import os
 import sys
@@ -18,6 +19,8 @@ DT = torch.bfloat16
 SIZES = [(1, 8192, 128, True), (4, 4096, 128, True), (16, 1024, 128, True), (4, 4096, 128, False),
          (4, 4096, 64, True)]
 
+# fp8 KV (e4m3, scales 1): (batch, len, head_dim, causal), qo_len = kv_len.
+FP8 = [(1, 8192, 128, True), (4, 4096, 128, True)]
 # (batch, qo_len, kv_len, head_dim): a chunked-prefill step or a prefix-cached prompt.
 APPEND = [(1, 128, 16384, 128), (1, 512, 16384, 128), (4, 256, 8192, 128), (8, 64, 4096, 128)]
 
@@ -27,19 +30,24 @@ def make(size, backend=None):
     return _make(b, n, n, d, causal, backend)
 
 
+def make_fp8(size, backend=None):
+    b, n, d, causal = size
+    return _make(b, n, n, d, causal, backend, torch.float8_e4m3fn)
+
+
 def make_append(size, backend=None):
     b, qo_len, kv_len, d = size
     return _make(b, qo_len, kv_len, d, True, backend)
 
 
-def _make(b, qo_len, kv_len, d, causal, backend):
-    cache, indptr, indices, last = paged_batch(b, kv_len, PAGE, HKV, d, DT)
+def _make(b, qo_len, kv_len, d, causal, backend, kv_dtype=DT):
+    cache, indptr, indices, last = paged_batch(b, kv_len, PAGE, HKV, d, kv_dtype)
     qo = torch.arange(0, b * qo_len + 1, qo_len, dtype=torch.int32, device="cuda")
     q = torch.randn(b * qo_len, HQ, d, dtype=DT, device="cuda")
     ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
     kw = {} if backend is None else dict(backend=backend)
     wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", **kw)
-    wrapper.plan(qo, indptr, indices, last, HQ, HKV, d, PAGE, causal=causal, q_data_type=DT, kv_data_type=DT)
+    wrapper.plan(qo, indptr, indices, last, HQ, HKV, d, PAGE, causal=causal, q_data_type=DT, kv_data_type=kv_dtype)
     return dict(q=q, cache=cache, wrapper=wrapper)
 
 
@@ -83,6 +91,10 @@ def _cases():
         "upstream fa3": (lambda size: make(size, "fa3"), _run),
         "sdpa flash (dense)": (make_sdpa, _sdpa(SDPBackend.FLASH_ATTENTION)),
         "sdpa cudnn (dense)": (make_sdpa, _sdpa(SDPBackend.CUDNN_ATTENTION)),
+    }, _flops_k), "fp8 e4m3 KV (b, len, d, causal)": (FP8, make_fp8, {
+        "ours": _run,
+        "upstream fa2": (lambda size: make_fp8(size, "fa2"), _run),
+        "upstream fa3": (lambda size: make_fp8(size, "fa3"), _run),
     }, _flops_k), "append (b, qo_len, kv_len, d)": (APPEND, make_append, {
         "ours": _run,
         "upstream fa2": (lambda size: make_append(size, "fa2"), _run),

@@ -308,8 +308,10 @@ void check_prefill(const at::Tensor& q, const at::Tensor& qo_indptr, const at::T
                    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
                    const char* op) {
   check_attention_q(q, k, "the KV cache", op);
-  FI_CHECK(k.scalar_type() == q.scalar_type(), op, "the KV cache must have the dtype of q (", q.scalar_type(),
-           "), got ", k.scalar_type(), " (fp8 KV is not supported by prefill yet)");
+  const auto kd = k.scalar_type();
+  FI_CHECK(kd == q.scalar_type() || kd == at::kFloat8_e4m3fn || kd == at::kFloat8_e5m2, op,
+           "the KV cache must have the dtype of q (", q.scalar_type(), ") or be float8_e4m3fn / float8_e5m2, got ",
+           kd);
   check_same_device(k, "the KV cache", q, "q", op);
   check_same_device(qo_indptr, "qo_indptr", q, "q", op);
   FI_CHECK(qo_indptr.scalar_type() == at::kInt && qo_indptr.dim() == 1, op, "qo_indptr must be 1-D int32, got ",

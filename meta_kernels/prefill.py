@@ -8,8 +8,9 @@ from .page import paged_cache_heads_dim
 
 def _check_prefill(q, qo_indptr, hkv, kv_dim, kv_dtype, kv_device, batch, mask, mask_indptr, op):
     checks.attention_q(q, hkv, kv_dim, "the KV cache", op)
-    checks.check(kv_dtype == q.dtype, op, f"the KV cache must have the dtype of q ({checks.dtype_name(q.dtype)}), "
-                 f"got {checks.dtype_name(kv_dtype)} (fp8 KV is not supported by prefill yet)")
+    checks.check(kv_dtype in (q.dtype, torch.float8_e4m3fn, torch.float8_e5m2), op,
+                 f"the KV cache must have the dtype of q ({checks.dtype_name(q.dtype)}) or be float8_e4m3fn / "
+                 f"float8_e5m2, got {checks.dtype_name(kv_dtype)}")
     checks.check(kv_device == q.device, op, f"the KV cache must be on the same device as q ({q.device}), got "
                  f"{kv_device}")
     checks.int_vector(qo_indptr, "qo_indptr", q, op)

@@ -9,8 +9,9 @@ lengths (up to the captured total of query tokens) and Dynamo traces straight th
 Masks: ``causal`` is bottom-right aligned (query i of a request with qo_len queries and kv_len keys sees keys
 j <= kv_len - qo_len + i); ``custom_mask`` is each request's [qo_len, kv_len] boolean matrix, flattened and
 concatenated, packed here with bit order "little" (``packed_custom_mask`` skips the packing).
-Not supported yet: ``pos_encoding_mode="ROPE_LLAMA"`` and fp8 KV (both raise), a head_dim_vo different from
-head_dim_qk.
+KV may be fp8 (e4m3 / e5m2) under 16-bit queries, with ``k_scale`` / ``v_scale`` (``scale_k`` / ``scale_v`` for
+the single-request call): each staged fp8 tile is converted to the query dtype in shared memory.
+Not supported yet: ``pos_encoding_mode="ROPE_LLAMA"`` (raises) and a head_dim_vo different from head_dim_qk.
 """
 
 from typing import Optional, Tuple, Union

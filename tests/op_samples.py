@@ -164,13 +164,15 @@ def batch_prefill_with_paged_kv_cache(device):
     indptr, indices, last = (torch.tensor([0, 2, 3, 4], **i32), torch.tensor([4, 0, 2, 1], **i32),
                              torch.tensor([1, 2, 4], **i32))
     out = []
-    for layout, form, m in (("NHD", "5d", False), ("HND", "tuple", True)):
+    for layout, form, m, kv_dtype in (("NHD", "5d", False, torch.float16), ("HND", "tuple", True, torch.float16),
+                                      ("NHD", "5d", False, torch.float8_e4m3fn)):
         shape = (5, 2, 4, 2, 64) if layout == "NHD" else (5, 2, 2, 4, 64)
-        cache = torch.randn(shape, dtype=torch.float16, device=device)
+        cache = torch.randn(shape, dtype=torch.float16, device=device).to(kv_dtype)
         k, v = (cache, None) if form == "5d" else (cache[:, 0].clone(), cache[:, 1].clone())
         q = torch.randn(7, 4, 64, dtype=torch.float16, device=device)
+        scales = (0.5, 2.0) if kv_dtype != torch.float16 else (1.0, 1.0)
         out.append(((q, qo, k, v, indptr, indices, last, mask if m else None, mask_indptr if m else None, layout,
-                     not m, -1, 0.0, 0.125, 1.0, 1.0), {}))
+                     not m, -1, 0.0, 0.125, *scales), {}))
     return out
 
 

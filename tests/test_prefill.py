@@ -136,6 +136,39 @@ def test_batch_prefill_features(device, feature):
     _check(out, lse, _expect(q, _split(k, kv), _split(v, kv), qo, dtype, masks=masks, **kw), feature)
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("form", ["ragged", "paged"])
+def test_batch_prefill_fp8_kv(device, kv_dtype, dtype, head_dim, form):
+    """fp8 K/V under 16-bit queries, with k_scale and v_scale: equal to the reference over the dequantised cache."""
+    hkv, group, page, k_scale, v_scale = 2, 4, 16, 0.5, 2.0
+    hq = hkv * group
+    g = torch.Generator().manual_seed(8)
+    qo = torch.tensor([0] + [a for a, _ in PAIRS]).cumsum(0).to(torch.int32)
+    q = torch.randn(int(qo[-1]), hq, head_dim, generator=g).to(dtype).to(device)
+    if form == "ragged":
+        kv = torch.tensor([0] + [b for _, b in PAIRS]).cumsum(0).to(torch.int32)
+        k, v = ((torch.randn(int(kv[-1]), hkv, head_dim, generator=g) * 2).to(kv_dtype).to(device) for _ in range(2))
+        wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+        wrapper.plan(qo.to(device), kv.to(device), hq, hkv, head_dim, causal=True)
+        out, lse = wrapper.run(q, k, v, k_scale=k_scale, v_scale=v_scale, return_lse=True)
+        ks, vs = _split(k.float(), kv), _split(v.float(), kv)
+    else:
+        indptr, last = page_table([b for _, b in PAIRS], page)
+        num_pages = int(indptr[-1]) + 2
+        indices = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
+        cache = paged_cache(num_pages, page, hkv, head_dim, kv_dtype, device, "NHD", "5d", generator=g)
+        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=device))
+        wrapper.plan(qo.to(device), indptr.to(device), indices.to(device), last.to(device), hq, hkv, head_dim, page,
+                     causal=True)
+        out, lse = wrapper.run(q, cache, k_scale=k_scale, v_scale=v_scale, return_lse=True)
+        k_pages, v_pages = (t.float().cpu() for t in logical_pages(cache, "NHD"))
+        ks, vs = zip(*(ref.paged_kv(k_pages, v_pages, indptr, indices, last, b) for b in range(len(PAIRS))))
+    ks, vs = [x.cpu() * k_scale for x in ks], [x.cpu() * v_scale for x in vs]
+    _check(out, lse, _expect(q, ks, vs, qo, dtype, sm_scale=1 / math.sqrt(head_dim), causal=True), f"fp8 {form}")
+
+
 # Few query tokens against a long KV: with one kv head and a group of 4 the row tiles fill a handful of blocks, so
 # the CUDA launcher cuts each tile's KV range into splits (about kv rows / batch / 256 of them) merged on the device.
 # Covers a request whose KV is empty (every split empty), an empty query, one token, and a split edge at each page.
@@ -236,7 +269,7 @@ def test_export_prefill(device):
     ("int64_indptr", r"qo_indptr must be 1-D int32"),
     ("head_dim", r"unsupported head_dim 96: supported 64, 128, 256"),
     ("group", r"num_qo_heads \(6\) must be a multiple of num_kv_heads \(4\)"),
-    ("fp8", r"the KV cache must have the dtype of q \(BFloat16\), got Float8_e4m3fn"),
+    ("kv_dtype", r"the KV cache must have the dtype of q \(BFloat16\) or be float8_e4m3fn / float8_e5m2, got Float"),
     ("mask_alone", r"packed_custom_mask and mask_indptr must be given together"),
 ])
 def test_prefill_bad_input_named(device, case, msg):
@@ -244,8 +277,8 @@ def test_prefill_bad_input_named(device, case, msg):
     hq, hkv = (6, 4) if case == "group" else (4, 2)
     q = torch.randn(4, hq, d, dtype=torch.bfloat16, device=device)
     k = torch.randn(6, hkv, d, dtype=torch.bfloat16, device=device)
-    if case == "fp8":
-        k = k.to(torch.float8_e4m3fn)
+    if case == "kv_dtype":
+        k = k.float()
     qo = torch.tensor([0, 4], dtype=torch.int64 if case == "int64_indptr" else torch.int32, device=device)
     kv = torch.tensor([0, 6], dtype=torch.int32, device=device)
     mask = torch.ones(3, dtype=torch.uint8, device=device) if case == "mask_alone" else None

@@ -36,7 +36,7 @@ prefill::Params common_params(const at::Tensor& q, const at::Tensor& qo_indptr, 
 // The split workspace is allocated only when the launcher picks more than one KV split (the count depends on
 // shapes only). It is freed on return: the caching allocator gives the memory only to work queued after this
 // launch on the same stream.
-void launch(const prefill::Params& p, const at::Tensor& q, bool ragged, const char* op) {
+void launch(const prefill::Params& p, const at::Tensor& q, at::ScalarType kv_dtype, bool ragged, const char* op) {
   at::Tensor tmp_o, tmp_lse;
   const int64_t rows = q.size(0) * q.size(1), d = q.size(2);
   const LaunchEnv<prefill::Params> env{
@@ -48,8 +48,21 @@ void launch(const prefill::Params& p, const at::Tensor& q, bool ragged, const ch
         pp.tmp_o = tmp_o.data_ptr<float>(), pp.tmp_lse = tmp_lse.data_ptr<float>();
       },
       c10::cuda::getCurrentCUDAStream()};
-  const cudaError_t err = q.scalar_type() == at::kHalf ? prefill::run<__half>(p, (int)d, ragged, env)
-                                                       : prefill::run<__nv_bfloat16>(p, (int)d, ragged, env);
+  const bool half = q.scalar_type() == at::kHalf;
+  cudaError_t err = cudaSuccess;
+  switch (kv_dtype) {
+    case at::kFloat8_e4m3fn:
+      err = half ? prefill::run<__half, __nv_fp8_e4m3>(p, (int)d, ragged, env)
+                 : prefill::run<__nv_bfloat16, __nv_fp8_e4m3>(p, (int)d, ragged, env);
+      break;
+    case at::kFloat8_e5m2:
+      err = half ? prefill::run<__half, __nv_fp8_e5m2>(p, (int)d, ragged, env)
+                 : prefill::run<__nv_bfloat16, __nv_fp8_e5m2>(p, (int)d, ragged, env);
+      break;
+    default:
+      err = half ? prefill::run<__half, __half>(p, (int)d, ragged, env)
+                 : prefill::run<__nv_bfloat16, __nv_bfloat16>(p, (int)d, ragged, env);
+  }
   check_launch(err, op);
 }
 
@@ -74,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cuda(
   set_paged_kv(p, cache, ind, last);
   p.kv_indptr = ip.data_ptr<int32_t>();
   p.batch = (int)kv_last_page_len.size(0), p.hkv = (int)cache.k.size(2);
-  launch(p, q, false, op);
+  launch(p, q, cache.k.scalar_type(), false, op);
   return {out, lse};
 }
 
@@ -102,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_ragged_cuda(
   p.num_indices = k.size(0);  // ragged: rows of k bound every request's range
   p.num_pages = 1;
   p.batch = (int)batch, p.hkv = (int)k.size(1), p.page_size = 1;
-  launch(p, q, true, op);
+  launch(p, q, k.scalar_type(), true, op);
   return {out, lse};
 }
 

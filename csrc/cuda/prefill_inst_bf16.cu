@@ -1,9 +1,9 @@
-// Prefill kernels for __nv_bfloat16 (see prefill_launch.cuh).
+// Prefill kernels for __nv_bfloat16 queries over __nv_bfloat16 KV (see prefill_launch.cuh).
 #define FLASHINFER_PREFILL_INSTANTIATE
 #include "prefill_launch.cuh"
 
 namespace flashinfer {
 namespace prefill {
-template cudaError_t run<__nv_bfloat16>(const Params&, int, bool, const LaunchEnv<Params>&);
+template cudaError_t run<__nv_bfloat16, __nv_bfloat16>(const Params&, int, bool, const LaunchEnv<Params>&);
 }  // namespace prefill
 }  // namespace flashinfer

@@ -1,26 +1,27 @@
-// Dispatch of the prefill kernel over head_dim and the KV form for one dtype. Torch-free. Each dtype is
-// instantiated in its own translation unit (prefill_inst_*.cu); the adapter (prefill.cu) sees the declaration.
+// Dispatch of the prefill kernel over head_dim and the KV form for one (query, KV) dtype pair. Torch-free. Each
+// pair is instantiated in its own translation unit (prefill_inst_*.cu) so a parallel build compiles them side by
+// side; the adapter (prefill.cu) sees the declaration.
 #pragma once
 #include "../kernels/prefill.cuh"
 
 namespace flashinfer {
 namespace prefill {
 
-template <typename T>
+template <typename T, typename KV>
 cudaError_t run(const Params& p, int head_dim, bool ragged, const LaunchEnv<Params>& env);
 
 #ifdef FLASHINFER_PREFILL_INSTANTIATE
-template <typename T, int D>
+template <typename T, typename KV, int D>
 cudaError_t run_head_dim(const Params& p, bool ragged, const LaunchEnv<Params>& env) {
-  return ragged ? launch<T, D, true>(p, env) : launch<T, D, false>(p, env);
+  return ragged ? launch<T, KV, D, true>(p, env) : launch<T, KV, D, false>(p, env);
 }
 
-template <typename T>
+template <typename T, typename KV>
 cudaError_t run(const Params& p, int head_dim, bool ragged, const LaunchEnv<Params>& env) {
   switch (head_dim) {
-    case 64: return run_head_dim<T, 64>(p, ragged, env);
-    case 128: return run_head_dim<T, 128>(p, ragged, env);
-    case 256: return run_head_dim<T, 256>(p, ragged, env);
+    case 64: return run_head_dim<T, KV, 64>(p, ragged, env);
+    case 128: return run_head_dim<T, KV, 128>(p, ragged, env);
+    case 256: return run_head_dim<T, KV, 256>(p, ragged, env);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -37,32 +37,6 @@ __host__ __device__ constexpr size_t tc_smem_bytes(int head_dim, int kv_bytes) {
          (size_t)tc_stages(head_dim) * kTcTile * 4;
 }
 
-// One staged fp8 tile (rows of D, unswizzled) to 16-bit rows laid out for ldmatrix. fp8 -> half is exact
-// (both fp8 formats fit half's range and precision), and so is half -> bf16 for these values; the scales stay
-// out of the conversion (k_scale goes into the scores, v_scale into the output), as on the CUDA-core path.
-template <typename T, typename KV, int D>
-__device__ __forceinline__ void convert_tile(const KV* src, T* dst) {
-  constexpr __nv_fp8_interpretation_t kind = std::is_same_v<KV, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
-  for (int c = threadIdx.x; c < kTcTile * (D / 8); c += kTcThreads) {
-    const int tok = c / (D / 8), ch = c % (D / 8);
-    const uint2 raw = *reinterpret_cast<const uint2*>(src + tok * D + ch * 8);
-    const uint32_t words[2] = {raw.x, raw.y};
-    Vec<T, 8> out;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const auto pair = (__nv_fp8x2_storage_t)(words[i / 2] >> (16 * (i % 2)));
-      const __half2 h(__nv_cvt_fp8x2_to_halfraw2(pair, kind));
-      if constexpr (std::is_same_v<T, __half>) {
-        out.v[2 * i] = __low2half(h), out.v[2 * i + 1] = __high2half(h);
-      } else {
-        const float2 f = __half22float2(h);
-        out.v[2 * i] = __float2bfloat16_rn(f.x), out.v[2 * i + 1] = __float2bfloat16_rn(f.y);
-      }
-    }
-    out.store(dst + swizzle<D>(tok, ch));
-  }
-}
-
 template <typename T, typename KV, int D>
 __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel(Params p) {
   constexpr int kStages = tc_stages(D);
@@ -127,8 +101,8 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     const T* vt;
     if constexpr (kConvert) {
       // Every warp finished reading the previous converted tile before the barrier above.
-      convert_tile<T, KV, D>(k_s + stage * kTcTile * D, kc_s);
-      convert_tile<T, KV, D>(v_s + stage * kTcTile * D, vc_s);
+      convert_tile<T, KV, D, kTcTile, kTcThreads>(k_s + stage * kTcTile * D, kc_s);
+      convert_tile<T, KV, D, kTcTile, kTcThreads>(v_s + stage * kTcTile * D, vc_s);
       __syncthreads();
       kt = kc_s, vt = vc_s;
     } else {

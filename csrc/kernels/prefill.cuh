@@ -73,8 +73,11 @@ __host__ __device__ constexpr int block_rows(int head_dim) { return kWarps * 16 
 // KV tokens per pipeline stage.
 __host__ __device__ constexpr int kv_tile(int head_dim) { return head_dim == 64 ? 64 : 32; }
 __host__ __device__ constexpr int stages(int head_dim) { return head_dim == 256 ? 2 : 3; }
-__host__ __device__ constexpr size_t smem_bytes(int head_dim) {
-  return (size_t)stages(head_dim) * 2 * kv_tile(head_dim) * head_dim * 2 +
+// The K/V stages (kv_bytes per element), for fp8 KV the 16-bit K and V tile each stage is converted into, the
+// query tile, token validity per stage.
+__host__ __device__ constexpr size_t smem_bytes(int head_dim, int kv_bytes) {
+  return (size_t)stages(head_dim) * 2 * kv_tile(head_dim) * head_dim * kv_bytes +
+         (kv_bytes == 2 ? 0 : (size_t)2 * kv_tile(head_dim) * head_dim * 2) +
          (size_t)block_rows(head_dim) * head_dim * 2 + (size_t)stages(head_dim) * kv_tile(head_dim) * 4;
 }
 // Upper bound of sum_b ceil(qo_len_b * group / rows) from shapes alone.
@@ -125,15 +128,20 @@ __device__ __forceinline__ void for_each_score(F&& f) {
       for (int i = 0; i < 4; ++i) f(mi, nt, i);
 }
 
-template <typename T, int D, bool kRagged, bool kMask>
+// T: q and out; KV: the cache, T or fp8 (each staged fp8 tile is converted to T in shared memory before the mma
+// reads it, as in decode_tc.cuh).
+template <typename T, typename KV, int D, bool kRagged, bool kMask>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   constexpr int kStages = stages(D), kTile = kv_tile(D), kM = m_tiles(D), kRows = block_rows(D);
   constexpr int kNT = D / 8;      // n-tiles of the output
   constexpr int kSN = kTile / 8;  // n-tiles of S
+  constexpr bool kConvert = !std::is_same_v<T, KV>;
   extern __shared__ __align__(128) unsigned char smem[];
-  T* k_s = reinterpret_cast<T*>(smem);                         // [kStages][kTile][D], swizzled
-  T* v_s = k_s + kStages * kTile * D;
-  T* q_s = v_s + kStages * kTile * D;                           // [kRows][D], swizzled
+  KV* k_s = reinterpret_cast<KV*>(smem);                       // [kStages][kTile][D], swizzled when 16-bit
+  KV* v_s = k_s + kStages * kTile * D;
+  T* kc_s = reinterpret_cast<T*>(v_s + kStages * kTile * D);   // fp8 KV: the converted tiles [kTile][D], swizzled
+  T* vc_s = kc_s + (kConvert ? kTile * D : 0);
+  T* q_s = vc_s + (kConvert ? kTile * D : 0);                   // [kRows][D], swizzled
   int* valid_s = reinterpret_cast<int*>(q_s + kRows * D);       // [kStages][kTile]
   __shared__ int sched[2];
 
@@ -213,7 +221,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
     }
   }
 
-  TileLoader<Params, T, D, kTile, kThreads, true, kRagged> loader(p, sl, kvh);
+  TileLoader<Params, KV, D, kTile, kThreads, !kConvert, kRagged> loader(p, sl, kvh);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     loader.find(s);
@@ -260,8 +268,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   cp_async_wait<kStages - 2>();  // the first group: the query tile and the first K/V stage
   __syncthreads();
   // Fragment addresses: K as the B operand (tokens x chunks), V transposed, Q as the A operand.
-  const SwizzledLane<D> k_lane(k_s, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
-  const SwizzledLane<D> v_lane(v_s, ((lane / 8) % 2) * 8 + lane % 8, lane / 16);
+  const SwizzledLane<D> k_lane(kConvert ? (void*)kc_s : k_s, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
+  const SwizzledLane<D> v_lane(kConvert ? (void*)vc_s : v_s, ((lane / 8) % 2) * 8 + lane % 8, lane / 16);
   const SwizzledLane<D> q_lane(q_s, lane % 16, lane / 16);
   if constexpr (kQInRegs) {
 #pragma unroll
@@ -287,6 +295,15 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
     cp_async_commit();
     loader.find(tile + kStages);
     const int64_t j0 = sl.t0 + (int64_t)tile * kTile;
+    // First row of the tile the mma read: the stage itself, or the converted copy of an fp8 stage. Every warp
+    // finished reading the previous converted tile before the barrier above.
+    int mrow = srow;
+    if constexpr (kConvert) {
+      convert_tile<T, KV, D, kTile, kThreads>(k_s + srow * D, kc_s);
+      convert_tile<T, KV, D, kTile, kThreads>(v_s + srow * D, vc_s);
+      __syncthreads();
+      mrow = 0;
+    }
 
     // S = Q K^T: each K fragment serves the warp's kM row tiles.
     float s[kM][kSN][4];
@@ -296,7 +313,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
       uint32_t bk[kTile / 16][4];
 #pragma unroll
       for (int nb = 0; nb < kTile / 16; ++nb)
-        ldmatrix_x4(bk[nb], k_lane.at(srow + nb * 16, kk * 2));
+        ldmatrix_x4(bk[nb], k_lane.at(mrow + nb * 16, kk * 2));
 #pragma unroll
       for (int mi = 0; mi < kM; ++mi) {
         uint32_t a_smem[4];
@@ -401,7 +418,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
 #pragma unroll
       for (int n = 0; n < kNT; n += 2) {
         uint32_t bv[4];
-        ldmatrix_x4_trans(bv, v_lane.at(srow + kt2 * 16, n));
+        ldmatrix_x4_trans(bv, v_lane.at(mrow + kt2 * 16, n));
 #pragma unroll
         for (int mi = 0; mi < kM; ++mi) {
           mma_16816<T>(o[mi][n], pa[mi], bv[0], bv[1]);
@@ -482,10 +499,10 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
 
 // Fills in the split count (from shapes and the device only), asks env.alloc_tmp(p) for the split workspace when
 // there is more than one split (it sets p.tmp_o and p.tmp_lse), and launches the kernel, then the merge.
-template <typename T, int D, bool kRagged, bool kMask>
+template <typename T, typename KV, int D, bool kRagged, bool kMask>
 cudaError_t launch_one(Params p, const LaunchEnv<Params>& env) {
-  constexpr size_t smem = smem_bytes(D);
-  auto* kernel = prefill_kernel<T, D, kRagged, kMask>;
+  constexpr size_t smem = smem_bytes(D, sizeof(KV));
+  auto* kernel = prefill_kernel<T, KV, D, kRagged, kMask>;
   int per_sm = 0;
   cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), kThreads, smem, &per_sm);
   if (err != cudaSuccess) return err;
@@ -503,10 +520,10 @@ cudaError_t launch_one(Params p, const LaunchEnv<Params>& env) {
   return cudaGetLastError();
 }
 
-template <typename T, int D, bool kRagged>
+template <typename T, typename KV, int D, bool kRagged>
 cudaError_t launch(const Params& p, const LaunchEnv<Params>& env) {
   if (p.batch == 0 || p.total_q == 0 || p.hq == 0) return cudaSuccess;
-  return p.mask ? launch_one<T, D, kRagged, true>(p, env) : launch_one<T, D, kRagged, false>(p, env);
+  return p.mask ? launch_one<T, KV, D, kRagged, true>(p, env) : launch_one<T, KV, D, kRagged, false>(p, env);
 }
 
 }  // namespace prefill

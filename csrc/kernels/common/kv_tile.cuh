@@ -5,9 +5,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cp_async.cuh"
 #include "mma.cuh"
+#include "vec.cuh"
 
 namespace flashinfer {
 
@@ -84,5 +86,31 @@ struct TileLoader {
     }
   }
 };
+
+// One staged fp8 tile of kTile tokens (rows of D, unswizzled) to 16-bit rows laid out for ldmatrix, by a block of
+// kThreads threads. fp8 -> half is exact (both fp8 formats fit half's range and precision), and so is half -> bf16
+// for these values; the scales stay out of the conversion (k_scale goes into the scores, v_scale into the output).
+template <typename T, typename KV, int D, int kTile, int kThreads>
+__device__ __forceinline__ void convert_tile(const KV* src, T* dst) {
+  constexpr __nv_fp8_interpretation_t kind = std::is_same_v<KV, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
+  for (int c = threadIdx.x; c < kTile * (D / 8); c += kThreads) {
+    const int tok = c / (D / 8), ch = c % (D / 8);
+    const uint2 raw = *reinterpret_cast<const uint2*>(src + tok * D + ch * 8);
+    const uint32_t words[2] = {raw.x, raw.y};
+    Vec<T, 8> out;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const auto pair = (__nv_fp8x2_storage_t)(words[i / 2] >> (16 * (i % 2)));
+      const __half2 h(__nv_cvt_fp8x2_to_halfraw2(pair, kind));
+      if constexpr (std::is_same_v<T, __half>) {
+        out.v[2 * i] = __low2half(h), out.v[2 * i + 1] = __high2half(h);
+      } else {
+        const float2 f = __half22float2(h);
+        out.v[2 * i] = __float2bfloat16_rn(f.x), out.v[2 * i + 1] = __float2bfloat16_rn(f.y);
+      }
+    }
+    out.store(dst + swizzle<D>(tok, ch));
+  }
+}
 
 }  // namespace flashinfer
