@@ -47,6 +47,22 @@ def _split(k, kv):
     return [k[kv[b] : kv[b + 1]] for b in range(len(kv) - 1)]
 
 
+def _paged(pairs, q, qo, hkv, d, kv_dtype, device, g, plan, run=None, page=16):
+    """The paged wrapper over a random NHD cache holding `pairs`' KV on scattered pages: out, lse, and each request's
+    K and V as the cache holds them (float, on the CPU)."""
+    indptr, last = page_table([b for _, b in pairs], page)
+    num_pages = int(indptr[-1]) + 3
+    indices = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
+    cache = paged_cache(num_pages, page, hkv, d, kv_dtype, device, "NHD", "5d", generator=g)
+    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(qo.to(device), indptr.to(device), indices.to(device), last.to(device), q.shape[1], hkv, d, page,
+                 **plan)
+    out, lse = wrapper.run(q, cache, return_lse=True, **(run or {}))
+    k_pages, v_pages = (t.float().cpu() for t in logical_pages(cache, "NHD"))
+    ks, vs = zip(*(ref.paged_kv(k_pages, v_pages, indptr, indices, last, b) for b in range(len(pairs))))
+    return out, lse, list(ks), list(vs)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("group", [1, 4, 5])
@@ -142,7 +158,7 @@ def test_batch_prefill_features(device, feature):
 @pytest.mark.parametrize("form", ["ragged", "paged"])
 def test_batch_prefill_fp8_kv(device, kv_dtype, dtype, head_dim, form):
     """fp8 K/V under 16-bit queries, with k_scale and v_scale: equal to the reference over the dequantised cache."""
-    hkv, group, page, k_scale, v_scale = 2, 4, 16, 0.5, 2.0
+    hkv, group, k_scale, v_scale = 2, 4, 0.5, 2.0
     hq = hkv * group
     g = torch.Generator().manual_seed(8)
     qo = torch.tensor([0] + [a for a, _ in PAIRS]).cumsum(0).to(torch.int32)
@@ -155,16 +171,8 @@ def test_batch_prefill_fp8_kv(device, kv_dtype, dtype, head_dim, form):
         out, lse = wrapper.run(q, k, v, k_scale=k_scale, v_scale=v_scale, return_lse=True)
         ks, vs = _split(k.float(), kv), _split(v.float(), kv)
     else:
-        indptr, last = page_table([b for _, b in PAIRS], page)
-        num_pages = int(indptr[-1]) + 2
-        indices = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
-        cache = paged_cache(num_pages, page, hkv, head_dim, kv_dtype, device, "NHD", "5d", generator=g)
-        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=device))
-        wrapper.plan(qo.to(device), indptr.to(device), indices.to(device), last.to(device), hq, hkv, head_dim, page,
-                     causal=True)
-        out, lse = wrapper.run(q, cache, k_scale=k_scale, v_scale=v_scale, return_lse=True)
-        k_pages, v_pages = (t.float().cpu() for t in logical_pages(cache, "NHD"))
-        ks, vs = zip(*(ref.paged_kv(k_pages, v_pages, indptr, indices, last, b) for b in range(len(PAIRS))))
+        out, lse, ks, vs = _paged(PAIRS, q, qo, hkv, head_dim, kv_dtype, device, g, dict(causal=True),
+                                  dict(k_scale=k_scale, v_scale=v_scale))
     ks, vs = [x.cpu() * k_scale for x in ks], [x.cpu() * v_scale for x in vs]
     _check(out, lse, _expect(q, ks, vs, qo, dtype, sm_scale=1 / math.sqrt(head_dim), causal=True), f"fp8 {form}")
 
@@ -199,15 +207,7 @@ def test_batch_prefill_kv_splits(device, form, feature):
         out, lse = wrapper.run(q, k, v, return_lse=True)
         ks, vs = _split(k, kv), _split(v, kv)
     else:
-        indptr, last = page_table([b for _, b in SPLIT_PAIRS], page)
-        num_pages = int(indptr[-1]) + 5
-        indices = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
-        cache = paged_cache(num_pages, page, hkv, d, dtype, device, "NHD", "5d", generator=g)
-        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=device))
-        wrapper.plan(qo, indptr.to(device), indices.to(device), last.to(device), hq, hkv, d, page, **plan)
-        out, lse = wrapper.run(q, cache, return_lse=True)
-        k_pages, v_pages = (t.cpu() for t in logical_pages(cache, "NHD"))
-        ks, vs = zip(*(ref.paged_kv(k_pages, v_pages, indptr, indices, last, b) for b in range(len(SPLIT_PAIRS))))
+        out, lse, ks, vs = _paged(SPLIT_PAIRS, q, qo, hkv, d, dtype, device, g, plan, page=page)
     _check(out, lse, _expect(q, ks, vs, qo, dtype, masks=masks, **kw), f"{form} splits {feature}")
 
 
