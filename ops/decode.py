@@ -17,7 +17,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .page import _validating, split_paged_kv_cache, validate_page_table
-from .wrapper import AttentionWrapper, attention_scales, check_heads, check_int32, finish, rope_mode
+from .wrapper import AttentionWrapper, attention_scales, check_heads, check_int32, finish, reject, reject_jit, rope_mode
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper",
            "CUDAGraphBatchDecodeWithPagedKVCacheWrapper"]
@@ -76,6 +76,7 @@ class BatchDecodeWithPagedKVCacheWrapper(AttentionWrapper):
                  paged_kv_indices_buffer: Optional[torch.Tensor] = None,
                  paged_kv_last_page_len_buffer: Optional[torch.Tensor] = None, backend: str = "auto",
                  jit_args=None) -> None:
+        reject_jit(jit_args)
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph,
                          dict(paged_kv_indptr_buffer=paged_kv_indptr_buffer,
                               paged_kv_indices_buffer=paged_kv_indices_buffer,
@@ -123,12 +124,15 @@ class BatchDecodeWithPagedKVCacheWrapper(AttentionWrapper):
             q_scale: Optional[float] = None, k_scale: Optional[float] = None, v_scale: Optional[float] = None,
             out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None, return_lse: bool = False,
             enable_pdl: Optional[bool] = None, window_left: Optional[int] = None, sinks=None,
-            q_len_per_req: Optional[int] = 1, skip_softmax_threshold_scale_factor=None):
+            q_len_per_req: Optional[int] = 1, skip_softmax_threshold_scale_factor=None, kv_block_scales=None):
         """Attention of ``q [batch, num_qo_heads, head_dim]`` over the planned requests. Returns ``out`` (and
-        ``lse`` ``[batch, num_qo_heads]``, log base 2, when ``return_lse``)."""
+        ``lse`` ``[batch, num_qo_heads]``, log base 2, when ``return_lse``). Attention is exact:
+        ``skip_softmax_threshold_scale_factor`` (upstream's licence to skip blocks of small weight) skips nothing
+        here."""
         self._check_planned()
-        if sinks is not None or (q_len_per_req or 1) != 1:
-            raise NotImplementedError("attention sinks and q_len_per_req > 1 are not supported")
+        reject(sinks=sinks, kv_block_scales=kv_block_scales)
+        if (q_len_per_req or 1) != 1:
+            raise NotImplementedError("q_len_per_req > 1 is not supported")
         k_cache, v_cache, _, _ = split_paged_kv_cache(paged_kv_cache, self._kv_layout)
         o, s = _decode(q, k_cache, v_cache, self._indptr, self._indices, self._last, self._kv_layout, self._rope,
                        self._window_left if window_left is None else window_left, self._logits_soft_cap,

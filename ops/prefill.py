@@ -19,7 +19,8 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .page import split_paged_kv_cache
-from .wrapper import AttentionWrapper, attention_scales, check_heads, check_int32, finish, rope_mode
+from .wrapper import (AttentionWrapper, as_dtype, attention_scales, check_heads, check_int32, finish, reject,
+                      reject_jit, rope_mode)
 
 __all__ = ["packbits", "segment_packbits", "single_prefill_with_kv_cache", "single_prefill_with_kv_cache_return_lse",
            "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper"]
@@ -102,7 +103,7 @@ class _PrefillWrapper(AttentionWrapper):
 
     def _plan_common(self, qo_indptr, kv_lens_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo,
                      custom_mask, packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap,
-                     sm_scale, non_blocking):
+                     sm_scale, non_blocking, o_data_type=None):
         check_heads(num_qo_heads, num_kv_heads, head_dim_qk)
         if head_dim_vo is not None and head_dim_vo != head_dim_qk:
             raise NotImplementedError("head_dim_vo different from head_dim_qk is not supported")
@@ -123,6 +124,7 @@ class _PrefillWrapper(AttentionWrapper):
             self._mask = self._place("custom_mask_buf", packed_custom_mask.reshape(-1), non_blocking, whole=True)
             self._mask_indptr = self._place("mask_indptr_buf", mask_indptr.to(torch.int32), non_blocking)
         self._num_qo_heads, self._num_kv_heads, self._head_dim = num_qo_heads, num_kv_heads, head_dim_qk
+        self._o_dtype = as_dtype(o_data_type)  # None: q's dtype
         self._planned = True
 
     def run_return_lse(self, *args, **kwargs):
@@ -140,7 +142,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  qo_indptr_buf: Optional[torch.Tensor] = None, kv_indptr_buf: Optional[torch.Tensor] = None,
                  custom_mask_buf: Optional[torch.Tensor] = None, mask_indptr_buf: Optional[torch.Tensor] = None,
-                 backend: str = "auto", jit_args=None) -> None:
+                 backend: str = "auto", jit_args=None, jit_kwargs=None) -> None:
+        reject_jit(jit_args, jit_kwargs)
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph,
                          dict(qo_indptr_buf=qo_indptr_buf, kv_indptr_buf=kv_indptr_buf,
                               custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf), backend)
@@ -151,29 +154,31 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
              pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False, window_left: int = -1,
              logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
              rope_scale: Optional[float] = None, rope_theta: Optional[float] = None,
-             q_data_type: Union[str, torch.dtype] = "float16", kv_data_type=None, non_blocking: bool = True,
-             **unused) -> None:
+             q_data_type: Union[str, torch.dtype] = "float16", kv_data_type=None, o_data_type=None,
+             non_blocking: bool = True, **unused) -> None:
         """Records the batch and the attention parameters; never waits for the device (a custom_mask that still
         needs packing reads the lengths on the host)."""
         kv_host = lambda: (kv_indptr[1:] - kv_indptr[:-1]).tolist()  # noqa: E731
         self._plan_common(qo_indptr, kv_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, custom_mask,
                           packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
-                          non_blocking)
+                          non_blocking, o_data_type)
         check_int32(kv_indptr=kv_indptr)
         self._kv_indptr = self._place("kv_indptr_buf", kv_indptr, non_blocking)
 
     begin_forward = plan
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args, q_scale: Optional[float] = None,
-            k_scale: Optional[float] = None, v_scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
-            lse: Optional[torch.Tensor] = None, return_lse: bool = False, enable_pdl: Optional[bool] = None):
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None, o_scale: Optional[float] = None,
+            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None, return_lse: bool = False,
+            enable_pdl: Optional[bool] = None):
         """Attention of ``q [total_q, num_qo_heads, head_dim]`` over the planned requests."""
         self._check_planned()
+        reject(o_scale=None if o_scale == 1.0 else o_scale)
         sm, ks, vs = attention_scales(q.shape[-1], self._sm_scale, q_scale, k_scale, v_scale)
         o, s = torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(
             q, self._qo_indptr, k, v, self._kv_indptr, self._mask, self._mask_indptr, self._kv_layout,
             self._causal, self._window_left, self._logits_soft_cap, sm, ks, vs)
-        return finish(o, s, out, lse, return_lse)
+        return finish(o, s, out, lse, return_lse, self._o_dtype)
 
     def forward(self, q, k, v, causal: bool = False, pos_encoding_mode: str = "NONE",
                 use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
@@ -193,7 +198,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
                  paged_kv_indices_buf: Optional[torch.Tensor] = None,
                  paged_kv_last_page_len_buf: Optional[torch.Tensor] = None,
                  custom_mask_buf: Optional[torch.Tensor] = None, mask_indptr_buf: Optional[torch.Tensor] = None,
-                 backend: str = "auto", jit_args=None) -> None:
+                 backend: str = "auto", jit_args=None, jit_kwargs=None) -> None:
+        reject_jit(jit_args, jit_kwargs)
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph,
                          dict(qo_indptr_buf=qo_indptr_buf, paged_kv_indptr_buf=paged_kv_indptr_buf,
                               paged_kv_indices_buf=paged_kv_indices_buf,
@@ -207,8 +213,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
              pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
              sm_scale: Optional[float] = None, window_left: int = -1, logits_soft_cap: Optional[float] = None,
              rope_scale: Optional[float] = None, rope_theta: Optional[float] = None,
-             q_data_type: Union[str, torch.dtype] = "float16", kv_data_type=None, non_blocking: bool = True,
-             **unused) -> None:
+             q_data_type: Union[str, torch.dtype] = "float16", kv_data_type=None, o_data_type=None,
+             non_blocking: bool = True, **unused) -> None:
         """Records the batch, its page tables and the attention parameters; never waits for the device (a
         custom_mask that still needs packing reads the lengths on the host)."""
         def kv_host():
@@ -218,7 +224,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
 
         self._plan_common(qo_indptr, kv_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, custom_mask,
                           packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
-                          non_blocking)
+                          non_blocking, o_data_type)
         check_int32(paged_kv_indptr=paged_kv_indptr, paged_kv_indices=paged_kv_indices,
                     paged_kv_last_page_len=paged_kv_last_page_len)
         self._kv_indptr = self._place("paged_kv_indptr_buf", paged_kv_indptr, non_blocking)
@@ -231,20 +237,24 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
     def run(self, q: torch.Tensor, paged_kv_cache: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], *args,
             q_scale: Optional[float] = None, k_scale: Optional[float] = None, v_scale: Optional[float] = None,
             out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None, return_lse: bool = False,
-            enable_pdl: Optional[bool] = None, window_left: Optional[int] = None):
-        """Attention of ``q [total_q, num_qo_heads, head_dim]`` over the planned requests' pages."""
+            enable_pdl: Optional[bool] = None, window_left: Optional[int] = None, sinks=None, kv_block_scales=None,
+            skip_softmax_threshold_scale_factor: Optional[float] = None):
+        """Attention of ``q [total_q, num_qo_heads, head_dim]`` over the planned requests' pages. Attention is
+        exact: ``skip_softmax_threshold_scale_factor`` (upstream's licence to skip blocks of small weight) skips
+        nothing here."""
         self._check_planned()
+        reject(sinks=sinks, kv_block_scales=kv_block_scales)
         k_cache, v_cache, _, _ = split_paged_kv_cache(paged_kv_cache, self._kv_layout)
         sm, ks, vs = attention_scales(q.shape[-1], self._sm_scale, q_scale, k_scale, v_scale)
         o, s = torch.ops.flashinfer.batch_prefill_with_paged_kv_cache(
             q, self._qo_indptr, k_cache, v_cache, self._kv_indptr, self._kv_indices, self._kv_last, self._mask,
             self._mask_indptr, self._kv_layout, self._causal,
             self._window_left if window_left is None else window_left, self._logits_soft_cap, sm, ks, vs)
-        return finish(o, s, out, lse, return_lse)
+        return finish(o, s, out, lse, return_lse, self._o_dtype)
 
     def forward(self, q, paged_kv_cache, causal: bool = False, pos_encoding_mode: str = "NONE",
-                use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
-                rope_scale=None, rope_theta=None, return_lse: bool = False):
+                use_fp16_qk_reduction: bool = False, k_scale=None, v_scale=None, window_left: int = -1,
+                logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None, return_lse: bool = False):
         """Legacy entry point: attention parameters given per call instead of to plan()."""
         self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale)
-        return self.run(q, paged_kv_cache, return_lse=return_lse)
+        return self.run(q, paged_kv_cache, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse)

@@ -36,6 +36,30 @@ def attention_scales(head_dim, sm_scale, q_scale, k_scale, v_scale) -> Tuple[flo
     return float(scale), 1.0 if k_scale is None else float(k_scale), 1.0 if v_scale is None else float(v_scale)
 
 
+def reject(**given) -> None:
+    """Raises for an upstream argument this library does not implement, when the caller set it (None, the
+    default, is accepted, so code that spells out upstream's defaults runs unchanged)."""
+    for name, value in given.items():
+        if value is not None:
+            raise NotImplementedError(f"{name} is not supported (got {type(value).__name__})")
+
+
+def reject_jit(jit_args, jit_kwargs=None) -> None:
+    if jit_args is not None or jit_kwargs is not None:
+        raise NotImplementedError("jit_args / jit_kwargs select a JIT-compiled variant; this library's kernels are "
+                                  "compiled ahead of time and take no JIT module")
+
+
+def as_dtype(x) -> Optional[torch.dtype]:
+    """A torch.dtype from upstream's spellings of one: a dtype, its name ("float16", "bfloat16"), or None."""
+    if x is None or isinstance(x, torch.dtype):
+        return x
+    dtype = getattr(torch, str(x), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"not a dtype: {x!r}")
+    return dtype
+
+
 def finish(o, s, out, lse, return_lse, o_dtype=None):
     """Upstream's return convention: out (cast to o_dtype, copied into `out` when given) and, with return_lse,
     the log2 LSE (copied into `lse` when given)."""

@@ -336,3 +336,35 @@ def test_prefill_graph_replay_with_new_lengths(case):
         graph.replay()
         n = int(qo[-1])
         torch.testing.assert_close(out[:n], wrapper.run(q, cache)[:n])
+
+
+def test_prefill_upstream_arguments(device):
+    """Upstream 0.6 arguments beyond the core ones: o_data_type casts the output, the paged legacy forward takes
+    k_scale / v_scale in upstream's positions, and arguments with no implementation here raise when set."""
+    d, hkv, group, page = 64, 2, 2, 16
+    pairs = [(5, 9), (30, 30), (2, 40)]
+    g = torch.Generator().manual_seed(9)
+    q, k, v, qo, kv = _ragged(pairs, hkv * group, hkv, d, torch.bfloat16, device)
+    ragged = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+    ragged.plan(qo, kv, hkv * group, hkv, d, causal=True)
+    expect = ragged.run(q, k, v)
+    ragged.plan(qo, kv, hkv * group, hkv, d, causal=True, o_data_type="float32")
+    got = ragged.run(q, k, v)
+    assert got.dtype == torch.float32 and torch.equal(got, expect.float())
+    with pytest.raises(NotImplementedError, match="o_scale is not supported"):
+        ragged.run(q, k, v, o_scale=0.5)
+    torch.testing.assert_close(ragged.run(q, k, v, o_scale=1.0), got, rtol=0, atol=0)
+
+    indptr, last = page_table([b for _, b in pairs], page)
+    cache = paged_cache(int(indptr[-1]), page, hkv, d, torch.bfloat16, device, generator=g)
+    indices = torch.arange(int(indptr[-1]), dtype=torch.int32)
+    paged = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    paged.plan(qo, indptr.to(device), indices.to(device), last.to(device), hkv * group, hkv, d, page, causal=True)
+    scaled = paged.run(q, cache, k_scale=0.5, v_scale=2.0)
+    legacy = paged.forward(q, cache, True, "NONE", False, 0.5, 2.0)
+    torch.testing.assert_close(legacy, scaled, rtol=0, atol=0)
+    for name in ("sinks", "kv_block_scales"):
+        with pytest.raises(NotImplementedError, match=f"{name} is not supported"):
+            paged.run(q, cache, **{name: torch.zeros(hkv * group, device=device)})
+    with pytest.raises(NotImplementedError, match="jit_args / jit_kwargs"):
+        flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=device), jit_kwargs={})
