@@ -103,12 +103,21 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, 
                                                kv_indices, kv_indptr, kv_last_page_len, kv_layout)
 
 
-def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Tensor,
-                                nnz: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Tensor, nnz: int,
+                                batch_indices: Optional[torch.Tensor] = None,
+                                positions: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """For ``nnz`` appended tokens laid out by ``append_indptr`` (int32 ``[B+1]``) into requests whose lengths
     after the append are ``seq_lens`` (int32 ``[B]``): each token's request and its position in that request.
-    Tokens past ``append_indptr[-1]`` (padding) get ``-1`` for both, and appending skips them."""
-    return torch.ops.flashinfer.get_batch_indices_positions(append_indptr, seq_lens, nnz)
+    Tokens past ``append_indptr[-1]`` (padding) get ``-1`` for both, and appending skips them. Given
+    ``batch_indices`` / ``positions`` (int32 ``[nnz]``), the results are written into them and they are returned."""
+    b, p = torch.ops.flashinfer.get_batch_indices_positions(append_indptr, seq_lens, nnz)
+    if batch_indices is not None:
+        batch_indices.copy_(b)
+        b = batch_indices
+    if positions is not None:
+        positions.copy_(p)
+        p = positions
+    return b, p
 
 
 def get_seq_lens(kv_indptr: torch.Tensor, kv_last_page_len: torch.Tensor, page_size: int) -> torch.Tensor:

@@ -72,6 +72,11 @@ def test_batch_indices_positions_padding(device):
     assert p.tolist() == [8, 9, 0, 1, 2, -1, -1]
     b, p = flashinfer.get_batch_indices_positions(append_indptr, seq_lens, 0)
     assert b.shape == (0,) and p.shape == (0,)
+    # upstream's optional output buffers: filled and returned
+    bufs = [torch.full((7,), 99, dtype=torch.int32, device=device) for _ in range(2)]
+    b, p = flashinfer.get_batch_indices_positions(append_indptr, seq_lens, 7, *bufs)
+    assert b is bufs[0] and p is bufs[1]
+    assert b.tolist() == [0, 0, 1, 1, 1, -1, -1] and p.tolist() == [8, 9, 0, 1, 2, -1, -1]
 
 
 def test_get_seq_lens_empty_requests(device):
