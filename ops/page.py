@@ -15,6 +15,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from .wrapper import into
+
 __all__ = ["append_paged_kv_cache", "get_batch_indices_positions", "get_seq_lens", "split_paged_kv_cache",
            "validate_page_table"]
 
@@ -111,13 +113,7 @@ def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Ten
     Tokens past ``append_indptr[-1]`` (padding) get ``-1`` for both, and appending skips them. Given
     ``batch_indices`` / ``positions`` (int32 ``[nnz]``), the results are written into them and they are returned."""
     b, p = torch.ops.flashinfer.get_batch_indices_positions(append_indptr, seq_lens, nnz)
-    if batch_indices is not None:
-        batch_indices.copy_(b)
-        b = batch_indices
-    if positions is not None:
-        positions.copy_(p)
-        p = positions
-    return b, p
+    return into(b, batch_indices), into(p, positions)
 
 
 def get_seq_lens(kv_indptr: torch.Tensor, kv_last_page_len: torch.Tensor, page_size: int) -> torch.Tensor:

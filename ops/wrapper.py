@@ -60,17 +60,20 @@ def as_dtype(x) -> Optional[torch.dtype]:
     return dtype
 
 
+def into(result: torch.Tensor, buffer: Optional[torch.Tensor]) -> torch.Tensor:
+    """Upstream's optional output buffers: `result` copied into `buffer` and the buffer returned, when given."""
+    if buffer is None:
+        return result
+    buffer.copy_(result)
+    return buffer
+
+
 def finish(o, s, out, lse, return_lse, o_dtype=None):
     """Upstream's return convention: out (cast to o_dtype, copied into `out` when given) and, with return_lse,
     the log2 LSE (copied into `lse` when given)."""
     if o_dtype is not None and o.dtype != o_dtype:
         o = o.to(o_dtype)
-    if out is not None:
-        out.copy_(o)
-        o = out
-    if lse is not None:
-        lse.copy_(s)
-        s = lse
+    o, s = into(o, out), into(s, lse)
     return (o, s) if return_lse else o
 
 
