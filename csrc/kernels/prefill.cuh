@@ -295,7 +295,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
     cp_async_commit();
     loader.find(tile + kStages);
     const int64_t j0 = sl.t0 + (int64_t)tile * kTile;
-    // First row of the tile the mma read: the stage itself, or the converted copy of an fp8 stage. Every warp
+    // First row of the tile the mma reads: the stage itself, or the converted copy of an fp8 stage. Every warp
     // finished reading the previous converted tile before the barrier above.
     int mrow = srow;
     if constexpr (kConvert) {
