@@ -375,9 +375,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
 
 // Fills in the grid shape, asks `alloc_tmp(p)` for the split workspace when there is more than one split (it sets
 // p.tmp_o, p.tmp_lse and p.counters, [batch * hkv * head_chunks] ints, zeroed here unless p.counters_zeroed), and
-// launches `kernel`. The
-// split count depends only on shapes and the device: as many splits per (request, kv head) as fill one wave of
-// resident blocks.
+// launches `kernel`. The split count depends only on shapes and the device: as many splits per (request, kv head)
+// as fill one wave of resident blocks.
 template <typename AllocTmp>
 cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int block_heads, Params p, int sm_count,
                          AllocTmp&& alloc_tmp, cudaStream_t stream) {
