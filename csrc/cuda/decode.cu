@@ -44,6 +44,7 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cuda(const at::Tensor& q_, const
 
   // Partials of the KV splits, when the launcher picks more than one (the count depends on shapes only).
   at::Tensor tmp_o, tmp_lse, counters;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const decode::Launch l{sm_count(q.get_device()),
                  [&](decode::Params& pp) {
                    tmp_o = at::empty({batch, pp.num_splits, hq, d}, q.options().dtype(at::kFloat));
@@ -51,29 +52,18 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cuda(const at::Tensor& q_, const
                    pp.tmp_o = tmp_o.data_ptr<float>();
                    pp.tmp_lse = tmp_lse.data_ptr<float>();
                    const int64_t n = batch * hkv * pp.head_chunks;
-                   pp.counters = zeroed_counters(q.get_device(), c10::cuda::getCurrentCUDAStream(), n);
+                   pp.counters = zeroed_counters(q.get_device(), stream, n);
                    pp.counters_zeroed = pp.counters != nullptr;
                    if (!pp.counters_zeroed) {
                      counters = at::empty({n}, q.options().dtype(at::kInt));
                      pp.counters = counters.data_ptr<int>();
                    }
                  },
-                 c10::cuda::getCurrentCUDAStream()};
-  const bool half = q.scalar_type() == at::kHalf, tc = backend != "cuda_core";
-  cudaError_t err = cudaSuccess;
-  switch (cache.k.scalar_type()) {
-    case at::kFloat8_e4m3fn:
-      err = half ? decode::run<__half, __nv_fp8_e4m3>(p, (int)d, rope_llama, tc, l)
-                 : decode::run<__nv_bfloat16, __nv_fp8_e4m3>(p, (int)d, rope_llama, tc, l);
-      break;
-    case at::kFloat8_e5m2:
-      err = half ? decode::run<__half, __nv_fp8_e5m2>(p, (int)d, rope_llama, tc, l)
-                 : decode::run<__nv_bfloat16, __nv_fp8_e5m2>(p, (int)d, rope_llama, tc, l);
-      break;
-    default:
-      err = half ? decode::run<__half, __half>(p, (int)d, rope_llama, tc, l)
-                 : decode::run<__nv_bfloat16, __nv_bfloat16>(p, (int)d, rope_llama, tc, l);
-  }
+                 stream};
+  const bool tc = backend != "cuda_core";
+  const cudaError_t err = dispatch_attention(q.scalar_type(), cache.k.scalar_type(), [&](auto qt, auto kvt) {
+    return decode::run<typename decltype(qt)::type, typename decltype(kvt)::type>(p, (int)d, rope_llama, tc, l);
+  });
   check_launch(err, op);
   return {out, lse};
 }

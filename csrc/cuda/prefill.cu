@@ -48,21 +48,9 @@ void launch(const prefill::Params& p, const at::Tensor& q, at::ScalarType kv_dty
         pp.tmp_o = tmp_o.data_ptr<float>(), pp.tmp_lse = tmp_lse.data_ptr<float>();
       },
       c10::cuda::getCurrentCUDAStream()};
-  const bool half = q.scalar_type() == at::kHalf;
-  cudaError_t err = cudaSuccess;
-  switch (kv_dtype) {
-    case at::kFloat8_e4m3fn:
-      err = half ? prefill::run<__half, __nv_fp8_e4m3>(p, (int)d, ragged, env)
-                 : prefill::run<__nv_bfloat16, __nv_fp8_e4m3>(p, (int)d, ragged, env);
-      break;
-    case at::kFloat8_e5m2:
-      err = half ? prefill::run<__half, __nv_fp8_e5m2>(p, (int)d, ragged, env)
-                 : prefill::run<__nv_bfloat16, __nv_fp8_e5m2>(p, (int)d, ragged, env);
-      break;
-    default:
-      err = half ? prefill::run<__half, __half>(p, (int)d, ragged, env)
-                 : prefill::run<__nv_bfloat16, __nv_bfloat16>(p, (int)d, ragged, env);
-  }
+  const cudaError_t err = dispatch_attention(q.scalar_type(), kv_dtype, [&](auto qt, auto kvt) {
+    return prefill::run<typename decltype(qt)::type, typename decltype(kvt)::type>(p, (int)d, ragged, env);
+  });
   check_launch(err, op);
 }
 

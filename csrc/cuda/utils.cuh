@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <map>
@@ -28,6 +29,25 @@ namespace flashinfer {
     case at::kBFloat16: { using T = __nv_bfloat16; __VA_ARGS__ } break;                    \
     default: fail_dtype("dispatch", dtype);                                                \
   }
+
+// Calls f(Tag<Q>{}, Tag<KV>{}) with the CUDA types of an attention call: Q for fp16 / bf16 queries, KV the query's
+// type or fp8 e4m3 / e5m2 (dtypes already checked); returns what f returns.
+template <typename T>
+struct Tag {
+  using type = T;
+};
+template <typename F>
+auto dispatch_attention(at::ScalarType q_dtype, at::ScalarType kv_dtype, F&& f) {
+  auto with_q = [&](auto q) {
+    using Q = typename decltype(q)::type;
+    switch (kv_dtype) {
+      case at::kFloat8_e4m3fn: return f(q, Tag<__nv_fp8_e4m3>{});
+      case at::kFloat8_e5m2: return f(q, Tag<__nv_fp8_e5m2>{});
+      default: return f(q, Tag<Q>{});
+    }
+  };
+  return q_dtype == at::kHalf ? with_q(Tag<__half>{}) : with_q(Tag<__nv_bfloat16>{});
+}
 
 inline void check_launch(cudaError_t err, const char* op) {
   if (err != cudaSuccess) fail_launch(op, cudaGetErrorString(err));
