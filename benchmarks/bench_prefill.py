@@ -1,7 +1,8 @@
 """Batch prefill over a paged KV cache: ours vs upstream FlashInfer (fa2 and fa3 backends) vs SDPA on dense
 tensors. Causal, bf16, Hq 32, Hkv 8, D 128, page 16, qo_len = kv_len (ANCHORS.md's prefill table), plus
 non-causal and head_dim 64. The figure in parentheses is TFLOP/s (causal FLOPs = 2 * b * H * L^2 * D).
-The fp8 table reads an e4m3 cache (bf16 queries). The append table is a chunk of qo tokens against a cached
+The fp8 table reads an e4m3 cache (bf16 queries); the rope table rotates q and k inside the kernel
+(pos_encoding_mode="ROPE_LLAMA"; upstream fa2 does the same, its fa3 backend has no RoPE). The append table is a chunk of qo tokens against a cached
 prefix (kv_len > qo_len, causal aligned bottom-right): few query tiles over a long KV, where KV splits decide the
 speed."""
 
@@ -21,6 +22,8 @@ SIZES = [(1, 8192, 128, True), (4, 4096, 128, True), (16, 1024, 128, True), (4, 
 
 # fp8 KV (e4m3, scales 1): (batch, len, head_dim, causal), qo_len = kv_len.
 FP8 = [(1, 8192, 128, True), (4, 4096, 128, True)]
+# pos_encoding_mode="ROPE_LLAMA": (batch, len, head_dim, causal), qo_len = kv_len.
+ROPE = [(1, 8192, 128, True), (4, 4096, 128, True)]
 # (batch, qo_len, kv_len, head_dim): a chunked-prefill step or a prefix-cached prompt.
 APPEND = [(1, 128, 16384, 128), (1, 512, 16384, 128), (4, 256, 8192, 128), (8, 64, 4096, 128)]
 
@@ -35,19 +38,25 @@ def make_fp8(size, backend=None):
     return _make(b, n, n, d, causal, backend, torch.float8_e4m3fn)
 
 
+def make_rope(size, backend=None):
+    b, n, d, causal = size
+    return _make(b, n, n, d, causal, backend, pos_encoding_mode="ROPE_LLAMA")
+
+
 def make_append(size, backend=None):
     b, qo_len, kv_len, d = size
     return _make(b, qo_len, kv_len, d, True, backend)
 
 
-def _make(b, qo_len, kv_len, d, causal, backend, kv_dtype=DT):
+def _make(b, qo_len, kv_len, d, causal, backend, kv_dtype=DT, pos_encoding_mode="NONE"):
     cache, indptr, indices, last = paged_batch(b, kv_len, PAGE, HKV, d, kv_dtype)
     qo = torch.arange(0, b * qo_len + 1, qo_len, dtype=torch.int32, device="cuda")
     q = torch.randn(b * qo_len, HQ, d, dtype=DT, device="cuda")
     ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
     kw = {} if backend is None else dict(backend=backend)
     wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", **kw)
-    wrapper.plan(qo, indptr, indices, last, HQ, HKV, d, PAGE, causal=causal, q_data_type=DT, kv_data_type=kv_dtype)
+    wrapper.plan(qo, indptr, indices, last, HQ, HKV, d, PAGE, causal=causal, q_data_type=DT, kv_data_type=kv_dtype,
+                 pos_encoding_mode=pos_encoding_mode)
     return dict(q=q, cache=cache, wrapper=wrapper)
 
 
@@ -95,6 +104,9 @@ def _cases():
         "ours": _run,
         "upstream fa2": (lambda size: make_fp8(size, "fa2"), _run),
         "upstream fa3": (lambda size: make_fp8(size, "fa3"), _run),
+    }, _flops_k), "ROPE_LLAMA (b, len, d, causal)": (ROPE, make_rope, {
+        "ours": _run,
+        "upstream fa2": (lambda size: make_rope(size, "fa2"), _run),
     }, _flops_k), "append (b, qo_len, kv_len, d)": (APPEND, make_append, {
         "ours": _run,
         "upstream fa2": (lambda size: make_append(size, "fa2"), _run),

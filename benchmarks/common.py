@@ -73,7 +73,11 @@ def eager_us(fn, make, nbytes=None):
 
 def run_impls(cases, impls):
     rows = []
+    # BENCH_TABLES="fp8,append" runs only the tables whose name starts with one of the given prefixes.
+    only = [t for t in os.environ.get("BENCH_TABLES", "").split(",") if t]
     for case, (sizes, make, fns, nbytes) in cases.items():
+        if only and not any(case.startswith(t) for t in only):
+            continue
         for size in sizes:
             for impl in impls:
                 if impl not in fns:

@@ -94,6 +94,7 @@ TORCH_LIBRARY(flashinfer, m) {
   // j <= kv_len - qo_len + i (causal, bottom-right aligned), j >= kv_len - qo_len + i - window_left (window_left
   // >= 0), and bit i * kv_len + j of its packed_custom_mask segment is set (bit order little; mask_indptr[b] is
   // its first byte). Scores sm_scale * q.k * k_scale, soft-capped when logits_soft_cap > 0; values * v_scale.
+  // rope_llama: RoPE (NeoX halves, rope_scale, rope_theta) on query i at kv_len - qo_len + i and on key j at j.
   // A row that sees no key: 0, -inf. The paged form reads the cache through kv_indptr / kv_indices /
   // kv_last_page_len like decode; the ragged form reads k, v [total_kv, Hkv, D] (NHD) or [Hkv, total_kv, D] (HND)
   // at rows kv_indptr[b]..kv_indptr[b+1].
@@ -101,12 +102,14 @@ TORCH_LIBRARY(flashinfer, m) {
       "batch_prefill_with_paged_kv_cache(Tensor q, Tensor qo_indptr, Tensor paged_k_cache, Tensor? paged_v_cache, "
       "Tensor kv_indptr, Tensor kv_indices, Tensor kv_last_page_len, Tensor? packed_custom_mask, "
       "Tensor? mask_indptr, str kv_layout, bool causal, int window_left, float logits_soft_cap, float sm_scale, "
-      "float k_scale, float v_scale) -> (Tensor, Tensor)",
+      "float k_scale, float v_scale, bool rope_llama=False, float rope_scale=1., float rope_theta=1e4) "
+      "-> (Tensor, Tensor)",
       tags);
   m.def(
       "batch_prefill_with_ragged_kv_cache(Tensor q, Tensor qo_indptr, Tensor k, Tensor v, Tensor kv_indptr, "
       "Tensor? packed_custom_mask, Tensor? mask_indptr, str kv_layout, bool causal, int window_left, "
-      "float logits_soft_cap, float sm_scale, float k_scale, float v_scale) -> (Tensor, Tensor)",
+      "float logits_soft_cap, float sm_scale, float k_scale, float v_scale, bool rope_llama=False, "
+      "float rope_scale=1., float rope_theta=1e4) -> (Tensor, Tensor)",
       tags);
 }
 

@@ -64,3 +64,8 @@ def attention_q(q: torch.Tensor, hkv: int, kv_dim: int, kv_name: str, op: str) -
     check(kv_dim == d, op, f"{kv_name} must have head_dim {d} (that of q), got {kv_dim}")
     check(hkv > 0 and q.shape[1] % hkv == 0, op,
           f"num_qo_heads ({q.shape[1]}) must be a multiple of num_kv_heads ({hkv})")
+
+
+def rope_freq(rope_scale: float, rope_theta: float, op: str) -> None:
+    check(rope_scale > 0, op, f"rope_scale must be positive, got {rope_scale}")
+    check(rope_theta > 0, op, f"rope_theta must be positive, got {rope_theta}")

@@ -15,6 +15,8 @@ def batch_decode_with_paged_kv_cache(q, paged_k_cache, paged_v_cache, kv_indptr,
                  f'backend must be "auto", "tensor_core" or "cuda_core", got "{backend}"')
     hkv, cache_dim = paged_cache_heads_dim(paged_k_cache, paged_v_cache, kv_layout, op)
     checks.attention_q(q, hkv, cache_dim, "paged_kv_cache", op)
+    if rope_llama:
+        checks.rope_freq(rope_scale, rope_theta, op)
     checks.check(paged_k_cache.dtype in (q.dtype, torch.float8_e4m3fn, torch.float8_e5m2), op,
                  f"paged_kv_cache must have the dtype of q ({checks.dtype_name(q.dtype)}) or be float8_e4m3fn / "
                  f"float8_e5m2, got {checks.dtype_name(paged_k_cache.dtype)}")

@@ -18,8 +18,7 @@ def _qk(q, k, rotary_dim, op):
 
 
 def _freq(rope_scale, rope_theta, llama31, low, high, old_ctx, op):
-    checks.check(rope_scale > 0, op, f"rope_scale must be positive, got {rope_scale}")
-    checks.check(rope_theta > 0, op, f"rope_theta must be positive, got {rope_theta}")
+    checks.rope_freq(rope_scale, rope_theta, op)
     if llama31:
         checks.check(high > low > 0, op, "Llama 3.1 RoPE needs 0 < low_freq_factor < high_freq_factor, got "
                      f"low_freq_factor={low}, high_freq_factor={high}")

@@ -11,7 +11,9 @@ j <= kv_len - qo_len + i); ``custom_mask`` is each request's [qo_len, kv_len] bo
 concatenated, packed here with bit order "little" (``packed_custom_mask`` skips the packing).
 KV may be fp8 (e4m3 / e5m2) under 16-bit queries, with ``k_scale`` / ``v_scale`` (``scale_k`` / ``scale_v`` for
 the single-request call): each staged fp8 tile is converted to the query dtype in shared memory.
-Not supported yet: ``pos_encoding_mode="ROPE_LLAMA"`` (raises) and a head_dim_vo different from head_dim_qk.
+``pos_encoding_mode="ROPE_LLAMA"`` rotates query i of a request at position kv_len - qo_len + i and key j at j
+(NeoX halves, ``rope_scale``, ``rope_theta``) inside the kernel; the cache keeps the unrotated keys.
+Not supported: a head_dim_vo different from head_dim_qk.
 """
 
 from typing import Optional, Tuple, Union
@@ -48,10 +50,10 @@ def segment_packbits(x: torch.Tensor, indptr: torch.Tensor, bitorder: str = "big
     return packed, new_indptr
 
 
-def _check_rope(pos_encoding_mode: str) -> None:
-    if rope_mode(pos_encoding_mode):
-        raise NotImplementedError('prefill does not support pos_encoding_mode="ROPE_LLAMA" yet: apply RoPE to q and '
-                                  'k first (flashinfer.apply_rope_pos_ids_inplace)')
+def _rope_args(pos_encoding_mode: str, rope_scale: Optional[float], rope_theta: Optional[float]):
+    """The (rope_llama, rope_scale, rope_theta) arguments of the prefill ops, with upstream's defaults."""
+    return (rope_mode(pos_encoding_mode), 1.0 if rope_scale is None else float(rope_scale),
+            1e4 if rope_theta is None else float(rope_theta))
 
 
 def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale_q=None, scale_k=None,
@@ -66,7 +68,7 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """Attention of ``q [qo_len, num_qo_heads, head_dim]`` over ``k``/``v`` ``[kv_len, num_kv_heads, head_dim]``
     (NHD) or ``[num_kv_heads, kv_len, head_dim]`` (HND). Returns ``out`` (and ``lse [qo_len, num_qo_heads]``, log
     base 2, with ``return_lse``)."""
-    _check_rope(pos_encoding_mode)
+    rope = _rope_args(pos_encoding_mode, rope_scale, rope_theta)
     kv_len = k.shape[0] if kv_layout == "NHD" else k.shape[1]
     dev = q.device
     qo_indptr = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=dev)
@@ -79,7 +81,7 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     sm, ks, vs = attention_scales(q.shape[-1], sm_scale, scale_q, scale_k, scale_v)
     o, s = torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(
         q, qo_indptr, k, v, kv_indptr, packed_custom_mask, mask_indptr, kv_layout, causal, window_left,
-        0.0 if logits_soft_cap is None else float(logits_soft_cap), sm, ks, vs)
+        0.0 if logits_soft_cap is None else float(logits_soft_cap), sm, ks, vs, *rope)
     return finish(o, s, None, None, return_lse, o_dtype)
 
 
@@ -95,20 +97,21 @@ class _PrefillWrapper(AttentionWrapper):
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, buffers)
         self._backend = backend
 
-    def _set_attention(self, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale) -> None:
-        _check_rope(pos_encoding_mode)
+    def _set_attention(self, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale, rope_scale,
+                       rope_theta) -> None:
+        self._rope = _rope_args(pos_encoding_mode, rope_scale, rope_theta)
         self._causal, self._window_left = causal, window_left
         self._logits_soft_cap = 0.0 if logits_soft_cap is None else float(logits_soft_cap)
         self._sm_scale = sm_scale
 
     def _plan_common(self, qo_indptr, kv_lens_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo,
                      custom_mask, packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap,
-                     sm_scale, non_blocking, o_data_type=None):
+                     sm_scale, rope_scale, rope_theta, non_blocking, o_data_type=None):
         check_heads(num_qo_heads, num_kv_heads, head_dim_qk)
         if head_dim_vo is not None and head_dim_vo != head_dim_qk:
             raise NotImplementedError("head_dim_vo different from head_dim_qk is not supported")
         check_int32(qo_indptr=qo_indptr)
-        self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale)
+        self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta)
         self._qo_indptr = self._place("qo_indptr_buf", qo_indptr, non_blocking)
         self._mask = self._mask_indptr = None
         if custom_mask is not None or packed_custom_mask is not None:
@@ -161,7 +164,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
         kv_host = lambda: (kv_indptr[1:] - kv_indptr[:-1]).tolist()  # noqa: E731
         self._plan_common(qo_indptr, kv_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, custom_mask,
                           packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
-                          non_blocking, o_data_type)
+                          rope_scale, rope_theta, non_blocking, o_data_type)
         check_int32(kv_indptr=kv_indptr)
         self._kv_indptr = self._place("kv_indptr_buf", kv_indptr, non_blocking)
 
@@ -177,14 +180,14 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
         sm, ks, vs = attention_scales(q.shape[-1], self._sm_scale, q_scale, k_scale, v_scale)
         o, s = torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(
             q, self._qo_indptr, k, v, self._kv_indptr, self._mask, self._mask_indptr, self._kv_layout,
-            self._causal, self._window_left, self._logits_soft_cap, sm, ks, vs)
+            self._causal, self._window_left, self._logits_soft_cap, sm, ks, vs, *self._rope)
         return finish(o, s, out, lse, return_lse, self._o_dtype)
 
     def forward(self, q, k, v, causal: bool = False, pos_encoding_mode: str = "NONE",
                 use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap=None, sm_scale=None,
                 rope_scale=None, rope_theta=None, return_lse: bool = False):
         """Legacy entry point: attention parameters given per call instead of to plan()."""
-        self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale)
+        self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta)
         return self.run(q, k, v, return_lse=return_lse)
 
 
@@ -224,7 +227,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
 
         self._plan_common(qo_indptr, kv_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, custom_mask,
                           packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
-                          non_blocking, o_data_type)
+                          rope_scale, rope_theta, non_blocking, o_data_type)
         check_int32(paged_kv_indptr=paged_kv_indptr, paged_kv_indices=paged_kv_indices,
                     paged_kv_last_page_len=paged_kv_last_page_len)
         self._kv_indptr = self._place("paged_kv_indptr_buf", paged_kv_indptr, non_blocking)
@@ -249,12 +252,13 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
         o, s = torch.ops.flashinfer.batch_prefill_with_paged_kv_cache(
             q, self._qo_indptr, k_cache, v_cache, self._kv_indptr, self._kv_indices, self._kv_last, self._mask,
             self._mask_indptr, self._kv_layout, self._causal,
-            self._window_left if window_left is None else window_left, self._logits_soft_cap, sm, ks, vs)
+            self._window_left if window_left is None else window_left, self._logits_soft_cap, sm, ks, vs,
+            *self._rope)
         return finish(o, s, out, lse, return_lse, self._o_dtype)
 
     def forward(self, q, paged_kv_cache, causal: bool = False, pos_encoding_mode: str = "NONE",
                 use_fp16_qk_reduction: bool = False, k_scale=None, v_scale=None, window_left: int = -1,
                 logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None, return_lse: bool = False):
         """Legacy entry point: attention parameters given per call instead of to plan()."""
-        self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale)
+        self._set_attention(causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale, rope_scale, rope_theta)
         return self.run(q, paged_kv_cache, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse)

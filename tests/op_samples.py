@@ -153,8 +153,9 @@ def batch_prefill_with_ragged_kv_cache(device):
         q = torch.randn(7, 4, d, dtype=torch.bfloat16, device=device)
         k = torch.randn(11, 2, d, dtype=torch.bfloat16, device=device)
         v = torch.randn(11, 2, d, dtype=torch.bfloat16, device=device)
+        # the masked sample also rotates q and k (ROPE_LLAMA)
         out.append(((q, qo, k, v, kv, mask if m else None, mask_indptr if m else None, "NHD", not m, 3 if m else -1,
-                     0.0 if m else 20.0, d ** -0.5, 1.0, 1.0), {}))
+                     0.0 if m else 20.0, d ** -0.5, 1.0, 1.0, m, 2.0, 5e5), {}))
     return out
 
 

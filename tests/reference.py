@@ -203,14 +203,18 @@ def paged_kv(k_pages, v_pages, indptr, indices, last_page_len, b):
 
 # ---- prefill ----
 
-def prefill_one(q, k, v, sm_scale, causal=False, mask=None, window_left=-1, logits_soft_cap=0.0,
+def prefill_one(q, k, v, sm_scale, causal=False, mask=None, window_left=-1, logits_soft_cap=0.0, rope=None,
                 dtype=torch.float64):
     """One request: q [qo_len, Hq, D], k/v [kv_len, Hkv, D], mask [qo_len, kv_len] bool (or None). Query i sees
     key j when j <= kv_len - qo_len + i (causal), j >= kv_len - qo_len + i - window_left (window_left >= 0) and
-    mask[i, j]. Returns out [qo_len, Hq, D] and lse [qo_len, Hq] (log base 2); a row that sees no key gives 0 and
-    -inf. Computed in `dtype`."""
+    mask[i, j]. rope = (scale, theta) applies RoPE to query i at position kv_len - qo_len + i and to key j at j.
+    Returns out [qo_len, Hq, D] and lse [qo_len, Hq] (log base 2); a row that sees no key gives 0 and -inf. RoPE
+    angles are float64; the rest is computed in `dtype`."""
     qo_len, hq, d = q.shape
     kv_len, hkv = k.shape[0], k.shape[1]
+    if rope is not None:
+        q = _rope_rows(q.double(), list(range(kv_len - qo_len, kv_len)), *rope)
+        k = _rope_rows(k.double(), list(range(kv_len)), *rope)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     kh, vh = k.repeat_interleave(hq // hkv, dim=1), v.repeat_interleave(hq // hkv, dim=1)
     s = torch.einsum("qhd,khd->hqk", q, kh) * sm_scale

@@ -211,8 +211,33 @@ def test_batch_prefill_kv_splits(device, form, feature):
     _check(out, lse, _expect(q, ks, vs, qo, dtype, masks=masks, **kw), f"{form} splits {feature}")
 
 
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("form", ["ragged", "ragged_non_causal", "paged", "paged_fp8", "kv_splits"])
+def test_batch_prefill_rope_llama(device, head_dim, form):
+    """pos_encoding_mode="ROPE_LLAMA": query i of a request rotated to kv_len - qo_len + i and key j to j inside the
+    kernel (the cache keeps unrotated keys), with the plan's rope_scale and rope_theta; across KV splits too."""
+    dtype, group = torch.bfloat16, 4
+    hkv = 1 if form == "kv_splits" else 2
+    pairs = SPLIT_PAIRS if form == "kv_splits" else PAIRS
+    rope = (2.0, 5e5)
+    causal = form != "ragged_non_causal"
+    plan = dict(causal=causal, pos_encoding_mode="ROPE_LLAMA", rope_scale=rope[0], rope_theta=rope[1])
+    g = torch.Generator().manual_seed(10)
+    q, k, v, qo, kv = _ragged(pairs, hkv * group, hkv, head_dim, dtype, device, seed=10)
+    if form.startswith("ragged"):
+        wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+        wrapper.plan(qo, kv, hkv * group, hkv, head_dim, **plan)
+        out, lse = wrapper.run(q, k, v, return_lse=True)
+        ks, vs = _split(k, kv), _split(v, kv)
+    else:
+        kv_dtype = torch.float8_e4m3fn if form == "paged_fp8" else dtype
+        out, lse, ks, vs = _paged(pairs, q, qo, hkv, head_dim, kv_dtype, device, g, plan)
+    _check(out, lse, _expect(q, ks, vs, qo, dtype, sm_scale=1 / math.sqrt(head_dim), causal=causal, rope=rope),
+           f"rope {form}")
+
+
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
-@pytest.mark.parametrize("mode", ["causal", "mask", "plain"])
+@pytest.mark.parametrize("mode", ["causal", "mask", "plain", "rope"])
 def test_single_prefill(device, layout, mode):
     dtype, d, hq, hkv, qo_len, kv_len = torch.bfloat16, 128, 8, 2, 37, 90
     g = torch.Generator().manual_seed(4)
@@ -221,9 +246,13 @@ def test_single_prefill(device, layout, mode):
     v = torch.randn(kv_len, hkv, d, generator=g).to(dtype).to(device)
     mask = torch.rand(qo_len, kv_len, generator=g) < 0.5
     kk, vv = (k, v) if layout == "NHD" else (k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous())
-    kw = dict(causal=True) if mode == "causal" else dict(custom_mask=mask.to(device)) if mode == "mask" else {}
+    kw, rkw = {
+        "causal": (dict(causal=True), dict(causal=True)),
+        "mask": (dict(custom_mask=mask.to(device)), dict(mask=mask)),
+        "plain": ({}, {}),
+        "rope": (dict(causal=True, pos_encoding_mode="ROPE_LLAMA"), dict(causal=True, rope=(1.0, 1e4))),
+    }[mode]
     out, lse = flashinfer.single_prefill_with_kv_cache_return_lse(q, kk, vv, kv_layout=layout, **kw)
-    rkw = dict(causal=True) if mode == "causal" else dict(mask=mask) if mode == "mask" else {}
     e_out, e_lse = ref.prefill_one(q.cpu(), k.cpu(), v.cpu(), 1 / math.sqrt(d), **rkw)
     b_out, b_lse = ref.prefill_one(q.cpu(), k.cpu(), v.cpu(), 1 / math.sqrt(d), dtype=dtype, **rkw)
     assert_matches(out, e_out, b_out, "single prefill")
@@ -271,6 +300,7 @@ def test_export_prefill(device):
     ("group", r"num_qo_heads \(6\) must be a multiple of num_kv_heads \(4\)"),
     ("kv_dtype", r"the KV cache must have the dtype of q \(BFloat16\) or be float8_e4m3fn / float8_e5m2, got Float"),
     ("mask_alone", r"packed_custom_mask and mask_indptr must be given together"),
+    ("rope_scale", r"rope_scale must be positive, got 0"),
 ])
 def test_prefill_bad_input_named(device, case, msg):
     d = 96 if case == "head_dim" else 64
@@ -284,7 +314,7 @@ def test_prefill_bad_input_named(device, case, msg):
     mask = torch.ones(3, dtype=torch.uint8, device=device) if case == "mask_alone" else None
     with pytest.raises(RuntimeError, match=r"batch_prefill_with_ragged_kv_cache: " + msg):
         torch.ops.flashinfer.batch_prefill_with_ragged_kv_cache(q, qo, k, k, kv, mask, None, "NHD", True, -1, 0.0,
-                                                                0.1, 1.0, 1.0)
+                                                                0.1, 1.0, 1.0, case == "rope_scale", 0.0)
 
 
 GRAPH_CASES = {
@@ -363,6 +393,11 @@ def test_prefill_upstream_arguments(device):
     scaled = paged.run(q, cache, k_scale=0.5, v_scale=2.0)
     legacy = paged.forward(q, cache, True, "NONE", False, 0.5, 2.0)
     torch.testing.assert_close(legacy, scaled, rtol=0, atol=0)
+    # the legacy forward's pos_encoding_mode / rope_theta reach the kernel as plan()'s do
+    paged.plan(qo, indptr.to(device), indices.to(device), last.to(device), hkv * group, hkv, d, page, causal=True,
+               pos_encoding_mode="ROPE_LLAMA", rope_theta=5e5)
+    torch.testing.assert_close(paged.forward(q, cache, True, "ROPE_LLAMA", rope_theta=5e5), paged.run(q, cache),
+                               rtol=0, atol=0)
     for name in ("sinks", "kv_block_scales"):
         with pytest.raises(NotImplementedError, match=f"{name} is not supported"):
             paged.run(q, cache, **{name: torch.zeros(hkv * group, device=device)})

@@ -24,6 +24,7 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cpu(const at::Tensor& q, const a
   const char* op = "batch_decode_with_paged_kv_cache";
   const PagedKV cache = check_decode(q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len,
                                      std::string(kv_layout), std::string(backend), op);
+  if (rope_llama) check_rope_freq(rope_scale, rope_theta, op);
   const int64_t batch = q.size(0), hq = q.size(1), d = q.size(2), hkv = cache.k.size(2);
   const int64_t page = cache.page_size, num_pages = cache.k.size(0), num_indices = kv_indices.size(0);
   auto out = at::zeros({batch, hq, d}, q.options().dtype(at::kFloat));

@@ -1,5 +1,6 @@
 // CPU implementation of batch prefill (paged and ragged KV): per request, gather its KV and attend in fp32 with
-// the same masks as the CUDA kernel (causal bottom-right aligned, sliding window, packed custom mask, soft cap).
+// the same masks as the CUDA kernel (causal bottom-right aligned, sliding window, packed custom mask, soft cap) and
+// the same ROPE_LLAMA positions.
 // Page tables, lengths and masks are read on the host; entries that point outside the cache, and mask bits past
 // the end of the mask, count as masked tokens, as on CUDA.
 #include <ATen/ATen.h>
@@ -10,6 +11,7 @@
 #include <limits>
 
 #include "../checks.h"
+#include "rope.h"
 
 namespace flashinfer {
 namespace {
@@ -24,7 +26,8 @@ std::tuple<at::Tensor, at::Tensor> prefill_cpu(const at::Tensor& q, const at::Te
                                                const std::optional<at::Tensor>& mask,
                                                const std::optional<at::Tensor>& mask_indptr, bool causal,
                                                int64_t window_left, double logits_soft_cap, double sm_scale,
-                                               double k_scale, double v_scale) {
+                                               double k_scale, double v_scale, bool rope_llama, double rope_scale,
+                                               double rope_theta) {
   const int64_t total_q = q.size(0), hq = q.size(1), d = q.size(2);
   const float inf = std::numeric_limits<float>::infinity();
   auto out = at::zeros({total_q, hq, d}, q.options().dtype(at::kFloat));
@@ -42,13 +45,19 @@ std::tuple<at::Tensor, at::Tensor> prefill_cpu(const at::Tensor& q, const at::Te
     if (kvlen == 0) continue;
     const int64_t group = hq / kv.k.size(1);
     auto qb = q.narrow(0, q0, qlen).to(at::kFloat);                              // [qlen, Hq, D]
-    auto kh = kv.k.repeat_interleave(group, 1) * k_scale, vh = kv.v.repeat_interleave(group, 1) * v_scale;
+    at::Tensor k = kv.k;
+    const int64_t j_off = kvlen - qlen;
+    if (rope_llama) {
+      const auto pos = qip.options().dtype(at::kDouble);
+      qb = rope_neox_float(qb, at::arange(qlen, pos) + (double)j_off, rope_scale, rope_theta);
+      k = rope_neox_float(k, at::arange(kvlen, pos), rope_scale, rope_theta);
+    }
+    auto kh = k.repeat_interleave(group, 1) * k_scale, vh = kv.v.repeat_interleave(group, 1) * v_scale;
     auto s = at::einsum("qhd,khd->hqk", {qb, kh}) * sm_scale;                    // [Hq, qlen, kvlen]
     if (logits_soft_cap > 0) s = at::tanh(s / logits_soft_cap) * logits_soft_cap;
     const auto opts = qip.options();
     auto i = at::arange(qlen, opts).unsqueeze(1), j = at::arange(kvlen, opts).unsqueeze(0);
     auto keep = kv.ok.unsqueeze(0).expand({qlen, kvlen}).clone();
-    const int64_t j_off = kvlen - qlen;
     if (causal) keep = keep & (j <= i + j_off);
     if (window_left >= 0) keep = keep & (j >= i + j_off - window_left);
     if (mask) {
@@ -75,10 +84,12 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cpu(
     const std::optional<at::Tensor>& v_cache, const at::Tensor& kv_indptr, const at::Tensor& kv_indices,
     const at::Tensor& kv_last_page_len, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& mask_indptr, c10::string_view kv_layout, bool causal, int64_t window_left,
-    double logits_soft_cap, double sm_scale, double k_scale, double v_scale) {
+    double logits_soft_cap, double sm_scale, double k_scale, double v_scale, bool rope_llama, double rope_scale,
+    double rope_theta) {
   const char* op = "batch_prefill_with_paged_kv_cache";
   const PagedKV cache = check_paged_prefill(q, qo_indptr, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len,
                                             mask, mask_indptr, std::string(kv_layout), op);
+  if (rope_llama) check_rope_freq(rope_scale, rope_theta, op);
   const int64_t batch = kv_last_page_len.size(0);
   const int64_t page = cache.page_size, num_pages = cache.k.size(0), num_indices = kv_indices.size(0);
   const auto ip = kv_indptr.to(at::kLong), last = kv_last_page_len.to(at::kLong), ind = kv_indices.to(at::kLong);
@@ -96,17 +107,18 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cpu(
     return RequestKV{k, v, ok};
   };
   return prefill_cpu(q, qo_indptr, batch, request_kv, mask, mask_indptr, causal, window_left, logits_soft_cap,
-                     sm_scale, k_scale, v_scale);
+                     sm_scale, k_scale, v_scale, rope_llama, rope_scale, rope_theta);
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_prefill_ragged_cpu(
     const at::Tensor& q, const at::Tensor& qo_indptr, const at::Tensor& k_, const at::Tensor& v_,
     const at::Tensor& kv_indptr, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
     c10::string_view kv_layout, bool causal, int64_t window_left, double logits_soft_cap, double sm_scale,
-    double k_scale, double v_scale) {
+    double k_scale, double v_scale, bool rope_llama, double rope_scale, double rope_theta) {
   const char* op = "batch_prefill_with_ragged_kv_cache";
   const auto [k, v] = check_ragged_prefill(q, qo_indptr, k_, v_, kv_indptr, mask, mask_indptr,
                                            std::string(kv_layout), op);
+  if (rope_llama) check_rope_freq(rope_scale, rope_theta, op);
   const int64_t batch = kv_indptr.size(0) - 1;
   const auto ip = kv_indptr.to(at::kLong);
   const auto ipa = ip.accessor<int64_t, 1>();
@@ -118,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_ragged_cpu(
                      at::ones({len}, ip.options().dtype(at::kBool))};
   };
   return prefill_cpu(q, qo_indptr, batch, request_kv, mask, mask_indptr, causal, window_left, logits_soft_cap,
-                     sm_scale, k_scale, v_scale);
+                     sm_scale, k_scale, v_scale, rope_llama, rope_scale, rope_theta);
 }
 
 }  // namespace

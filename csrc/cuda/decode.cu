@@ -22,6 +22,7 @@ std::tuple<at::Tensor, at::Tensor> batch_decode_cuda(const at::Tensor& q_, const
   const PagedKV cache = check_decode(q_, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len,
                                      std::string(kv_layout), std::string(backend), op);
   check_kv_rows_aligned(cache.k, cache.v, 3, op);
+  if (rope_llama) check_rope_freq(rope_scale, rope_theta, op);
   const c10::cuda::CUDAGuard guard(q_.device());
   const at::Tensor q = q_.stride(2) == 1 ? q_ : q_.contiguous();
   const int64_t batch = q.size(0), hq = q.size(1), d = q.size(2), hkv = cache.k.size(2);

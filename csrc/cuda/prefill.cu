@@ -12,7 +12,8 @@ namespace {
 prefill::Params common_params(const at::Tensor& q, const at::Tensor& qo_indptr, const at::Tensor& out,
                               const at::Tensor& lse, const std::optional<at::Tensor>& mask,
                               const std::optional<at::Tensor>& mask_indptr, bool causal, int64_t window_left,
-                              double logits_soft_cap, double sm_scale, double k_scale, double v_scale) {
+                              double logits_soft_cap, double sm_scale, double k_scale, double v_scale,
+                              bool rope_llama, double rope_scale, double rope_theta) {
   prefill::Params p{};
   p.q = q.data_ptr();
   p.q_stride_n = q.stride(0), p.q_stride_h = q.stride(1);
@@ -30,6 +31,8 @@ prefill::Params common_params(const at::Tensor& q, const at::Tensor& qo_indptr, 
   p.window_left = (int)window_left;
   p.logits_soft_cap = (float)logits_soft_cap, p.sm_scale = (float)sm_scale;
   p.k_scale = (float)k_scale, p.v_scale = (float)v_scale;
+  p.rope = rope_llama;
+  p.rope_rcp_scale = (float)(1.0 / rope_scale), p.rope_log2_theta = (float)std::log2(rope_theta);
   return p;
 }
 
@@ -49,7 +52,10 @@ void launch(const prefill::Params& p, const at::Tensor& q, at::ScalarType kv_dty
       },
       c10::cuda::getCurrentCUDAStream()};
   const cudaError_t err = dispatch_attention(q.scalar_type(), kv_dtype, [&](auto qt, auto kvt) {
-    return prefill::run<typename decltype(qt)::type, typename decltype(kvt)::type>(p, (int)d, ragged, env);
+    using T = typename decltype(qt)::type;
+    using KV = typename decltype(kvt)::type;
+    return p.rope ? prefill::run<T, KV, true>(p, (int)d, ragged, env)
+                  : prefill::run<T, KV, false>(p, (int)d, ragged, env);
   });
   check_launch(err, op);
 }
@@ -59,11 +65,13 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cuda(
     const std::optional<at::Tensor>& v_cache, const at::Tensor& kv_indptr, const at::Tensor& kv_indices,
     const at::Tensor& kv_last_page_len, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& mask_indptr, c10::string_view kv_layout, bool causal, int64_t window_left,
-    double logits_soft_cap, double sm_scale, double k_scale, double v_scale) {
+    double logits_soft_cap, double sm_scale, double k_scale, double v_scale, bool rope_llama, double rope_scale,
+    double rope_theta) {
   const char* op = "batch_prefill_with_paged_kv_cache";
   const PagedKV cache = check_paged_prefill(q_, qo_indptr, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len,
                                             mask, mask_indptr, std::string(kv_layout), op);
   check_kv_rows_aligned(cache.k, cache.v, 3, op);
+  if (rope_llama) check_rope_freq(rope_scale, rope_theta, op);
   const c10::cuda::CUDAGuard guard(q_.device());
   const at::Tensor q = q_.stride(2) == 1 ? q_ : q_.contiguous();
   auto out = at::empty(q.sizes(), q.options());
@@ -71,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cuda(
   const at::Tensor ip = kv_indptr.contiguous(), ind = kv_indices.contiguous(), last = kv_last_page_len.contiguous();
   const at::Tensor qip = qo_indptr.contiguous();
   prefill::Params p = common_params(q, qip, out, lse, mask, mask_indptr, causal, window_left, logits_soft_cap,
-                                    sm_scale, k_scale, v_scale);
+                                    sm_scale, k_scale, v_scale, rope_llama, rope_scale, rope_theta);
   set_paged_kv(p, cache, ind, last);
   p.kv_indptr = ip.data_ptr<int32_t>();
   p.batch = (int)kv_last_page_len.size(0), p.hkv = (int)cache.k.size(2);
@@ -83,19 +91,20 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_ragged_cuda(
     const at::Tensor& q_, const at::Tensor& qo_indptr, const at::Tensor& k_, const at::Tensor& v_,
     const at::Tensor& kv_indptr, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
     c10::string_view kv_layout, bool causal, int64_t window_left, double logits_soft_cap, double sm_scale,
-    double k_scale, double v_scale) {
+    double k_scale, double v_scale, bool rope_llama, double rope_scale, double rope_theta) {
   const char* op = "batch_prefill_with_ragged_kv_cache";
   const auto [k, v] = check_ragged_prefill(q_, qo_indptr, k_, v_, kv_indptr, mask, mask_indptr,
                                            std::string(kv_layout), op);
   const int64_t batch = kv_indptr.size(0) - 1;
   check_kv_rows_aligned(k, v, 2, op);
+  if (rope_llama) check_rope_freq(rope_scale, rope_theta, op);
   const c10::cuda::CUDAGuard guard(q_.device());
   const at::Tensor q = q_.stride(2) == 1 ? q_ : q_.contiguous();
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   const at::Tensor ip = kv_indptr.contiguous(), qip = qo_indptr.contiguous();
   prefill::Params p = common_params(q, qip, out, lse, mask, mask_indptr, causal, window_left, logits_soft_cap,
-                                    sm_scale, k_scale, v_scale);
+                                    sm_scale, k_scale, v_scale, rope_llama, rope_scale, rope_theta);
   p.k_cache = k.data_ptr(), p.v_cache = v.data_ptr();
   p.k_stride_page = 0, p.k_stride_entry = k.stride(0), p.k_stride_head = k.stride(1);
   p.v_stride_page = 0, p.v_stride_entry = v.stride(0), p.v_stride_head = v.stride(1);

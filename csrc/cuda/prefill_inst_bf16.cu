@@ -4,6 +4,6 @@
 
 namespace flashinfer {
 namespace prefill {
-template cudaError_t run<__nv_bfloat16, __nv_bfloat16>(const Params&, int, bool, const LaunchEnv<Params>&);
+template cudaError_t run<__nv_bfloat16, __nv_bfloat16, false>(const Params&, int, bool, const LaunchEnv<Params>&);
 }  // namespace prefill
 }  // namespace flashinfer

@@ -4,6 +4,6 @@
 
 namespace flashinfer {
 namespace prefill {
-template cudaError_t run<__half, __half>(const Params&, int, bool, const LaunchEnv<Params>&);
+template cudaError_t run<__half, __half, false>(const Params&, int, bool, const LaunchEnv<Params>&);
 }  // namespace prefill
 }  // namespace flashinfer

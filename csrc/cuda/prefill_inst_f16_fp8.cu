@@ -4,7 +4,7 @@
 
 namespace flashinfer {
 namespace prefill {
-template cudaError_t run<__half, __nv_fp8_e4m3>(const Params&, int, bool, const LaunchEnv<Params>&);
-template cudaError_t run<__half, __nv_fp8_e5m2>(const Params&, int, bool, const LaunchEnv<Params>&);
+template cudaError_t run<__half, __nv_fp8_e4m3, false>(const Params&, int, bool, const LaunchEnv<Params>&);
+template cudaError_t run<__half, __nv_fp8_e5m2, false>(const Params&, int, bool, const LaunchEnv<Params>&);
 }  // namespace prefill
 }  // namespace flashinfer

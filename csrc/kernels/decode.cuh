@@ -24,6 +24,7 @@
 #include "common/fastdiv.cuh"
 #include "common/kv_tile.cuh"
 #include "common/launch.cuh"
+#include "common/rotary.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -98,11 +99,6 @@ __device__ __forceinline__ Slice request_slice(const Params& p, int b, int split
   s.t1 = min(s.len, s.t0 + chunk);
   s.ntiles = s.t1 > s.t0 ? (int)((s.t1 - s.t0 + tile - 1) / tile) : 0;
   return s;
-}
-
-// Inverse frequency of rotary pair i of a head_dim-wide NeoX rotation.
-__device__ __forceinline__ float rope_freq(const Params& p, int i, int head_dim) {
-  return p.rope_rcp_scale * exp2f(-2.f * i / head_dim * p.rope_log2_theta);
 }
 
 template <typename KV>
@@ -234,7 +230,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
       if constexpr (ROPE) {
         const float partner = used ? to_float(qh[e < D / 2 ? e + D / 2 : e - D / 2]) : 0.f;
         float sn, cs;
-        sincosf((float)(len - 1) * rope_freq(p, e % (D / 2), D), &sn, &cs);
+        sincosf((float)(len - 1) * rope_inv_freq(p.rope_rcp_scale, p.rope_log2_theta, e % (D / 2), D), &sn, &cs);
         x = e < D / 2 ? x * cs - partner * sn : x * cs + partner * sn;
       }
       qr[g][j] = x * qscale;
@@ -245,7 +241,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
   }
   float freq[kVec];
 #pragma unroll
-  for (int j = 0; j < kVec; ++j) freq[j] = ROPE ? rope_freq(p, (e0 + j) % (D / 2), D) : 0.f;
+  for (int j = 0; j < kVec; ++j)
+    freq[j] = ROPE ? rope_inv_freq(p.rope_rcp_scale, p.rope_log2_theta, (e0 + j) % (D / 2), D) : 0.f;
 
   for (int tile = 0; tile < ntiles; ++tile) {
     cp_async_wait<kStages - 2>();

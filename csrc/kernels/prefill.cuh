@@ -29,6 +29,7 @@
 #include "common/fastdiv.cuh"
 #include "common/kv_tile.cuh"
 #include "common/launch.cuh"
+#include "common/rotary.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -59,6 +60,8 @@ struct Params {
   float sm_scale, logits_soft_cap, k_scale, v_scale;
   int window_left;               // -1: none
   bool causal;
+  bool rope;                     // ROPE_LLAMA: q at kv_len - qo_len + i, k at its index in the request
+  float rope_rcp_scale, rope_log2_theta;
 };
 
 constexpr int kWarps = 4;
@@ -115,6 +118,33 @@ __device__ __forceinline__ int64_t qo_start(const Params& p, int b) {
   return min(max((int64_t)p.qo_indptr[b], (int64_t)0), p.total_q);
 }
 
+// ROPE_LLAMA on a swizzled [kRows][D] tile in shared memory, in place: row r is rotated to position pos(r), element
+// e < D / 2 paired with e + D / 2 (the NeoX halves); the rotated rows are rounded to T, the operand type of the mma
+// that reads them. A thread takes an 8-element chunk of the first half and its partner. The fast __sincosf: the
+// fp32 angle pos * freq already carries an absolute error of about |angle| * 2^-24, the order of what the hardware
+// sine adds, and the accurate sincosf made the RoPE passes cost as much as the attention (measured 1.85x).
+template <typename T, int D, int kRows, typename Pos>
+__device__ __forceinline__ void rope_tile(const Params& p, T* tile, Pos&& pos) {
+  constexpr int kHalf = D / 16;  // chunks per half row
+  for (int c = threadIdx.x; c < kRows * kHalf; c += kThreads) {
+    const int r = c / kHalf, ch = c % kHalf;
+    T* lo = tile + swizzle<D>(r, ch);
+    T* hi = tile + swizzle<D>(r, ch + kHalf);
+    Vec<T, 8> a = Vec<T, 8>::load(lo), b = Vec<T, 8>::load(hi);
+    const float x = (float)pos(r);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float sn, cs;
+      __sincosf(x * rope_inv_freq(p.rope_rcp_scale, p.rope_log2_theta, ch * 8 + j, D), &sn, &cs);
+      const float u = to_float(a.v[j]), w = to_float(b.v[j]);
+      a.v[j] = from_float<T>(u * cs - w * sn);
+      b.v[j] = from_float<T>(w * cs + u * sn);
+    }
+    a.store(lo);
+    b.store(hi);
+  }
+}
+
 // Calls f(mi, nt, i) for every score a thread holds: row tile mi, n-tile nt, fragment element i (its row is i / 2
 // of the thread's two, its token 2 * (lane % 4) + i % 2 of the n-tile). Unrolled: each pass of the softmax is one
 // straight run of instructions.
@@ -129,8 +159,9 @@ __device__ __forceinline__ void for_each_score(F&& f) {
 }
 
 // T: q and out; KV: the cache, T or fp8 (each staged fp8 tile is converted to T in shared memory before the mma
-// reads it, as in decode_tc.cuh).
-template <typename T, typename KV, int D, bool kRagged, bool kMask>
+// reads it, as in decode_tc.cuh). kRope: ROPE_LLAMA, a pass over the query tile and one over each K tile (a
+// template flag, not a branch: the mere presence of the pass in the loop cost the kernel without RoPE 7%).
+template <typename T, typename KV, int D, bool kRagged, bool kMask, bool kRope>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   constexpr int kStages = stages(D), kTile = kv_tile(D), kM = m_tiles(D), kRows = block_rows(D);
   constexpr int kNT = D / 8;      // n-tiles of the output
@@ -267,6 +298,10 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   uint32_t qa[kQInRegs ? kM : 1][kQInRegs ? D / 16 : 1][4];
   cp_async_wait<kStages - 2>();  // the first group: the query tile and the first K/V stage
   __syncthreads();
+  if constexpr (kRope) {
+    rope_tile<T, D, kRows>(p, q_s, [&](int r) { return j_off + (row0 + r) / group; });
+    __syncthreads();
+  }
   // Fragment addresses: K as the B operand (tokens x chunks), V transposed, Q as the A operand.
   const SwizzledLane<D> k_lane(kConvert ? (void*)kc_s : k_s, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
   const SwizzledLane<D> v_lane(kConvert ? (void*)vc_s : v_s, ((lane / 8) % 2) * 8 + lane % 8, lane / 16);
@@ -303,6 +338,13 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
       convert_tile<T, KV, D, kTile, kThreads>(v_s + srow * D, vc_s);
       __syncthreads();
       mrow = 0;
+    }
+    if constexpr (kRope) {
+      // K rotated where the mma reads it, in place: the stage is refilled only after the next loop barrier.
+      T* kt;
+      if constexpr (kConvert) kt = kc_s; else kt = k_s + srow * D;
+      rope_tile<T, D, kTile>(p, kt, [&](int r) { return j0 + r; });
+      __syncthreads();
     }
 
     // S = Q K^T: each K fragment serves the warp's kM row tiles.
@@ -499,10 +541,10 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
 
 // Fills in the split count (from shapes and the device only), asks env.alloc_tmp(p) for the split workspace when
 // there is more than one split (it sets p.tmp_o and p.tmp_lse), and launches the kernel, then the merge.
-template <typename T, typename KV, int D, bool kRagged, bool kMask>
+template <typename T, typename KV, int D, bool kRagged, bool kMask, bool kRope>
 cudaError_t launch_one(Params p, const LaunchEnv<Params>& env) {
   constexpr size_t smem = smem_bytes(D, sizeof(KV));
-  auto* kernel = prefill_kernel<T, KV, D, kRagged, kMask>;
+  auto* kernel = prefill_kernel<T, KV, D, kRagged, kMask, kRope>;
   int per_sm = 0;
   cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), kThreads, smem, &per_sm);
   if (err != cudaSuccess) return err;
@@ -520,10 +562,12 @@ cudaError_t launch_one(Params p, const LaunchEnv<Params>& env) {
   return cudaGetLastError();
 }
 
-template <typename T, typename KV, int D, bool kRagged>
+// kRope must match p.rope (each value is compiled in its own translation units).
+template <typename T, typename KV, int D, bool kRagged, bool kRope>
 cudaError_t launch(const Params& p, const LaunchEnv<Params>& env) {
   if (p.batch == 0 || p.total_q == 0 || p.hq == 0) return cudaSuccess;
-  return p.mask ? launch_one<T, KV, D, kRagged, true>(p, env) : launch_one<T, KV, D, kRagged, false>(p, env);
+  return p.mask ? launch_one<T, KV, D, kRagged, true, kRope>(p, env)
+                : launch_one<T, KV, D, kRagged, false, kRope>(p, env);
 }
 
 }  // namespace prefill
