@@ -1,10 +1,13 @@
 """Batch prefill over a paged KV cache: ours vs upstream FlashInfer (fa2 and fa3 backends) vs SDPA on dense
 tensors. Causal, bf16, Hq 32, Hkv 8, D 128, page 16, qo_len = kv_len (ANCHORS.md's prefill table), plus
 non-causal and head_dim 64. The figure in parentheses is TFLOP/s (causal FLOPs = 2 * b * H * L^2 * D).
+The head_dim 256 table is the main one's 4 x 4096 causal at D 256. The ragged table runs the ragged wrapper
+(k, v [total, Hkv, D]) on the paged table's uniform batches and on one batch of mixed lengths.
 The fp8 table reads an e4m3 cache (bf16 queries); the rope table rotates q and k inside the kernel
-(pos_encoding_mode="ROPE_LLAMA"; upstream fa2 does the same, its fa3 backend has no RoPE). The append table is a chunk of qo tokens against a cached
-prefix (kv_len > qo_len, causal aligned bottom-right): few query tiles over a long KV, where KV splits decide the
-speed."""
+(pos_encoding_mode="ROPE_LLAMA"; upstream fa2 does the same, its fa3 backend has no RoPE). The append table is a
+chunk of qo tokens against a cached prefix (kv_len > qo_len, causal aligned bottom-right): few query tiles over a
+long KV, where KV splits decide the speed.
+BENCH_TABLES (benchmarks/common.py) picks tables by name prefix, e.g. BENCH_TABLES="ragged,fp8"."""
 
 import os
 import sys
@@ -20,6 +23,10 @@ DT = torch.bfloat16
 SIZES = [(1, 8192, 128, True), (4, 4096, 128, True), (16, 1024, 128, True), (4, 4096, 128, False),
          (4, 4096, 64, True)]
 
+D256 = [(4, 4096, 256, True)]
+# Ragged KV, causal, qo_len = kv_len per request, head_dim 128: name -> the requests' lengths.
+RAGGED = {"1 x 8192": [8192], "16 x 1024": [1024] * 16,
+          "mixed 4096..1 (9 requests)": [4096, 2048, 1024, 512, 256, 128, 96, 40, 1]}
 # fp8 KV (e4m3, scales 1): (batch, len, head_dim, causal), qo_len = kv_len.
 FP8 = [(1, 8192, 128, True), (4, 4096, 128, True)]
 # pos_encoding_mode="ROPE_LLAMA": (batch, len, head_dim, causal), qo_len = kv_len.
@@ -41,6 +48,25 @@ def make_fp8(size, backend=None):
 def make_rope(size, backend=None):
     b, n, d, causal = size
     return _make(b, n, n, d, causal, backend, pos_encoding_mode="ROPE_LLAMA")
+
+
+def make_ragged(name, backend=None, d=128):
+    lens = RAGGED[name]
+    indptr = torch.tensor([0] + lens).cumsum(0).to(torch.int32).cuda()
+    q, k, v = (torch.randn(sum(lens), h, d, dtype=DT, device="cuda") for h in (HQ, HKV, HKV))
+    ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    kw = {} if backend is None else dict(backend=backend)
+    wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", **kw)
+    wrapper.plan(indptr, indptr, HQ, HKV, d, causal=True, q_data_type=DT)
+    return dict(q=q, k=k, v=v, wrapper=wrapper)
+
+
+def _run_ragged(s):
+    return s["wrapper"].run(s["q"], s["k"], s["v"])
+
+
+def _ragged_flops_k(name):
+    return sum(2 * HQ * n * n * 128 for n in RAGGED[name]) / 1e3  # causal: half of 4 * H * L^2 * D per request
 
 
 def make_append(size, backend=None):
@@ -66,8 +92,8 @@ def _run(s):
 
 def make_sdpa(size):
     b, n, d, causal = size
-    return dict(q=torch.randn(b, HQ, n, d, dtype=DT, device="cuda"), k=torch.randn(b, HKV, n, d, dtype=DT, device="cuda"),
-                v=torch.randn(b, HKV, n, d, dtype=DT, device="cuda"), causal=causal)
+    q, k, v = (torch.randn(b, h, n, d, dtype=DT, device="cuda") for h in (HQ, HKV, HKV))
+    return dict(q=q, k=k, v=v, causal=causal)
 
 
 def _sdpa(backend):
@@ -100,7 +126,17 @@ def _cases():
         "upstream fa3": (lambda size: make(size, "fa3"), _run),
         "sdpa flash (dense)": (make_sdpa, _sdpa(SDPBackend.FLASH_ATTENTION)),
         "sdpa cudnn (dense)": (make_sdpa, _sdpa(SDPBackend.CUDNN_ATTENTION)),
-    }, _flops_k), "fp8 e4m3 KV (b, len, d, causal)": (FP8, make_fp8, {
+    }, _flops_k), "prefill head_dim 256 (b, len, d, causal)": (D256, make, {
+        "ours": _run,
+        "upstream fa2": (lambda size: make(size, "fa2"), _run),
+        "upstream fa3": (lambda size: make(size, "fa3"), _run),
+        "sdpa flash (dense)": (make_sdpa, _sdpa(SDPBackend.FLASH_ATTENTION)),
+        "sdpa cudnn (dense)": (make_sdpa, _sdpa(SDPBackend.CUDNN_ATTENTION)),
+    }, _flops_k), "ragged KV, causal, d 128": (list(RAGGED), make_ragged, {
+        "ours": _run_ragged,
+        "upstream fa2": (lambda name: make_ragged(name, "fa2"), _run_ragged),
+        "upstream fa3": (lambda name: make_ragged(name, "fa3"), _run_ragged),
+    }, _ragged_flops_k), "fp8 e4m3 KV (b, len, d, causal)": (FP8, make_fp8, {
         "ours": _run,
         "upstream fa2": (lambda size: make_fp8(size, "fa2"), _run),
         "upstream fa3": (lambda size: make_fp8(size, "fa3"), _run),
