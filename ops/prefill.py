@@ -89,6 +89,12 @@ def single_prefill_with_kv_cache_return_lse(q, k, v, *args, **kwargs):
     return single_prefill_with_kv_cache(q, k, v, *args, return_lse=True, **kwargs)
 
 
+def _check_plan_extras(prefix_len_ptr, token_pos_in_items_ptr, token_pos_in_items_len, max_item_len_ptr) -> None:
+    """Upstream's multi-item scoring arguments (a mask over items packed in one request): not implemented."""
+    reject(prefix_len_ptr=prefix_len_ptr, token_pos_in_items_ptr=token_pos_in_items_ptr,
+           token_pos_in_items_len=token_pos_in_items_len or None, max_item_len_ptr=max_item_len_ptr)
+
+
 class _PrefillWrapper(AttentionWrapper):
     """What the paged and ragged wrappers share: plan-time parameters, mask packing, the legacy forward()."""
 
@@ -158,9 +164,18 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
              logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
              rope_scale: Optional[float] = None, rope_theta: Optional[float] = None,
              q_data_type: Union[str, torch.dtype] = "float16", kv_data_type=None, o_data_type=None,
-             non_blocking: bool = True, **unused) -> None:
+             non_blocking: bool = True, prefix_len_ptr: Optional[torch.Tensor] = None,
+             token_pos_in_items_ptr: Optional[torch.Tensor] = None, token_pos_in_items_len: int = 0,
+             max_item_len_ptr: Optional[torch.Tensor] = None, fixed_split_size: Optional[int] = None,
+             disable_split_kv: bool = False, seq_lens: Optional[torch.Tensor] = None,
+             seq_lens_q: Optional[torch.Tensor] = None, max_token_per_sequence: Optional[int] = None,
+             max_sequence_kv: Optional[int] = None, v_indptr: Optional[torch.Tensor] = None,
+             o_indptr: Optional[torch.Tensor] = None) -> None:
         """Records the batch and the attention parameters; never waits for the device (a custom_mask that still
-        needs packing reads the lengths on the host)."""
+        needs packing reads the lengths on the host). v_indptr / o_indptr (separate value and output layouts) are
+        not supported; the other trailing arguments as in BatchPrefillWithPagedKVCacheWrapper.plan."""
+        _check_plan_extras(prefix_len_ptr, token_pos_in_items_ptr, token_pos_in_items_len, max_item_len_ptr)
+        reject(v_indptr=v_indptr, o_indptr=o_indptr)
         kv_host = lambda: (kv_indptr[1:] - kv_indptr[:-1]).tolist()  # noqa: E731
         self._plan_common(qo_indptr, kv_host, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo, custom_mask,
                           packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
@@ -217,9 +232,21 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
              sm_scale: Optional[float] = None, window_left: int = -1, logits_soft_cap: Optional[float] = None,
              rope_scale: Optional[float] = None, rope_theta: Optional[float] = None,
              q_data_type: Union[str, torch.dtype] = "float16", kv_data_type=None, o_data_type=None,
-             non_blocking: bool = True, **unused) -> None:
+             non_blocking: bool = True, prefix_len_ptr: Optional[torch.Tensor] = None,
+             token_pos_in_items_ptr: Optional[torch.Tensor] = None, token_pos_in_items_len: int = 0,
+             max_item_len_ptr: Optional[torch.Tensor] = None, seq_lens: Optional[torch.Tensor] = None,
+             seq_lens_q: Optional[torch.Tensor] = None, block_tables: Optional[torch.Tensor] = None,
+             max_token_per_sequence: Optional[int] = None, max_sequence_kv: Optional[int] = None,
+             fixed_split_size: Optional[int] = None, disable_split_kv: bool = False) -> None:
         """Records the batch, its page tables and the attention parameters; never waits for the device (a
-        custom_mask that still needs packing reads the lengths on the host)."""
+        custom_mask that still needs packing reads the lengths on the host).
+
+        Upstream's trailing arguments: the multi-item scoring ones (prefix_len_ptr, token_pos_in_items_ptr /
+        _len, max_item_len_ptr) change the mask and raise when set; seq_lens, seq_lens_q, block_tables and the
+        max_* sizes describe the same batch for other backends and are not needed here; fixed_split_size and
+        disable_split_kv steer upstream's scheduler, while here the KV split count follows from shapes alone
+        (the result is the same attention either way)."""
+        _check_plan_extras(prefix_len_ptr, token_pos_in_items_ptr, token_pos_in_items_len, max_item_len_ptr)
         def kv_host():
             pages = (paged_kv_indptr[1:] - paged_kv_indptr[:-1]).tolist()
             last = paged_kv_last_page_len.tolist()

@@ -390,6 +390,7 @@ def test_prefill_upstream_arguments(device):
     indices = torch.arange(int(indptr[-1]), dtype=torch.int32)
     paged = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1, device=device))
     paged.plan(qo, indptr.to(device), indices.to(device), last.to(device), hkv * group, hkv, d, page, causal=True)
+    expect_paged = paged.run(q, cache)
     scaled = paged.run(q, cache, k_scale=0.5, v_scale=2.0)
     legacy = paged.forward(q, cache, True, "NONE", False, 0.5, 2.0)
     torch.testing.assert_close(legacy, scaled, rtol=0, atol=0)
@@ -398,6 +399,19 @@ def test_prefill_upstream_arguments(device):
                pos_encoding_mode="ROPE_LLAMA", rope_theta=5e5)
     torch.testing.assert_close(paged.forward(q, cache, True, "ROPE_LLAMA", rope_theta=5e5), paged.run(q, cache),
                                rtol=0, atol=0)
+    # scheduler hints and other backends' descriptions of the batch are accepted and change nothing; the
+    # multi-item scoring arguments (a different mask) raise; a misspelt argument is a TypeError, as upstream
+    paged.plan(qo, indptr.to(device), indices.to(device), last.to(device), hkv * group, hkv, d, page, causal=True,
+               seq_lens=torch.tensor([b for _, b in pairs], dtype=torch.int32, device=device),
+               fixed_split_size=64, disable_split_kv=True)
+    torch.testing.assert_close(paged.run(q, cache), expect_paged, rtol=0, atol=0)
+    for kw in (dict(token_pos_in_items_ptr=qo), dict(prefix_len_ptr=qo), dict(token_pos_in_items_len=3)):
+        with pytest.raises(NotImplementedError, match=f"{next(iter(kw))} is not supported"):
+            paged.plan(qo, indptr.to(device), indices.to(device), last.to(device), hkv * group, hkv, d, page, **kw)
+    with pytest.raises(NotImplementedError, match="v_indptr is not supported"):
+        ragged.plan(qo, kv, hkv * group, hkv, d, v_indptr=kv)
+    with pytest.raises(TypeError):
+        ragged.plan(qo, kv, hkv * group, hkv, d, casual=True)
     for name in ("sinks", "kv_block_scales"):
         with pytest.raises(NotImplementedError, match=f"{name} is not supported"):
             paged.run(q, cache, **{name: torch.zeros(hkv * group, device=device)})
