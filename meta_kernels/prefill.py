@@ -8,8 +8,9 @@ from .page import paged_cache_heads_dim
 
 def _check_prefill(q, qo_indptr, hkv, kv_dim, kv_dtype, kv_device, batch, mask, mask_indptr, rope, op):
     checks.attention_q(q, hkv, kv_dim, "the KV cache", op)
-    if rope[0]:
-        checks.rope_freq(rope[1], rope[2], op)
+    rope_llama, rope_scale, rope_theta = rope
+    if rope_llama:
+        checks.rope_freq(rope_scale, rope_theta, op)
     checks.check(kv_dtype in (q.dtype, torch.float8_e4m3fn, torch.float8_e5m2), op,
                  f"the KV cache must have the dtype of q ({checks.dtype_name(q.dtype)}) or be float8_e4m3fn / "
                  f"float8_e5m2, got {checks.dtype_name(kv_dtype)}")

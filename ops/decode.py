@@ -17,7 +17,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .page import _validating, split_paged_kv_cache, validate_page_table
-from .wrapper import AttentionWrapper, attention_scales, check_heads, check_int32, finish, reject, reject_jit, rope_mode
+from .wrapper import AttentionWrapper, attention_scales, check_heads, check_int32, finish, reject, reject_jit, rope_args
 
 __all__ = ["single_decode_with_kv_cache", "BatchDecodeWithPagedKVCacheWrapper",
            "CUDAGraphBatchDecodeWithPagedKVCacheWrapper"]
@@ -30,12 +30,13 @@ def _backend(use_tensor_cores: bool, backend: str) -> str:
 
 
 def _decode(q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope, window_left, logits_soft_cap,
-            sm_scale, q_scale, k_scale, v_scale, rope_scale, rope_theta, backend="auto"):
+            sm_scale, q_scale, k_scale, v_scale, backend="auto"):
+    """One call of the decode op; rope is rope_args()'s (rope_llama, rope_scale, rope_theta)."""
     sm, ks, vs = attention_scales(q.shape[-1], sm_scale, q_scale, k_scale, v_scale)
+    rope_llama, rope_scale, rope_theta = rope
     return torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
-        q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope, window_left,
-        0.0 if logits_soft_cap is None else float(logits_soft_cap), sm, ks, vs,
-        1.0 if rope_scale is None else float(rope_scale), 1e4 if rope_theta is None else float(rope_theta), backend)
+        q, k_cache, v_cache, indptr, indices, last_page_len, kv_layout, rope_llama, window_left,
+        0.0 if logits_soft_cap is None else float(logits_soft_cap), sm, ks, vs, rope_scale, rope_theta, backend)
 
 
 def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layout: str = "NHD",
@@ -47,7 +48,7 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 return_lse: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """One query ``q [num_qo_heads, head_dim]`` against ``k``/``v`` ``[kv_len, num_kv_heads, head_dim]`` (NHD) or
     ``[num_kv_heads, kv_len, head_dim]`` (HND). Returns ``out`` (and ``lse``, log base 2) like upstream."""
-    rope = rope_mode(pos_encoding_mode)
+    rope = rope_args(pos_encoding_mode, rope_scale, rope_theta)
     kv_len = k.shape[0] if kv_layout == "NHD" else k.shape[1]
     if kv_len == 0:  # no page of size 0: answer the empty attention directly
         out = torch.zeros_like(q)
@@ -58,7 +59,7 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     indices = torch.zeros(1, dtype=torch.int32, device=q.device)
     last = torch.full((1,), kv_len, dtype=torch.int32, device=q.device)
     out, lse = _decode(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), indptr, indices, last, kv_layout, rope,
-                       window_left, logits_soft_cap, sm_scale, q_scale, k_scale, v_scale, rope_scale, rope_theta,
+                       window_left, logits_soft_cap, sm_scale, q_scale, k_scale, v_scale,
                        _backend(use_tensor_cores, "auto"))
     return (out[0], lse[0]) if return_lse else out[0]
 
@@ -112,10 +113,10 @@ class BatchDecodeWithPagedKVCacheWrapper(AttentionWrapper):
         self._last = self._place("paged_kv_last_page_len_buffer", last_page_len, non_blocking)
         self._num_qo_heads, self._num_kv_heads, self._head_dim = num_qo_heads, num_kv_heads, head_dim
         self._page_size = page_size
-        self._rope = rope_mode(pos_encoding_mode)
+        self._rope = rope_args(pos_encoding_mode, rope_scale, rope_theta)
         self._window_left = window_left
         self._logits_soft_cap = logits_soft_cap
-        self._sm_scale, self._rope_scale, self._rope_theta = sm_scale, rope_scale, rope_theta
+        self._sm_scale = sm_scale
         self._planned = True
 
     begin_forward = plan
@@ -136,7 +137,7 @@ class BatchDecodeWithPagedKVCacheWrapper(AttentionWrapper):
         k_cache, v_cache, _, _ = split_paged_kv_cache(paged_kv_cache, self._kv_layout)
         o, s = _decode(q, k_cache, v_cache, self._indptr, self._indices, self._last, self._kv_layout, self._rope,
                        self._window_left if window_left is None else window_left, self._logits_soft_cap,
-                       self._sm_scale, q_scale, k_scale, v_scale, self._rope_scale, self._rope_theta, self._backend)
+                       self._sm_scale, q_scale, k_scale, v_scale, self._backend)
         return finish(o, s, out, lse, return_lse)
 
     def run_return_lse(self, q, paged_kv_cache, *args, **kwargs):
@@ -146,9 +147,8 @@ class BatchDecodeWithPagedKVCacheWrapper(AttentionWrapper):
                 window_left: int = -1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None,
                 return_lse: bool = False):
         """Legacy entry point: attention parameters given per call instead of to plan()."""
-        self._rope = rope_mode(pos_encoding_mode)
+        self._rope = rope_args(pos_encoding_mode, rope_scale, rope_theta)
         self._logits_soft_cap, self._sm_scale = logits_soft_cap, sm_scale
-        self._rope_scale, self._rope_theta = rope_scale, rope_theta
         return self.run(q, paged_kv_cache, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, window_left=window_left,
                         return_lse=return_lse)
 

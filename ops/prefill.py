@@ -22,7 +22,7 @@ import torch
 
 from .page import split_paged_kv_cache
 from .wrapper import (AttentionWrapper, as_dtype, attention_scales, check_heads, check_int32, finish, reject,
-                      reject_jit, rope_mode)
+                      reject_jit, rope_args)
 
 __all__ = ["packbits", "segment_packbits", "single_prefill_with_kv_cache", "single_prefill_with_kv_cache_return_lse",
            "BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper"]
@@ -50,12 +50,6 @@ def segment_packbits(x: torch.Tensor, indptr: torch.Tensor, bitorder: str = "big
     return packed, new_indptr
 
 
-def _rope_args(pos_encoding_mode: str, rope_scale: Optional[float], rope_theta: Optional[float]):
-    """The (rope_llama, rope_scale, rope_theta) arguments of the prefill ops, with upstream's defaults."""
-    return (rope_mode(pos_encoding_mode), 1.0 if rope_scale is None else float(rope_scale),
-            1e4 if rope_theta is None else float(rope_theta))
-
-
 def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale_q=None, scale_k=None,
                                  scale_v=None, o_dtype: Optional[torch.dtype] = None,
                                  custom_mask: Optional[torch.Tensor] = None,
@@ -68,7 +62,7 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """Attention of ``q [qo_len, num_qo_heads, head_dim]`` over ``k``/``v`` ``[kv_len, num_kv_heads, head_dim]``
     (NHD) or ``[num_kv_heads, kv_len, head_dim]`` (HND). Returns ``out`` (and ``lse [qo_len, num_qo_heads]``, log
     base 2, with ``return_lse``)."""
-    rope = _rope_args(pos_encoding_mode, rope_scale, rope_theta)
+    rope = rope_args(pos_encoding_mode, rope_scale, rope_theta)
     kv_len = k.shape[0] if kv_layout == "NHD" else k.shape[1]
     dev = q.device
     qo_indptr = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=dev)
@@ -105,7 +99,7 @@ class _PrefillWrapper(AttentionWrapper):
 
     def _set_attention(self, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale, rope_scale,
                        rope_theta) -> None:
-        self._rope = _rope_args(pos_encoding_mode, rope_scale, rope_theta)
+        self._rope = rope_args(pos_encoding_mode, rope_scale, rope_theta)
         self._causal, self._window_left = causal, window_left
         self._logits_soft_cap = 0.0 if logits_soft_cap is None else float(logits_soft_cap)
         self._sm_scale = sm_scale

@@ -23,11 +23,14 @@ def check_int32(**tables: torch.Tensor) -> None:
             raise ValueError(f"{name} must be int32, got {t.dtype}")
 
 
-def rope_mode(pos_encoding_mode: str) -> bool:
-    """Whether pos_encoding_mode asks for RoPE inside attention ("ROPE_LLAMA") or not ("NONE")."""
+def rope_args(pos_encoding_mode: str, rope_scale: Optional[float],
+              rope_theta: Optional[float]) -> Tuple[bool, float, float]:
+    """The attention ops' (rope_llama, rope_scale, rope_theta): whether pos_encoding_mode asks for RoPE inside
+    attention ("ROPE_LLAMA") or not ("NONE"), with upstream's defaults for the two others (1 and 1e4)."""
     if pos_encoding_mode not in ("NONE", "ROPE_LLAMA"):
         raise ValueError(f'pos_encoding_mode must be "NONE" or "ROPE_LLAMA", got "{pos_encoding_mode}"')
-    return pos_encoding_mode == "ROPE_LLAMA"
+    return (pos_encoding_mode == "ROPE_LLAMA", 1.0 if rope_scale is None else float(rope_scale),
+            1e4 if rope_theta is None else float(rope_theta))
 
 
 def attention_scales(head_dim, sm_scale, q_scale, k_scale, v_scale) -> Tuple[float, float, float]:
