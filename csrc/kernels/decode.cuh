@@ -24,6 +24,7 @@
 #include "common/fastdiv.cuh"
 #include "common/kv_tile.cuh"
 #include "common/launch.cuh"
+#include "common/pdl.cuh"
 #include "common/rotary.cuh"
 #include "common/vec.cuh"
 
@@ -200,6 +201,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
   while (slots * kMaxGT < nheads) slots *= 2;
   const int gt = (nheads + slots - 1) / slots;  // heads per thread
   const int slot = row % slots, tslot = row / slots, tslots = kRows / slots;
+  pdl_enter();
 
   const Slice sl = request_slice(p, b, blockIdx.z, kTile);
   const int64_t len = sl.len, t0 = sl.t0;
@@ -390,8 +392,7 @@ cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int b
     err = cudaMemsetAsync(p.counters, 0, sizeof(int) * p.batch * p.hkv * p.head_chunks, stream);
     if (err != cudaSuccess) return err;
   }
-  kernel<<<dim3(p.batch, p.hkv * p.head_chunks, p.num_splits), threads, smem, stream>>>(p);
-  return cudaGetLastError();
+  return launch_pdl(kernel, dim3(p.batch, p.hkv * p.head_chunks, p.num_splits), dim3(threads), smem, stream, p);
 }
 
 template <typename Q, typename KV, int D, bool ROPE, typename AllocTmp>

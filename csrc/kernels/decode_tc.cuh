@@ -57,6 +57,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   const int group = p.hq / p.hkv;
   const int h_base = kvh * group + chunk * kTcRows;
   const int nheads = min(group - chunk * kTcRows, kTcRows);
+  pdl_enter();
 
   const Slice sl = request_slice(p, b, blockIdx.z, kTcTile);
   TileLoader<Params, KV, D, kTcTile, kTcThreads, !kConvert> loader(p, sl, kvh);

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "common/dispatch.h"
+#include "common/pdl.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -53,6 +54,7 @@ template <typename T, int VEC>
 __global__ void append_kernel(AppendParams p) {
   using TV = Vec<T, VEC>;
   const int64_t i = blockIdx.x;
+  pdl_enter();
   int64_t page, entry;
   if (!token_slot(p, i, page, entry)) return;
   T* k_row = static_cast<T*>(p.k_cache) + page * p.k_layout.stride_page + entry * p.k_layout.stride_entry;
@@ -70,12 +72,13 @@ __global__ void append_kernel(AppendParams p) {
 template <typename T>
 cudaError_t launch_append(const AppendParams& p, int vec, cudaStream_t stream) {
   if (p.nnz == 0 || p.heads == 0 || p.head_dim == 0) return cudaSuccess;
+  cudaError_t err = cudaSuccess;
   FI_DISPATCH_VEC(vec, VEC, {
     int threads = p.heads * (p.head_dim / VEC);
     threads = threads < 32 ? 32 : (threads > 256 ? 256 : (threads + 31) / 32 * 32);
-    append_kernel<T, VEC><<<dim3((unsigned)p.nnz), threads, 0, stream>>>(p);
+    err = launch_pdl(append_kernel<T, VEC>, dim3((unsigned)p.nnz), dim3(threads), 0, stream, p);
   });
-  return cudaGetLastError();
+  return err;
 }
 
 // Token t of the append batch: its request (largest b with append_indptr[b] <= t) and its position
@@ -85,6 +88,7 @@ __global__ void batch_indices_positions_kernel(const int32_t* append_indptr, con
                                                int64_t nnz, int32_t* batch_indices, int32_t* positions) {
   const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= nnz) return;
+  pdl_enter();
   int32_t b = -1, pos = -1;
   if (batch > 0 && t >= append_indptr[0] && t < append_indptr[batch]) {
     int lo = 0, hi = batch - 1;
@@ -103,9 +107,8 @@ inline cudaError_t launch_batch_indices_positions(const int32_t* append_indptr, 
                                                   int64_t nnz, int32_t* batch_indices, int32_t* positions,
                                                   cudaStream_t stream) {
   if (nnz == 0) return cudaSuccess;
-  batch_indices_positions_kernel<<<(unsigned)((nnz + 255) / 256), 256, 0, stream>>>(
-      append_indptr, seq_lens, batch, nnz, batch_indices, positions);
-  return cudaGetLastError();
+  return launch_pdl(batch_indices_positions_kernel, dim3((unsigned)((nnz + 255) / 256)), dim3(256), 0, stream,
+                    append_indptr, seq_lens, batch, nnz, batch_indices, positions);
 }
 
 // seq_lens[b] = page_size * (n_b - 1) + last_page_len[b], 0 for a request with no pages.
@@ -113,6 +116,7 @@ __global__ void seq_lens_kernel(const int32_t* indptr, const int32_t* last_page_
                                 int32_t* seq_lens) {
   const int b = blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= batch) return;
+  pdl_enter();
   const int32_t n = indptr[b + 1] - indptr[b];
   seq_lens[b] = n > 0 ? (n - 1) * page_size + last_page_len[b] : 0;
 }
@@ -120,8 +124,8 @@ __global__ void seq_lens_kernel(const int32_t* indptr, const int32_t* last_page_
 inline cudaError_t launch_seq_lens(const int32_t* indptr, const int32_t* last_page_len, int batch, int page_size,
                                    int32_t* seq_lens, cudaStream_t stream) {
   if (batch == 0) return cudaSuccess;
-  seq_lens_kernel<<<(batch + 255) / 256, 256, 0, stream>>>(indptr, last_page_len, batch, page_size, seq_lens);
-  return cudaGetLastError();
+  return launch_pdl(seq_lens_kernel, dim3((unsigned)((batch + 255) / 256)), dim3(256), 0, stream, indptr,
+                    last_page_len, batch, page_size, seq_lens);
 }
 
 }  // namespace page

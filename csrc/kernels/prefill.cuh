@@ -29,6 +29,7 @@
 #include "common/fastdiv.cuh"
 #include "common/kv_tile.cuh"
 #include "common/launch.cuh"
+#include "common/pdl.cuh"
 #include "common/rotary.cuh"
 #include "common/vec.cuh"
 
@@ -178,6 +179,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int kvh = blockIdx.y, group = p.hq / p.hkv;
+  pdl_enter();
 
   // Which (request, row tile) this block serves: a running sum of tiles per request, 32 requests a step.
   if (warp == 0) {
@@ -513,6 +515,7 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
   constexpr int kPer = D / 32;
   const int lane = threadIdx.x % 32, ns = p.num_splits;
   const int64_t row = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
+  pdl_enter();
   const int64_t rows = min(max((int64_t)p.qo_indptr[p.batch], (int64_t)0), p.total_q) * p.hq;
   if (row >= rows || row < max((int64_t)p.qo_indptr[0], (int64_t)0) * p.hq) return;
   const int64_t split_rows = p.total_q * p.hq;
@@ -554,12 +557,13 @@ cudaError_t launch_one(Params p, const LaunchEnv<Params>& env) {
   p.num_splits = choose_splits((p.total_q * group + block_rows(D) - 1) / block_rows(D) * p.hkv,
                                (int64_t)env.sm_count * std::max(per_sm, 1), kv_rows / p.batch);
   if (p.num_splits > 1) env.alloc_tmp(p);
-  kernel<<<dim3((unsigned)tiles, p.hkv, p.num_splits), kThreads, smem, env.stream>>>(p);
-  if (p.num_splits > 1) {
+  err = launch_pdl(kernel, dim3((unsigned)tiles, p.hkv, p.num_splits), dim3(kThreads), smem, env.stream, p);
+  if (err == cudaSuccess && p.num_splits > 1) {
     const int64_t rows = p.total_q * p.hq;
-    merge_kernel<T, D><<<(unsigned)((rows + kWarps - 1) / kWarps), kThreads, 0, env.stream>>>(p);
+    err = launch_pdl(merge_kernel<T, D>, dim3((unsigned)((rows + kWarps - 1) / kWarps)), dim3(kThreads), 0,
+                     env.stream, p);
   }
-  return cudaGetLastError();
+  return err;
 }
 
 // kRope must match p.rope (each value is compiled in its own translation units).

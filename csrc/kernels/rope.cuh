@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "common/dispatch.h"
+#include "common/pdl.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -67,6 +68,7 @@ __global__ void rope_kernel(Params p) {
   using TV = Vec<T, VEC>;
   const int64_t t = blockIdx.x;
   const int half = p.rotary_dim / 2;
+  pdl_enter();
 
   double pos = 0.0;
   const bool valid = token_position<P>(p, t, pos);
@@ -154,14 +156,15 @@ __global__ void rope_kernel(Params p) {
 template <typename T, typename P>
 cudaError_t launch(const Params& p, int vec, cudaStream_t stream) {
   if (p.nnz == 0 || p.hq + p.hk == 0) return cudaSuccess;
+  cudaError_t err = cudaSuccess;
   FI_DISPATCH_BOOL(p.interleave, INTERLEAVE, FI_DISPATCH_VEC(vec, VEC, {
     const int per_head = p.rotary_dim / 2 / VEC + (p.copy_rest ? (p.head_dim - p.rotary_dim) / VEC : 0);
     int threads = (p.hq + p.hk) * per_head;
     threads = threads < 64 ? 64 : (threads > 256 ? 256 : (threads + 31) / 32 * 32);
     const size_t smem = sizeof(float) * p.rotary_dim;
-    rope_kernel<T, P, VEC, INTERLEAVE><<<dim3((unsigned)p.nnz), threads, smem, stream>>>(p);
+    err = launch_pdl(rope_kernel<T, P, VEC, INTERLEAVE>, dim3((unsigned)p.nnz), dim3(threads), smem, stream, p);
   }))
-  return cudaGetLastError();
+  return err;
 }
 
 }  // namespace rope
