@@ -24,6 +24,22 @@ def test_act_and_mul(device, name, dtype, d, rows):
     assert_matches(fn(x), expect, base, name)
 
 
+# Calls of >= 2**22 output elements take the two-vectors-per-thread kernel: full chunks, a row whose last chunk
+# holds only its first vector (4000 = 1 x 2048 + 1952 elements), rows off the 16-byte grid (one element a vector).
+# More rows than one grid dimension holds (65535): blocks stride over rows.
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("rows,d,layout", [(300, 14336, None), (1100, 4000, None), (1050, 4000, "unaligned"),
+                                           (70000, 24, None), (70000, 64, None)])
+def test_act_and_mul_large(device, name, rows, d, layout):
+    if layout is None:
+        x = torch.randn(rows, 2 * d, dtype=torch.bfloat16, device=device) * 3
+    else:
+        x = strided_rows((rows, 2 * d), torch.bfloat16, device, layout)
+    out = poisoned_like(x, (rows, d))
+    getattr(flashinfer, name)(x, out=out)
+    assert_matches(out, ref.act_and_mul(name, x), ref.act_and_mul(name, x, dtype=torch.bfloat16), name)
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("layout", ["row_stride", "unaligned", "heads"])
 def test_act_and_mul_strided(device, name, layout):
