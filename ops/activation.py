@@ -1,5 +1,6 @@
 """Gated activations (FlashInfer 0.6 ``flashinfer.activation`` API): ``[..., 2d] -> [..., d]``,
-``act(input[..., :d]) * input[..., d:]``, computed in fp32. ``enable_pdl`` is accepted and has no effect."""
+``act(input[..., :d]) * input[..., d:]``, computed in fp32. ``enable_pdl`` is accepted for compatibility;
+programmatic dependent launch is always on for sm_90 and newer (see ``flashinfer.norm``)."""
 
 from typing import Optional
 

@@ -2,7 +2,9 @@
 
 Inputs are ``[..., hidden]`` with a contiguous last dim; other strides (row-sliced batches, heads sliced out
 of a packed projection) are read in place. Statistics are computed in fp32. ``enable_pdl`` is accepted for
-compatibility and has no effect.
+compatibility: on sm_90 and newer every kernel of the library is launched with programmatic dependent launch
+(it overlaps the previous kernel's tail and waits for its results before touching memory, so the results do not
+depend on it), whatever the argument says.
 """
 
 from typing import Optional
