@@ -2,8 +2,4 @@
 #define FLASHINFER_DECODE_INSTANTIATE
 #include "decode_launch.cuh"
 
-namespace flashinfer {
-namespace decode {
-template cudaError_t run<__half, __half>(const Params&, int, bool, bool, const Launch&);
-}  // namespace decode
-}  // namespace flashinfer
+FLASHINFER_DECODE_RUN(__half, __half)

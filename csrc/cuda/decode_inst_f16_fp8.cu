@@ -2,9 +2,5 @@
 #define FLASHINFER_DECODE_INSTANTIATE
 #include "decode_launch.cuh"
 
-namespace flashinfer {
-namespace decode {
-template cudaError_t run<__half, __nv_fp8_e4m3>(const Params&, int, bool, bool, const Launch&);
-template cudaError_t run<__half, __nv_fp8_e5m2>(const Params&, int, bool, bool, const Launch&);
-}  // namespace decode
-}  // namespace flashinfer
+FLASHINFER_DECODE_RUN(__half, __nv_fp8_e4m3)
+FLASHINFER_DECODE_RUN(__half, __nv_fp8_e5m2)

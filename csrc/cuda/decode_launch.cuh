@@ -15,6 +15,11 @@ using Launch = LaunchEnv<Params>;
 template <typename Q, typename KV>
 cudaError_t run(const Params& p, int head_dim, bool rope, bool tensor_cores, const Launch& l);
 
+// The explicit instantiation a decode_inst_*.cu unit makes, at global scope: the signature is written once, here.
+#define FLASHINFER_DECODE_RUN(Q, KV) \
+  template cudaError_t flashinfer::decode::run<Q, KV>(const flashinfer::decode::Params&, int, bool, bool, \
+                                                      const flashinfer::decode::Launch&);
+
 #ifdef FLASHINFER_DECODE_INSTANTIATE
 template <typename Q, typename KV, int D>
 cudaError_t run_head_dim(const Params& p, bool rope, bool tensor_cores, const Launch& l) {

@@ -2,8 +2,4 @@
 #define FLASHINFER_PREFILL_INSTANTIATE
 #include "prefill_launch.cuh"
 
-namespace flashinfer {
-namespace prefill {
-template cudaError_t run<__nv_bfloat16, __nv_bfloat16, false>(const Params&, int, bool, const LaunchEnv<Params>&);
-}  // namespace prefill
-}  // namespace flashinfer
+FLASHINFER_PREFILL_RUN(__nv_bfloat16, __nv_bfloat16, false)

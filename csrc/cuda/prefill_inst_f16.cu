@@ -2,8 +2,4 @@
 #define FLASHINFER_PREFILL_INSTANTIATE
 #include "prefill_launch.cuh"
 
-namespace flashinfer {
-namespace prefill {
-template cudaError_t run<__half, __half, false>(const Params&, int, bool, const LaunchEnv<Params>&);
-}  // namespace prefill
-}  // namespace flashinfer
+FLASHINFER_PREFILL_RUN(__half, __half, false)

@@ -2,9 +2,5 @@
 #define FLASHINFER_PREFILL_INSTANTIATE
 #include "prefill_launch.cuh"
 
-namespace flashinfer {
-namespace prefill {
-template cudaError_t run<__half, __nv_fp8_e4m3, false>(const Params&, int, bool, const LaunchEnv<Params>&);
-template cudaError_t run<__half, __nv_fp8_e5m2, false>(const Params&, int, bool, const LaunchEnv<Params>&);
-}  // namespace prefill
-}  // namespace flashinfer
+FLASHINFER_PREFILL_RUN(__half, __nv_fp8_e4m3, false)
+FLASHINFER_PREFILL_RUN(__half, __nv_fp8_e5m2, false)

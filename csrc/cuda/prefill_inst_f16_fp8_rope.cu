@@ -1,10 +1,7 @@
-// Prefill kernels for __half queries over __nv_fp8_e4m3 and __nv_fp8_e5m2 KV, with ROPE_LLAMA (see prefill_launch.cuh).
+// Prefill kernels for __half queries over __nv_fp8_e4m3 and __nv_fp8_e5m2 KV, with ROPE_LLAMA (see
+// prefill_launch.cuh).
 #define FLASHINFER_PREFILL_INSTANTIATE
 #include "prefill_launch.cuh"
 
-namespace flashinfer {
-namespace prefill {
-template cudaError_t run<__half, __nv_fp8_e4m3, true>(const Params&, int, bool, const LaunchEnv<Params>&);
-template cudaError_t run<__half, __nv_fp8_e5m2, true>(const Params&, int, bool, const LaunchEnv<Params>&);
-}  // namespace prefill
-}  // namespace flashinfer
+FLASHINFER_PREFILL_RUN(__half, __nv_fp8_e4m3, true)
+FLASHINFER_PREFILL_RUN(__half, __nv_fp8_e5m2, true)
