@@ -53,6 +53,35 @@ def test_rope_pos_ids(device, dtype, head_dim, rotary_dim, heads, interleave, in
     _check_pair(outs, q0, k0, positions, rotary_dim, interleave, dtype, what="rope_pos_ids")
 
 
+# Batch sizes on each side of the CUDA kernel's launch choices (one item per thread loaded early up to 256 tokens,
+# two up to 2048, late loads beyond), and a head count whose items outnumber the threads of a block.
+@pytest.mark.parametrize("nnz,heads,head_dim,rotary_dim", [
+    (256, (4, 2), 128, 128), (257, (4, 2), 128, 64), (2049, (4, 2), 128, 64), (3, (72, 8), 256, 256),
+    (300, (72, 8), 256, 128)])
+@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_rope_launch_shapes(device, nnz, heads, head_dim, rotary_dim, interleave, inplace):
+    dtype = torch.float32
+    q, k = _qk(nnz, *heads, head_dim, dtype, device)
+    pos = torch.randint(0, 1 << 17, (nnz,), device=device)
+    q0, k0 = q.clone(), k.clone()
+    if inplace:
+        flashinfer.apply_rope_pos_ids_inplace(q, k, pos, rotary_dim, interleave)
+        outs = (q, k)
+    else:
+        poison_allocator(device, q.numel() * q.element_size())
+        outs = flashinfer.apply_rope_pos_ids(q, k, pos, rotary_dim, interleave)
+    _check_pair(outs, q0, k0, pos.tolist(), rotary_dim, interleave, dtype, what=f"rope nnz={nnz}")
+    cache = ref.cos_sin_cache(1 << 14, rotary_dim).to(device)
+    pos = pos % (1 << 14)
+    q1, k1 = q0.clone(), k0.clone()
+    flashinfer.apply_rope_with_cos_sin_cache_inplace(pos, q1, k1, head_dim, cache, not interleave)
+    for got, x in zip((q1, k1), (q0, k0)):
+        expect = ref.rope_with_cache(x.cpu(), pos.cpu(), cache.cpu(), interleave)
+        base = ref.rope_with_cache(x.cpu(), pos.cpu(), cache.cpu(), interleave, dtype=dtype)
+        assert_matches(got, expect, base, f"cos_sin_cache nnz={nnz}")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("lengths", [[0], [1], [3, 0, 17, 1], [64, 5]])
 @pytest.mark.parametrize("inplace", [False, True])

@@ -1,7 +1,7 @@
 // Rotary position embedding for q [nnz, Hq, D] and k [nnz, Hk, D]. Torch-free.
 //
 // One block per token. The block first fills shared memory with cos/sin for the rotary_dim/2 frequencies of
-// its position (computed in double precision, or read from a cos/sin cache), then every head of q and k
+// its position (angles reduced in double precision, or read from a cos/sin cache), then every head of q and k
 // rotates from that table. Positions come from pos_ids, or from a ragged indptr/offsets pair
 // (pos = offsets[b] + t - indptr[b]), found by binary search so the grid depends only on nnz.
 #pragma once
@@ -37,6 +37,7 @@ struct Params {
   const float* cos_sin_cache;  // [cache_len, rotary_dim]: cos in the first half, sin in the second
   int64_t cache_len, cache_stride;
   double theta;             // base
+  double freq_exp;          // -2 log2(theta) / rotary_dim: set by launch(), freq_i = 2^(i * freq_exp)
   double rcp_scale;         // 1 / rope_scale
   bool llama31;             // Llama 3.1 frequency smoothing with the two constants below
   double smooth_a, smooth_b;
@@ -63,8 +64,9 @@ __device__ __forceinline__ bool token_position(const Params& p, int64_t t, doubl
 }
 
 // Frequency i of the rotation, from the parameters only (no memory reads).
+// theta^(-2i / rotary_dim) as one exp2 of a host-computed exponent: pow and the division took a long batch 10%.
 __device__ __forceinline__ double rope_freq(const Params& p, int i) {
-  const double freq = pow(p.theta, -2.0 * i / p.rotary_dim);
+  const double freq = exp2(i * p.freq_exp);
   if (p.llama31) {
     const double smooth = fmin(1.0, fmax(0.0, freq * p.smooth_a + p.smooth_b));
     return (1.0 - smooth) * freq * p.rcp_scale + smooth * freq;
@@ -72,14 +74,19 @@ __device__ __forceinline__ double rope_freq(const Params& p, int i) {
   return freq * p.rcp_scale;
 }
 
-// kEarly: a short batch is latency-bound: a block waits on the previous kernel, then on its position, then on its
-// q/k vectors. So the first frequency a thread needs is computed before pdl_enter (it reads no memory), and the
-// first item's q/k vectors are loaded before the position and the table (their addresses do not depend on them):
-// the two memory round trips overlap (H200, 1 token: 2.6 -> 2.0 us). A long batch is bandwidth-bound and keeps
-// the plain order: with every block loading early, 16384 tokens took 123 us against 99-114 us without.
-constexpr int64_t kEarlyTokens = 256;
+// The order of a block's memory round trips: the previous kernel (pdl_enter), its position, maybe a cos/sin cache
+// row, then its q/k vectors. The q/k addresses do not depend on the position, so a short batch, which is bound by
+// that latency chain, loads its first kEarly items per thread before reading the position (one block per token,
+// as many threads as items / kEarly): the round trips overlap. A long batch is bound by bandwidth instead, and the
+// registers those loads hold cost it occupancy, so it loads after the table (kEarly = 0). Measured on an H100
+// (stand-alone, bf16, 32 + 8 heads of 128): kEarly 1 at 1 / 128 tokens 1.73 / 2.89 us against 2.65 / 4.32 with
+// late loads; kEarly 2 best at 512 tokens, even at 1024; late loads best from 2048 on (154 us against 124 at 16384
+// tokens with early loads).
+constexpr double kInvPi = 0.318309886183790671537767526745;
+constexpr int64_t kEarly1Tokens = 256;
+constexpr int64_t kEarly2Tokens = 1024;
 
-template <typename T, typename P, int VEC, bool INTERLEAVE, bool kEarly>
+template <typename T, typename P, int VEC, bool INTERLEAVE, int kEarly>
 __global__ void rope_kernel(Params p) {
   extern __shared__ float table[];  // [half] cos, then [half] sin
   using TV = Vec<T, VEC>;
@@ -88,11 +95,17 @@ __global__ void rope_kernel(Params p) {
   const int n_rot = half / VEC;
   const int per_head = n_rot + (p.copy_rest ? (p.head_dim - p.rotary_dim) / VEC : 0);
   const int total = (p.hq + p.hk) * per_head;
-  const double freq0 = kEarly && !p.use_cache && (int)threadIdx.x < half ? rope_freq(p, threadIdx.x) : 0.0;
+  // The angle is pos * freq; sincospi(pos * freq / pi) reduces its argument exactly, so large positions keep full
+  // precision without the slow reduction path of sincos (which cost a long batch 15%). For a short batch the
+  // thread's first frequency, which reads no memory, is computed before the wait on the previous kernel.
+  const double fpi0 =
+      kEarly > 0 && !p.use_cache && (int)threadIdx.x < half ? rope_freq(p, threadIdx.x) * kInvPi : 0.0;
   pdl_enter();
 
   // Item it: vector j of head h of q (h < hq) or k. Rotated items read and write e0 and e1 (VEC adjacent pairs
-  // when interleaved, two VEC-runs half a rotary_dim apart for NeoX); pass-through items copy e0 only.
+  // when interleaved, two VEC-runs half a rotary_dim apart for NeoX); pass-through items copy e0 only. Both
+  // vectors are loaded for every item (e1 lies inside the head for pass-through items too), so the two loads
+  // are in flight together.
   struct Item {
     const T* src;
     T* dst;
@@ -114,51 +127,11 @@ __global__ void rope_kernel(Params p) {
     m.e1 = INTERLEAVE ? 2 * m.f0 + VEC : half + m.f0;
     return m;
   };
-  TV a0, b0;
-  const bool first = kEarly && (int)threadIdx.x < total;
-  if (first) {
-    const Item m = locate(threadIdx.x);
-    a0 = TV::load(m.src + m.e0);
-    if (!m.copy) b0 = TV::load(m.src + m.e1);
-  }
-
-  double pos = 0.0;
-  const bool valid = token_position<P>(p, t, pos);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float c, s;
-    if (p.use_cache) {
-      // A position outside the cache has no angle: its rotated dims become NaN rather than reading
-      // past the cache.
-      if (valid && pos >= 0 && pos < (double)p.cache_len) {
-        const float* row = p.cos_sin_cache + (int64_t)pos * p.cache_stride;
-        c = row[i];
-        s = row[half + i];
-      } else {
-        c = s = __int_as_float(0x7fffffff);
-      }
-    } else if (valid) {
-      double sd, cd;
-      sincos(pos * (kEarly && i == (int)threadIdx.x ? freq0 : rope_freq(p, i)), &sd, &cd);
-      c = (float)cd;
-      s = (float)sd;
-    } else {
-      c = 1.f;  // padding token of a ragged batch: left as it is
-      s = 0.f;
-    }
-    table[i] = c;
-    table[half + i] = s;
-  }
-  __syncthreads();
-
-  for (int it = threadIdx.x; it < total; it += blockDim.x) {
-    const Item m = locate(it);
-    const bool pre = first && it == (int)threadIdx.x;
-    TV a = pre ? a0 : TV::load(m.src + m.e0);
+  auto rotate_store = [&](const Item& m, TV a, TV b) {
     if (m.copy) {
       a.store(m.dst + m.e0);
-      continue;
+      return;
     }
-    TV b = pre ? b0 : TV::load(m.src + m.e1);
     float x[2 * VEC];
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
@@ -182,21 +155,86 @@ __global__ void rope_kernel(Params p) {
     }
     a.store(m.dst + m.e0);
     b.store(m.dst + m.e1);
+  };
+
+  constexpr int kRegs = kEarly > 0 ? kEarly : 1;
+  TV a[kRegs], b[kRegs];
+#pragma unroll
+  for (int u = 0; u < kEarly; ++u) {
+    const int it = threadIdx.x + u * blockDim.x;
+    if (it < total) {
+      const Item m = locate(it);
+      a[u] = TV::load(m.src + m.e0);
+      b[u] = TV::load(m.src + m.e1);
+    }
+  }
+
+  double pos = 0.0;
+  const bool valid = token_position<P>(p, t, pos);
+  // One branch around each loop: with the branch inside, a long batch lost 5-7% (H200, 16384 tokens).
+  if (p.use_cache) {
+    // A position outside the cache has no angle: its rotated dims become NaN rather than reading past the cache.
+    const bool in_cache = valid && pos >= 0 && pos < (double)p.cache_len;
+    const float* row = p.cos_sin_cache + (in_cache ? (int64_t)pos * p.cache_stride : 0);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      table[i] = in_cache ? row[i] : __int_as_float(0x7fffffff);
+      table[half + i] = in_cache ? row[half + i] : __int_as_float(0x7fffffff);
+    }
+  } else {
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      float c = 1.f, s = 0.f;  // padding token of a ragged batch: left as it is
+      if (valid) {
+        double sd, cd;
+        sincospi(pos * (kEarly > 0 && i == (int)threadIdx.x ? fpi0 : rope_freq(p, i) * kInvPi), &sd, &cd);
+        c = (float)cd;
+        s = (float)sd;
+      }
+      table[i] = c;
+      table[half + i] = s;
+    }
+  }
+  __syncthreads();
+
+#pragma unroll
+  for (int u = 0; u < kEarly; ++u) {
+    const int it = threadIdx.x + u * blockDim.x;
+    if (it < total) rotate_store(locate(it), a[u], b[u]);
+  }
+  for (int it = threadIdx.x + kEarly * blockDim.x; it < total; it += blockDim.x) {
+    const Item m = locate(it);
+    rotate_store(m, TV::load(m.src + m.e0), TV::load(m.src + m.e1));
   }
 }
 
+template <typename T, typename P, int VEC, bool INTERLEAVE, int kEarly>
+cudaError_t launch_with(const Params& p, int total, cudaStream_t stream) {
+  // Late loads: up to 256 threads stride over the items. Early loads: one thread per kEarly items, so that they
+  // all sit in registers across the table.
+  int threads = kEarly > 0 ? ((total + kEarly - 1) / kEarly + 31) / 32 * 32 : (total + 31) / 32 * 32;
+  const int max_threads = kEarly > 0 ? 1024 : 256;
+  threads = threads < 64 ? 64 : (threads > max_threads ? max_threads : threads);
+  const size_t smem = sizeof(float) * p.rotary_dim;
+  return launch_pdl(rope_kernel<T, P, VEC, INTERLEAVE, kEarly>, dim3((unsigned)p.nnz), dim3(threads), smem, stream,
+                    p);
+}
+
 template <typename T, typename P>
-cudaError_t launch(const Params& p, int vec, cudaStream_t stream) {
-  if (p.nnz == 0 || p.hq + p.hk == 0) return cudaSuccess;
+cudaError_t launch(const Params& params, int vec, cudaStream_t stream) {
+  if (params.nnz == 0 || params.hq + params.hk == 0) return cudaSuccess;
+  Params p = params;
+  p.freq_exp = -2.0 * std::log2(p.theta) / p.rotary_dim;
   cudaError_t err = cudaSuccess;
-  FI_DISPATCH_BOOL(p.nnz <= kEarlyTokens, kEarly, FI_DISPATCH_BOOL(p.interleave, INTERLEAVE, FI_DISPATCH_VEC(vec, VEC, {
+  FI_DISPATCH_BOOL(p.interleave, INTERLEAVE, FI_DISPATCH_VEC(vec, VEC, {
     const int per_head = p.rotary_dim / 2 / VEC + (p.copy_rest ? (p.head_dim - p.rotary_dim) / VEC : 0);
-    int threads = (p.hq + p.hk) * per_head;
-    threads = threads < 64 ? 64 : (threads > 256 ? 256 : (threads + 31) / 32 * 32);
-    const size_t smem = sizeof(float) * p.rotary_dim;
-    err = launch_pdl(rope_kernel<T, P, VEC, INTERLEAVE, kEarly>, dim3((unsigned)p.nnz), dim3(threads), smem, stream,
-                     p);
-  })))
+    const int total = (p.hq + p.hk) * per_head;
+    if (p.nnz <= kEarly1Tokens) {
+      err = launch_with<T, P, VEC, INTERLEAVE, 1>(p, total, stream);
+    } else if (p.nnz <= kEarly2Tokens) {
+      err = launch_with<T, P, VEC, INTERLEAVE, 2>(p, total, stream);
+    } else {
+      err = launch_with<T, P, VEC, INTERLEAVE, 0>(p, total, stream);
+    }
+  }))
   return err;
 }
 
