@@ -31,6 +31,19 @@ def _check_pair(outs, q, k, positions, rot, interleave, dtype, llama31=None, sca
         assert_matches(got, expect, base, f"{what} {name}")
 
 
+def _rope_pos_ids(q, k, pos, rotary_dim, interleave, inplace, device):
+    """apply_rope_pos_ids[_inplace]; out of place, checks that the inputs are untouched and the outputs contiguous."""
+    if inplace:
+        flashinfer.apply_rope_pos_ids_inplace(q, k, pos, rotary_dim, interleave)
+        return q, k
+    q0, k0 = q.clone(), k.clone()
+    poison_allocator(device, q.numel() * q.element_size())
+    outs = flashinfer.apply_rope_pos_ids(q, k, pos, rotary_dim, interleave)
+    assert torch.equal(q, q0) and torch.equal(k, k0), "out-of-place RoPE modified its inputs"
+    assert outs[0].is_contiguous() and outs[1].is_contiguous()
+    return outs
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim,rotary_dim", [(64, 64), (128, 128), (128, 64), (256, 256), (80, 40)])
 @pytest.mark.parametrize("heads", [(4, 4), (8, 1), (5, 1)])
@@ -42,21 +55,14 @@ def test_rope_pos_ids(device, dtype, head_dim, rotary_dim, heads, interleave, in
     pos = torch.randint(0, 9000, (nnz,), device=device)
     positions = pos.tolist()
     q0, k0 = q.clone(), k.clone()
-    if inplace:
-        flashinfer.apply_rope_pos_ids_inplace(q, k, pos, rotary_dim, interleave)
-        outs = (q, k)
-    else:
-        poison_allocator(device, q.numel() * q.element_size())
-        outs = flashinfer.apply_rope_pos_ids(q, k, pos, rotary_dim, interleave)
-        assert torch.equal(q, q0) and torch.equal(k, k0), "out-of-place RoPE modified its inputs"
-        assert outs[0].is_contiguous() and outs[1].is_contiguous()
+    outs = _rope_pos_ids(q, k, pos, rotary_dim, interleave, inplace, device)
     _check_pair(outs, q0, k0, positions, rotary_dim, interleave, dtype, what="rope_pos_ids")
 
 
 # Batch sizes on each side of the CUDA kernel's launch choices (one item per thread loaded early up to 256 tokens,
-# two up to 2048, late loads beyond), and a head count whose items outnumber the threads of a block.
+# two up to 1024, late loads beyond), and a head count whose items outnumber the threads of a block.
 @pytest.mark.parametrize("nnz,heads,head_dim,rotary_dim", [
-    (256, (4, 2), 128, 128), (257, (4, 2), 128, 64), (2049, (4, 2), 128, 64), (3, (72, 8), 256, 256),
+    (256, (4, 2), 128, 128), (257, (4, 2), 128, 64), (1025, (4, 2), 128, 64), (3, (72, 8), 256, 256),
     (300, (72, 8), 256, 128)])
 @pytest.mark.parametrize("interleave", [False, True])
 @pytest.mark.parametrize("inplace", [False, True])
@@ -65,12 +71,7 @@ def test_rope_launch_shapes(device, nnz, heads, head_dim, rotary_dim, interleave
     q, k = _qk(nnz, *heads, head_dim, dtype, device)
     pos = torch.randint(0, 1 << 17, (nnz,), device=device)
     q0, k0 = q.clone(), k.clone()
-    if inplace:
-        flashinfer.apply_rope_pos_ids_inplace(q, k, pos, rotary_dim, interleave)
-        outs = (q, k)
-    else:
-        poison_allocator(device, q.numel() * q.element_size())
-        outs = flashinfer.apply_rope_pos_ids(q, k, pos, rotary_dim, interleave)
+    outs = _rope_pos_ids(q, k, pos, rotary_dim, interleave, inplace, device)
     _check_pair(outs, q0, k0, pos.tolist(), rotary_dim, interleave, dtype, what=f"rope nnz={nnz}")
     cache = ref.cos_sin_cache(1 << 14, rotary_dim).to(device)
     pos = pos % (1 << 14)
