@@ -80,8 +80,8 @@ __device__ __forceinline__ double rope_freq(const Params& p, int i) {
 // as many threads as items / kEarly): the round trips overlap. A long batch is bound by bandwidth instead, and the
 // registers those loads hold cost it occupancy, so it loads after the table (kEarly = 0). Measured on an H100
 // (stand-alone, bf16, 32 + 8 heads of 128): kEarly 1 at 1 / 128 tokens 1.73 / 2.89 us against 2.65 / 4.32 with
-// late loads; kEarly 2 best at 512 tokens, even at 1024; late loads best from 2048 on (154 us against 124 at 16384
-// tokens with early loads).
+// late loads; kEarly 2 best at 512 tokens, even at 1024; late loads best from 2048 on (at 16384 tokens early loads
+// took 154 us against 124).
 constexpr double kInvPi = 0.318309886183790671537767526745;
 constexpr int64_t kEarly1Tokens = 256;
 constexpr int64_t kEarly2Tokens = 1024;
