@@ -74,16 +74,19 @@ __global__ void __launch_bounds__(kMaxThreads) norm_kernel(Params p) {
     }
   };
 
+  // Parameters of vector v: weight (gamma) and, for LayerNorm, bias (beta).
+  auto params = [&](int v, WV& g, WV& b) {
+    g = WV::load(w + v * VEC);
+    if constexpr (K == Kind::kLayer) b = WV::load(static_cast<const W*>(p.bias) + v * VEC);
+  };
+
   float cache[kCache][VEC];
   WV w_pre[kPrefetch ? kCache : 1], b_pre[kPrefetch && K == Kind::kLayer ? kCache : 1];
   if constexpr (kPrefetch) {
 #pragma unroll
     for (int c = 0; c < kCache; ++c) {
       const int v = c * blockDim.x + threadIdx.x;
-      if (v < nvec) {
-        w_pre[c] = WV::load(w + v * VEC);
-        if constexpr (K == Kind::kLayer) b_pre[c] = WV::load(static_cast<const W*>(p.bias) + v * VEC);
-      }
+      if (v < nvec) params(v, w_pre[c], b_pre[K == Kind::kLayer ? c : 0]);
     }
   }
   float sum = 0.f;
@@ -127,11 +130,6 @@ __global__ void __launch_bounds__(kMaxThreads) norm_kernel(Params p) {
     rstd = rsqrtf(sum / p.hidden + p.eps);
   }
 
-  // Parameters of vector v: weight (gamma) and, for LayerNorm, bias (beta).
-  auto params = [&](int v, WV& g, WV& b) {
-    g = WV::load(w + v * VEC);
-    if constexpr (K == Kind::kLayer) b = WV::load(static_cast<const W*>(p.bias) + v * VEC);
-  };
   auto store = [&](int v, const float (&f)[VEC], const WV& g, const WV& b) {
     TV o;
     if constexpr (K == Kind::kLayer) {

@@ -74,6 +74,12 @@ __device__ __forceinline__ double rope_freq(const Params& p, int i) {
   return freq * p.rcp_scale;
 }
 
+// Frequency i over pi: the angle per unit of position in the half turns that sincospi takes.
+__device__ __forceinline__ double rope_freq_pi(const Params& p, int i) {
+  constexpr double kInvPi = 0.318309886183790671537767526745;
+  return rope_freq(p, i) * kInvPi;
+}
+
 // The order of a block's memory round trips: the previous kernel (pdl_enter), its position, maybe a cos/sin cache
 // row, then its q/k vectors. The q/k addresses do not depend on the position, so a short batch, which is bound by
 // that latency chain, loads its first kEarly items per thread before reading the position (one block per token,
@@ -82,7 +88,6 @@ __device__ __forceinline__ double rope_freq(const Params& p, int i) {
 // (stand-alone, bf16, 32 + 8 heads of 128): kEarly 1 at 1 / 128 tokens 1.73 / 2.89 us against 2.65 / 4.32 with
 // late loads; kEarly 2 best at 512 tokens, even at 1024; late loads best from 2048 on (at 16384 tokens early loads
 // took 154 us against 124).
-constexpr double kInvPi = 0.318309886183790671537767526745;
 constexpr int64_t kEarly1Tokens = 256;
 constexpr int64_t kEarly2Tokens = 1024;
 
@@ -99,7 +104,7 @@ __global__ void rope_kernel(Params p) {
   // precision without the slow reduction path of sincos (which cost a long batch 15%). For a short batch the
   // thread's first frequency, which reads no memory, is computed before the wait on the previous kernel.
   const double fpi0 =
-      kEarly > 0 && !p.use_cache && (int)threadIdx.x < half ? rope_freq(p, threadIdx.x) * kInvPi : 0.0;
+      kEarly > 0 && !p.use_cache && (int)threadIdx.x < half ? rope_freq_pi(p, threadIdx.x) : 0.0;
   pdl_enter();
 
   // Item it: vector j of head h of q (h < hq) or k. Rotated items read and write e0 and e1 (VEC adjacent pairs
@@ -185,7 +190,7 @@ __global__ void rope_kernel(Params p) {
       float c = 1.f, s = 0.f;  // padding token of a ragged batch: left as it is
       if (valid) {
         double sd, cd;
-        sincospi(pos * (kEarly > 0 && i == (int)threadIdx.x ? fpi0 : rope_freq(p, i) * kInvPi), &sd, &cd);
+        sincospi(pos * (kEarly > 0 && i == (int)threadIdx.x ? fpi0 : rope_freq_pi(p, i)), &sd, &cd);
         c = (float)cd;
         s = (float)sd;
       }
