@@ -24,13 +24,7 @@ def test_act_and_mul(device, name, dtype, d, rows):
     assert_matches(fn(x), expect, base, name)
 
 
-# Calls of >= 2**22 output elements take the two-vectors-per-thread kernel: full chunks, a row whose last chunk
-# holds only its first vector (4000 = 1 x 2048 + 1952 elements), rows off the 16-byte grid (one element a vector).
-# More rows than one grid dimension holds (65535): blocks stride over rows.
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("rows,d,layout", [(300, 14336, None), (1100, 4000, None), (1050, 4000, "unaligned"),
-                                           (70000, 24, None), (70000, 64, None)])
-def test_act_and_mul_large(device, name, rows, d, layout):
+def _check_rows(name, rows, d, layout, device):
     if layout is None:
         x = torch.randn(rows, 2 * d, dtype=torch.bfloat16, device=device) * 3
     else:
@@ -38,6 +32,26 @@ def test_act_and_mul_large(device, name, rows, d, layout):
     out = poisoned_like(x, (rows, d))
     getattr(flashinfer, name)(x, out=out)
     assert_matches(out, ref.act_and_mul(name, x), ref.act_and_mul(name, x, dtype=torch.bfloat16), name)
+
+
+# Many rows, one vector per thread: a row whose last chunk is partial (4000 = 3 x 1024 + 928 elements), rows off
+# the 16-byte grid (one element a vector), more rows than one grid dimension holds (65535: blocks stride over rows).
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("rows,d,layout", [(300, 14336, None), (1100, 4000, None), (1050, 4000, "unaligned"),
+                                           (70000, 24, None), (70000, 64, None)])
+def test_act_and_mul_large(device, name, rows, d, layout):
+    _check_rows(name, rows, d, layout, device)
+
+
+# Calls of >= 2**26 output elements take the CUDA kernel's two-vectors-per-thread path: full chunks, a partial last
+# chunk (4000 = 2048 + 1952 elements), unaligned rows, rows past 65535 whose second vectors all lie past the row.
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,rows,d,layout", [
+    ("silu_and_mul", 16385, 4096, None), ("gelu_and_mul", 16800, 4000, None),
+    ("gelu_tanh_and_mul", 16800, 4000, "unaligned"), ("silu_and_mul", 70000, 1000, None)])
+def test_act_and_mul_wide(name, rows, d, layout):
+    assert rows * d >= 1 << 26
+    _check_rows(name, rows, d, layout, "cuda")
 
 
 @pytest.mark.parametrize("name", NAMES)

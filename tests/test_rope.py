@@ -60,10 +60,11 @@ def test_rope_pos_ids(device, dtype, head_dim, rotary_dim, heads, interleave, in
 
 
 # Batch sizes on each side of the CUDA kernel's launch choices (one item per thread loaded early up to 256 tokens,
-# two up to 1024, late loads beyond), and a head count whose items outnumber the threads of a block.
+# two up to 1024, late loads beyond; with a cos/sin cache, tokens spread over several blocks up to 4096), and a head
+# count whose items outnumber the threads of a block.
 @pytest.mark.parametrize("nnz,heads,head_dim,rotary_dim", [
     (256, (4, 2), 128, 128), (257, (4, 2), 128, 64), (1025, (4, 2), 128, 64), (3, (72, 8), 256, 256),
-    (300, (72, 8), 256, 128)])
+    (300, (72, 8), 256, 128), (4096, (3, 1), 128, 64), (4097, (3, 1), 64, 64)])
 @pytest.mark.parametrize("interleave", [False, True])
 @pytest.mark.parametrize("inplace", [False, True])
 def test_rope_launch_shapes(device, nnz, heads, head_dim, rotary_dim, interleave, inplace):
@@ -73,11 +74,16 @@ def test_rope_launch_shapes(device, nnz, heads, head_dim, rotary_dim, interleave
     q0, k0 = q.clone(), k.clone()
     outs = _rope_pos_ids(q, k, pos, rotary_dim, interleave, inplace, device)
     _check_pair(outs, q0, k0, pos.tolist(), rotary_dim, interleave, dtype, what=f"rope nnz={nnz}")
+    # The cache holds rotary_dim columns; dims past it pass through (copied when out of place).
     cache = ref.cos_sin_cache(1 << 14, rotary_dim).to(device)
     pos = pos % (1 << 14)
     q1, k1 = q0.clone(), k0.clone()
-    flashinfer.apply_rope_with_cos_sin_cache_inplace(pos, q1, k1, head_dim, cache, not interleave)
-    for got, x in zip((q1, k1), (q0, k0)):
+    if inplace:
+        flashinfer.apply_rope_with_cos_sin_cache_inplace(pos, q1, k1, head_dim, cache, not interleave)
+        outs = (q1, k1)
+    else:
+        outs = flashinfer.apply_rope_with_cos_sin_cache(pos, q1, k1, head_dim, cache, not interleave)
+    for got, x in zip(outs, (q0, k0)):
         expect = ref.rope_with_cache(x.cpu(), pos.cpu(), cache.cpu(), interleave)
         base = ref.rope_with_cache(x.cpu(), pos.cpu(), cache.cpu(), interleave, dtype=dtype)
         assert_matches(got, expect, base, f"cos_sin_cache nnz={nnz}")
