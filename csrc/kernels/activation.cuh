@@ -22,7 +22,21 @@ struct Params {
   int d;                 // output width
 };
 
-template <Act A>
+// tanh for 16-bit outputs: the hardware approximation (one MUFU op, error about 2^-11 of the result, sm_75+)
+// moves gelu_tanh(x) by at most ~2.5e-4 |x|, a quarter of an fp16 ulp of x, and spares the ~20 ALU instructions of
+// tanhf per element that a 4096 x 4096 call otherwise issues alongside its memory traffic. fp32 keeps tanhf.
+template <typename T>
+__device__ __forceinline__ float tanh_for(float x) {
+  if constexpr (sizeof(T) == 2) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  } else {
+    return tanhf(x);
+  }
+}
+
+template <Act A, typename T>
 __device__ __forceinline__ float act(float x) {
   if constexpr (A == Act::kSilu) {
     return x / (1.f + expf(-x));
@@ -30,7 +44,7 @@ __device__ __forceinline__ float act(float x) {
     return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
   } else {
     constexpr float kAlpha = 0.7978845608028654f;  // sqrt(2 / pi)
-    return 0.5f * x * (1.f + tanhf(kAlpha * (x + 0.044715f * x * x * x)));
+    return 0.5f * x * (1.f + tanh_for<T>(kAlpha * (x + 0.044715f * x * x * x)));
   }
 }
 
@@ -70,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) act_and_mul_kernel(Params p) {
       if (i0 + k * kStep < p.d) {
         TV o;
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) o.v[j] = from_float<T>(act<A>(to_float(g[k].v[j])) * to_float(u[k].v[j]));
+        for (int j = 0; j < VEC; ++j) o.v[j] = from_float<T>(act<A, T>(to_float(g[k].v[j])) * to_float(u[k].v[j]));
         o.store(y + i0 + k * kStep);
       }
     }
