@@ -3,8 +3,9 @@
 // One block per token. The block first fills shared memory with cos/sin for the rotary_dim/2 frequencies of
 // its position (angles reduced in double precision, or read from a cos/sin cache), then every head of q and k
 // rotates from that table. A short batch with a cos/sin cache instead spreads each token over several blocks
-// that read their angles straight from the cache row (rope_spread_kernel). Positions come from pos_ids, or from a ragged indptr/offsets pair
-// (pos = offsets[b] + t - indptr[b]), found by binary search so the grid depends only on nnz.
+// that read their angles straight from the cache row (rope_spread_kernel). Positions come from pos_ids, or from a
+// ragged indptr/offsets pair (pos = offsets[b] + t - indptr[b]), found by binary search so the grid depends only
+// on nnz.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -99,7 +100,7 @@ struct Items {
 };
 
 template <int VEC>
-__device__ __forceinline__ Items items_of(const Params& p) {
+__host__ __device__ __forceinline__ Items items_of(const Params& p) {
   const int half = p.rotary_dim / 2, n_rot = half / VEC;
   return {half, n_rot, n_rot + (p.copy_rest ? (p.head_dim - p.rotary_dim) / VEC : 0)};
 }
@@ -237,8 +238,8 @@ __global__ void rope_kernel(Params p) {
 // reads the cos and sin of its own VEC frequencies straight from the cache row: no table and no barrier, and the
 // items of a token spread over several SMs. Computed angles do not gain from it (each thread would evaluate VEC
 // sincospi where the table evaluates one per frequency: 1.94 against 1.79 us at 1 token), and past 4096 tokens the
-// table's single read of each cache row wins. H100, stand-alone, bf16, 32 + 8 heads of 128: 1 token 1.86 ->
-// 1.40 us, 1024 tokens 11.1 -> 9.6, 4096 35.6 -> 33.7; at 16384 tokens it would take 129.3 against 126.6.
+// table's single read of each cache row wins. H100, stand-alone, bf16, 32 + 8 heads of 128: 1 token 1.85 ->
+// 1.42 us, 1024 tokens 11.1 -> 9.8, 4096 35.4 -> 33.7; at 16384 tokens it would take 129.3 against 126.6.
 constexpr int64_t kSpreadTokens = 4096;
 constexpr int kSpreadThreads = 64;
 
@@ -285,8 +286,7 @@ cudaError_t launch(const Params& params, int vec, cudaStream_t stream) {
   p.freq_exp = -2.0 * std::log2(p.theta) / p.rotary_dim;
   cudaError_t err = cudaSuccess;
   FI_DISPATCH_BOOL(p.interleave, INTERLEAVE, FI_DISPATCH_VEC(vec, VEC, {
-    const int per_head = p.rotary_dim / 2 / VEC + (p.copy_rest ? (p.head_dim - p.rotary_dim) / VEC : 0);
-    const int total = (p.hq + p.hk) * per_head;
+    const int total = (p.hq + p.hk) * items_of<VEC>(p).per_head;
     if (p.use_cache && p.nnz <= kSpreadTokens) {
       err = launch_pdl(rope_spread_kernel<T, P, VEC, INTERLEAVE>,
                        dim3((unsigned)p.nnz, (unsigned)((total + kSpreadThreads - 1) / kSpreadThreads)),
