@@ -44,6 +44,24 @@ def _rope_pos_ids(q, k, pos, rotary_dim, interleave, inplace, device):
     return outs
 
 
+def _rope_cache(positions, query, key, head_size, cache, is_neox, inplace):
+    """apply_rope_with_cos_sin_cache[_inplace]; out of place, checks the output shapes."""
+    if inplace:
+        flashinfer.apply_rope_with_cos_sin_cache_inplace(positions, query, key, head_size, cache, is_neox)
+        return query, key
+    outs = flashinfer.apply_rope_with_cos_sin_cache(positions, query, key, head_size, cache, is_neox)
+    assert outs[0].shape == query.shape and outs[1].shape == key.shape
+    return outs
+
+
+def _check_cache(outs, q, k, positions, cache, interleave, dtype, what):
+    """Each output (viewed as [nnz, heads, head_size]) against the float64 reference of its input."""
+    for got, x in zip(outs, (q, k)):
+        expect = ref.rope_with_cache(x.cpu(), positions.cpu(), cache.cpu(), interleave)
+        base = ref.rope_with_cache(x.cpu(), positions.cpu(), cache.cpu(), interleave, dtype=dtype)
+        assert_matches(got.view(x.shape), expect, base, what)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim,rotary_dim", [(64, 64), (128, 128), (128, 64), (256, 256), (80, 40)])
 @pytest.mark.parametrize("heads", [(4, 4), (8, 1), (5, 1)])
@@ -77,16 +95,8 @@ def test_rope_launch_shapes(device, nnz, heads, head_dim, rotary_dim, interleave
     # The cache holds rotary_dim columns; dims past it pass through (copied when out of place).
     cache = ref.cos_sin_cache(1 << 14, rotary_dim).to(device)
     pos = pos % (1 << 14)
-    q1, k1 = q0.clone(), k0.clone()
-    if inplace:
-        flashinfer.apply_rope_with_cos_sin_cache_inplace(pos, q1, k1, head_dim, cache, not interleave)
-        outs = (q1, k1)
-    else:
-        outs = flashinfer.apply_rope_with_cos_sin_cache(pos, q1, k1, head_dim, cache, not interleave)
-    for got, x in zip(outs, (q0, k0)):
-        expect = ref.rope_with_cache(x.cpu(), pos.cpu(), cache.cpu(), interleave)
-        base = ref.rope_with_cache(x.cpu(), pos.cpu(), cache.cpu(), interleave, dtype=dtype)
-        assert_matches(got, expect, base, f"cos_sin_cache nnz={nnz}")
+    outs = _rope_cache(pos, q0.clone(), k0.clone(), head_dim, cache, not interleave, inplace)
+    _check_cache(outs, q0, k0, pos, cache, interleave, dtype, f"cos_sin_cache nnz={nnz}")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -153,16 +163,8 @@ def test_rope_with_cos_sin_cache(device, dtype, is_neox, rot, head_size, flat, i
     k = torch.randn(nnz, hk, head_size, dtype=dtype, device=device)
     query, key = (q.flatten(1), k.flatten(1)) if flat else (q, k)
     q0, k0 = q.clone(), k.clone()
-    if inplace:
-        flashinfer.apply_rope_with_cos_sin_cache_inplace(positions, query, key, head_size, cache, is_neox)
-        outs = (query, key)
-    else:
-        outs = flashinfer.apply_rope_with_cos_sin_cache(positions, query, key, head_size, cache, is_neox)
-        assert outs[0].shape == query.shape and outs[1].shape == key.shape
-    for got, x in zip(outs, (q0, k0)):
-        expect = ref.rope_with_cache(x.cpu(), positions.cpu(), cache.cpu(), not is_neox)
-        base = ref.rope_with_cache(x.cpu(), positions.cpu(), cache.cpu(), not is_neox, dtype=dtype)
-        assert_matches(got.view(x.shape), expect, base, "cos_sin_cache")
+    outs = _rope_cache(positions, query, key, head_size, cache, is_neox, inplace)
+    _check_cache(outs, q0, k0, positions, cache, not is_neox, dtype, "cos_sin_cache")
 
 
 def test_rope_cache_position_out_of_range_is_nan(device):

@@ -11,8 +11,8 @@ template <typename T, typename KV, bool kRope>
 cudaError_t run(const Params& p, int head_dim, bool ragged, const LaunchEnv<Params>& env);
 
 // The explicit instantiation a prefill_inst_*.cu unit makes, at global scope: the signature is written once, here.
-#define FLASHINFER_PREFILL_RUN(T, KV, ROPE)                                                       \
-  template cudaError_t flashinfer::prefill::run<T, KV, ROPE>(                                               \
+#define FLASHINFER_PREFILL_RUN(T, KV, ROPE)                  \
+  template cudaError_t flashinfer::prefill::run<T, KV, ROPE>( \
       const flashinfer::prefill::Params&, int, bool, const flashinfer::LaunchEnv<flashinfer::prefill::Params>&);
 
 #ifdef FLASHINFER_PREFILL_INSTANTIATE
