@@ -96,8 +96,9 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cpu(
   const auto ipa = ip.accessor<int64_t, 1>();
   const auto la = last.accessor<int64_t, 1>();
   auto request_kv = [&](int64_t b) {
-    const int64_t start = std::max<int64_t>(ipa[b], 0), end = std::min<int64_t>(ipa[b + 1], num_indices);
-    const int64_t n = std::max<int64_t>(end - start, 0);
+    // An indptr entry past the page table (or running backwards) gives an empty request, as on CUDA.
+    const int64_t start = std::min(std::max<int64_t>(ipa[b], 0), num_indices);
+    const int64_t n = std::max<int64_t>(std::min<int64_t>(ipa[b + 1], num_indices) - start, 0);
     const int64_t len = n > 0 ? std::min(std::max<int64_t>((n - 1) * page + la[b], 0), n * page) : 0;
     auto ids = ind.narrow(0, start, n);
     auto safe = ids.clamp(0, std::max<int64_t>(num_pages - 1, 0));
