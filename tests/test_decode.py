@@ -63,6 +63,22 @@ def test_batch_decode(device, dtype, head_dim, group, page_size, layout, backend
     _check(out, lse, _expect(q, cache, layout, indptr, indices, last, dtype, sm_scale=1 / math.sqrt(head_dim)))
 
 
+@pytest.mark.parametrize("page_size", [3, 32, 64])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_decode_page_sizes(device, page_size, layout, backend):
+    # Page sizes the main grid leaves out: one that is not a power of two, and pages as long as a KV tile or more.
+    dtype, d, hkv, group = torch.float16, 128, 2, 4
+    lengths = [0, 1, page_size - 1, page_size, page_size + 1, 3 * page_size + 7, 200]
+    cache, indices, indptr, last = _batch(lengths, page_size, hkv, d, dtype, device, layout)
+    q = torch.randn(len(lengths), hkv * group, d, dtype=dtype, device=device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), kv_layout=layout,
+                                                            backend=backend)
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page_size, q_data_type=dtype)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    _check(out, lse, _expect(q, cache, layout, indptr, indices, last, dtype, sm_scale=1 / math.sqrt(d)), "page")
+
+
 @pytest.mark.parametrize("feature", ["window", "soft_cap", "rope", "sm_scale", "tuple_cache"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_decode_features(device, feature, backend):

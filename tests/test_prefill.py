@@ -94,7 +94,7 @@ def test_batch_prefill_unaligned_q(device, head_dim):
                              causal=True), "unaligned q")
 
 
-@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("page_size", [1, 5, 16, 64])
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_batch_prefill_paged(device, page_size, layout, causal):
