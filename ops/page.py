@@ -113,7 +113,7 @@ def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Ten
     Tokens past ``append_indptr[-1]`` (padding) get ``-1`` for both, and appending skips them. Given
     ``batch_indices`` / ``positions`` (int32 ``[nnz]``), the results are written into them and they are returned."""
     b, p = torch.ops.flashinfer.get_batch_indices_positions(append_indptr, seq_lens, nnz)
-    return into(b, batch_indices), into(p, positions)
+    return into(b, batch_indices, "batch_indices"), into(p, positions, "positions")
 
 
 def get_seq_lens(kv_indptr: torch.Tensor, kv_last_page_len: torch.Tensor, page_size: int) -> torch.Tensor:

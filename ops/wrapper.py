@@ -63,10 +63,15 @@ def as_dtype(x) -> Optional[torch.dtype]:
     return dtype
 
 
-def into(result: torch.Tensor, buffer: Optional[torch.Tensor]) -> torch.Tensor:
-    """Upstream's optional output buffers: `result` copied into `buffer` and the buffer returned, when given."""
+def into(result: torch.Tensor, buffer: Optional[torch.Tensor], name: str) -> torch.Tensor:
+    """Upstream's optional output buffers: `result` copied into `buffer` and the buffer returned, when given. The
+    buffer must match the result exactly: copy_ would otherwise cast or broadcast without a word."""
     if buffer is None:
         return result
+    if buffer.shape != result.shape or buffer.dtype != result.dtype or buffer.device != result.device:
+        def describe(t):
+            return f"{str(t.dtype).removeprefix('torch.')} tensor of shape {list(t.shape)} on {t.device}"
+        raise ValueError(f"{name} must be a {describe(result)}, got a {describe(buffer)}")
     buffer.copy_(result)
     return buffer
 
@@ -76,7 +81,7 @@ def finish(o, s, out, lse, return_lse, o_dtype=None):
     the log2 LSE (copied into `lse` when given)."""
     if o_dtype is not None and o.dtype != o_dtype:
         o = o.to(o_dtype)
-    o, s = into(o, out), into(s, lse)
+    o, s = into(o, out, "out"), into(s, lse, "lse")
     return (o, s) if return_lse else o
 
 

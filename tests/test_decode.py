@@ -263,6 +263,26 @@ def test_op_bad_input_named(device):
             "NHD", False, -1, 0.0, 0.1, 1.0, 1.0, 1.0, 1e4, "fa3")
 
 
+def test_run_into_given_buffers(device):
+    """run(out=, lse=) fills and returns the caller's buffers; a buffer of another shape, dtype or device is
+    refused by name instead of being broadcast or cast into."""
+    cache, indices, indptr, last = _batch([5, 40], 16, 2, 64, torch.bfloat16, device)
+    q = torch.randn(2, 4, 64, dtype=torch.bfloat16, device=device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(indptr, indices, last, 4, 2, 64, 16, q_data_type=torch.bfloat16)
+    expect_out, expect_lse = wrapper.run(q, cache, return_lse=True)
+    out, lse = torch.full_like(expect_out, float("nan")), torch.full_like(expect_lse, float("nan"))
+    got_out, got_lse = wrapper.run(q, cache, out=out, lse=lse, return_lse=True)
+    assert got_out is out and got_lse is lse
+    assert torch.equal(out, expect_out) and torch.equal(lse, expect_lse)
+    with pytest.raises(ValueError, match=r"out must be a bfloat16 tensor of shape \[2, 4, 64\] on .*, got a "
+                                         r"float32 tensor of shape \[2, 4, 64\]"):
+        wrapper.run(q, cache, out=torch.empty(2, 4, 64, device=device))
+    with pytest.raises(ValueError, match=r"lse must be a float32 tensor of shape \[2, 4\] on .*, got a "
+                                         r"float32 tensor of shape \[1, 2, 4\]"):
+        wrapper.run(q, cache, lse=torch.empty(1, 2, 4, device=device), return_lse=True)
+
+
 class _AppendDecode(torch.nn.Module):
     """One decode step of one layer: write the new token's K/V into the cache, then attend."""
 
