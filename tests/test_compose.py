@@ -95,7 +95,8 @@ def aoti_broken_here(device, tmp_path):
     """Why an AOTInductor package of a plain nn.Linear (no flashinfer op) fails to load and run in a fresh process
     on this machine, or None when it works. On the GPU machine's torch 2.11 environment it has died at load for
     any model; the flashinfer round trip is then skipped with this reason (exit status or signal, and the last
-    line the probe wrote) rather than reported as a flashinfer failure."""
+    line the probe wrote) rather than reported as a flashinfer failure; `bash scripts/aoti-probe` says where it
+    fails (toolchain, the libstdc++ the process maps, a backtrace)."""
     if device not in _AOTI_PROBE:
         lin = torch.nn.Linear(64, 8).to(device)
         ep = torch.export.export(lin, (torch.randn(4, 64, device=device),))
