@@ -78,6 +78,25 @@ def test_batch_prefill_ragged(device, dtype, head_dim, group, causal):
                              causal=causal), "ragged")
 
 
+@pytest.mark.parametrize("group", [2, 7, 8, 16, 32])
+@pytest.mark.parametrize("form", ["ragged", "paged"])
+def test_batch_prefill_gqa_groups(device, group, form):
+    """Query rows pack (token, head) head-fastest into the mma tiles: groups that divide a 16-row tile, that do
+    not (7), and that fill one or more whole tiles (16, 32: every row of a tile is one token's heads)."""
+    hkv, d, dtype = 1, 128, torch.bfloat16
+    pairs = [(1, 1), (9, 40), (33, 33), (0, 7), (20, 150)]
+    q, k, v, qo, kv = _ragged(pairs, hkv * group, hkv, d, dtype, device, seed=group)
+    if form == "ragged":
+        wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+        wrapper.plan(qo, kv, hkv * group, hkv, d, causal=True)
+        out, lse = wrapper.run(q, k, v, return_lse=True)
+        ks, vs = _split(k, kv), _split(v, kv)
+    else:
+        g = torch.Generator().manual_seed(group)
+        out, lse, ks, vs = _paged(pairs, q, qo, hkv, d, dtype, device, g, dict(causal=True))
+    _check(out, lse, _expect(q, ks, vs, qo, dtype, sm_scale=1 / math.sqrt(d), causal=True), f"group {group}")
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_batch_prefill_unaligned_q(device, head_dim):
     """q rows that do not start on 16-byte boundaries (a view one element into a wider buffer) are read correctly."""
