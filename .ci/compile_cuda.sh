@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compiles every CUDA source for sm_90a with nvcc against the installed torch's headers (no GPU needed, and a
-# CPU build of torch is enough: it ships the ATen/c10 CUDA headers). Catches compile errors in CI.
+# CPU build of torch is enough: it ships the ATen/c10 CUDA headers), and the stand-alone kernel harnesses of
+# benchmarks/micro (torch-free). Catches compile errors in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-nvcc}
@@ -21,6 +22,7 @@ compile_one() {
   if "$NVCC" -c "$src" -o "$OUT/$(basename "$src").o" -std=c++20 -O3 --expt-relaxed-constexpr \
       -gencode=arch=compute_90a,code=sm_90a -Xptxas=-warn-spills \
       -isystem "$TORCH_DIR/include" -isystem "$TORCH_DIR/include/torch/csrc/api/include" -isystem "$PY_INC" "${SHIM[@]}" \
+      -I csrc/kernels \
       -DTORCH_EXTENSION_NAME=_C -D_GLIBCXX_USE_CXX11_ABI=1 -DFLASHINFER_WITH_CUDA \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
       -D__CUDA_NO_HALF2_OPERATORS__ "$@" > "$OUT/$(basename "$src").log" 2>&1; then
@@ -35,7 +37,7 @@ compile_one() {
 status=0
 pids=()
 jobs_max=$(nproc 2>/dev/null || echo 2)
-for src in csrc/cuda/*.cu; do
+for src in csrc/cuda/*.cu benchmarks/micro/*.cu; do
   while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do sleep 1; done
   compile_one "$src" "$@" &
   pids+=($!)
