@@ -1,6 +1,6 @@
 // Stand-alone check and timing of the tensor-core decode kernel, or of a variant of it, without torch: the loop
 // for trying a kernel change on the GPU machine in seconds instead of an extension rebuild. Built by
-// benchmarks/micro/decode.sh, which compiles one binary per variant header in parallel.
+// benchmarks/micro/run.sh, which compiles one binary per variant header in parallel.
 //
 // A variant is a copy of csrc/kernels/decode_tc.cuh (kept outside the repository or git-ignored) that still
 // defines flashinfer::decode::launch_tc<Q, KV, D>; the binary includes the header named by DECODE_TC_HEADER.
@@ -10,51 +10,20 @@
 // Prints one line: max error against a float64 host reference (first requests only), median time of one launch
 // in us and GB/s of KV read once. The launch is timed inside a CUDA graph that rotates over enough caches (each
 // with its own shuffled page table) that the KV comes from DRAM, not L2, as in a serving step.
-#include <cuda_bf16.h>
-#include <cuda_fp8.h>
-#include <cuda_runtime.h>
-
-#include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "micro.cuh"
 #ifndef DECODE_TC_HEADER
 #define DECODE_TC_HEADER "decode_tc.cuh"
 #endif
 #include DECODE_TC_HEADER
 
 using namespace flashinfer;
-
-#define CHECK(x)                                                                             \
-  do {                                                                                       \
-    cudaError_t e_ = (x);                                                                    \
-    if (e_ != cudaSuccess) {                                                                 \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                          \
-    }                                                                                        \
-  } while (0)
-
-// Element conversions spelled out: the build defines __CUDA_NO_BFLOAT16_CONVERSIONS__, as the extension's does.
-__host__ __device__ inline void store(__nv_bfloat16& x, float v) { x = __float2bfloat16(v); }
-__host__ __device__ inline void store(__nv_fp8_e4m3& x, float v) {
-  x.__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
-}
-inline double to_double(__nv_bfloat16 v) { return __bfloat162float(v); }
-inline double to_double(__nv_fp8_e4m3 v) { return __half2float(__half(__nv_cvt_fp8_to_halfraw(v.__x, __NV_E4M3))); }
-
-// Deterministic uniform values in [-2, 2) from an element index, written in the element type.
-template <typename T>
-__global__ void fill(T* x, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13, h *= 3266489917u, h ^= h >> 16;
-    store(x[i], 4.f * (h >> 8) / 16777216.f - 2.f);
-  }
-}
+using micro::to_double;
+#define CHECK MICRO_CHECK
 
 template <typename KV, int D>
 int run(int batch, int kv_len, int hq, int hkv, int page) {
@@ -62,39 +31,34 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   const int pages_per = (kv_len + page - 1) / page, num_pages = batch * pages_per;
   const int64_t cache_elems = (int64_t)num_pages * 2 * page * hkv * D;
   const double kv_bytes = 2.0 * batch * kv_len * hkv * D * sizeof(KV);
-  const int sets = (int)std::clamp<double>(2 * 50e6 / kv_bytes + 1, 1, 64);  // past 2 x L2 (50 MB on an H100)
 
   std::mt19937 rng(0);
+  const int sets = micro::sets_past_l2(kv_bytes);
   std::vector<KV*> caches(sets);
   std::vector<int32_t*> tables(sets);
   std::vector<std::vector<int32_t>> host_tables(sets);
+  std::vector<KV> h_cache;  // set 0's, for the reference
   for (int s = 0; s < sets; ++s) {
-    CHECK(cudaMalloc(&caches[s], cache_elems * sizeof(KV)));
-    fill<<<1024, 256>>>(caches[s], cache_elems, 17u + s);
+    caches[s] = micro::random_array<KV>(cache_elems, 17u + s, s == 0 ? &h_cache : nullptr);
     host_tables[s].resize(num_pages);
     for (int i = 0; i < num_pages; ++i) host_tables[s][i] = i;
     std::shuffle(host_tables[s].begin(), host_tables[s].end(), rng);
-    CHECK(cudaMalloc(&tables[s], num_pages * sizeof(int32_t)));
-    CHECK(cudaMemcpy(tables[s], host_tables[s].data(), num_pages * sizeof(int32_t), cudaMemcpyHostToDevice));
+    tables[s] = micro::to_device(host_tables[s]);
   }
   std::vector<int32_t> indptr(batch + 1), last(batch, (kv_len - 1) % page + 1);
   for (int b = 0; b <= batch; ++b) indptr[b] = b * pages_per;
-  int32_t *d_indptr, *d_last;
-  CHECK(cudaMalloc(&d_indptr, indptr.size() * 4));
-  CHECK(cudaMalloc(&d_last, last.size() * 4));
-  CHECK(cudaMemcpy(d_indptr, indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(d_last, last.data(), last.size() * 4, cudaMemcpyHostToDevice));
-  Q *q, *out;
+  int32_t *d_indptr = micro::to_device(indptr), *d_last = micro::to_device(last);
+  std::vector<Q> h_q;
+  Q* q = micro::random_array<Q>((int64_t)batch * hq * D, 5u, &h_q);
+  Q* out;
   float *lse, *tmp_o, *tmp_lse;
   int* counters;
-  CHECK(cudaMalloc(&q, (size_t)batch * hq * D * sizeof(Q)));
   CHECK(cudaMalloc(&out, (size_t)batch * hq * D * sizeof(Q)));
   CHECK(cudaMalloc(&lse, (size_t)batch * hq * 4));
   CHECK(cudaMalloc(&tmp_o, (size_t)batch * decode::kMaxSplits * hq * D * 4));
   CHECK(cudaMalloc(&tmp_lse, (size_t)batch * decode::kMaxSplits * hq * 4));
   CHECK(cudaMalloc(&counters, (size_t)batch * hq * 4));  // >= batch * hkv * head_chunks
   CHECK(cudaMemset(counters, 0, (size_t)batch * hq * 4));  // every launch leaves them zero
-  fill<<<256, 256>>>(q, (int64_t)batch * hq * D, 5u);
 
   decode::Params p{};
   p.q = q, p.q_stride_n = (int64_t)hq * D, p.q_stride_h = D;
@@ -128,10 +92,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   launch(0);
   CHECK(cudaStreamSynchronize(stream));
   const int check_b = std::min(batch, 2);
-  std::vector<KV> h_cache(cache_elems);
-  std::vector<Q> h_q((size_t)batch * hq * D), h_out((size_t)batch * hq * D);
-  CHECK(cudaMemcpy(h_cache.data(), caches[0], cache_elems * sizeof(KV), cudaMemcpyDeviceToHost));
-  CHECK(cudaMemcpy(h_q.data(), q, h_q.size() * sizeof(Q), cudaMemcpyDeviceToHost));
+  std::vector<Q> h_out((size_t)batch * hq * D);
   CHECK(cudaMemcpy(h_out.data(), out, h_out.size() * sizeof(Q), cudaMemcpyDeviceToHost));
   double max_err = 0, max_ref = 0;
   for (int b = 0; b < check_b; ++b)
@@ -160,28 +121,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
       }
     }
 
-  // Time: one graph replays a pass over every set; the median over replays, per launch.
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int s = 0; s < sets; ++s) launch(s);
-  CHECK(cudaStreamEndCapture(stream, &graph));
-  CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
-  std::vector<float> times;
-  for (int r = 0; r < 30; ++r) {
-    CHECK(cudaEventRecord(start, stream));
-    CHECK(cudaGraphLaunch(exec, stream));
-    CHECK(cudaEventRecord(stop, stream));
-    CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, start, stop));
-    if (r >= 5) times.push_back(ms * 1e3f / sets);
-  }
-  std::sort(times.begin(), times.end());
-  const double us = times[times.size() / 2];
+  const double us = micro::graph_time_us(sets, stream, launch);
   // bf16 outputs: a few ulps of the largest output is right, more is a bug.
   const bool ok = max_err <= 2e-2 * std::max(max_ref, 1.0);
   std::printf("%s batch %d kv_len %d hq %d hkv %d D %d page %d %s splits %d: max err %.3g (%s), %.2f us, %.0f GB/s\n",

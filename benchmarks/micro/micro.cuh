@@ -1,0 +1,96 @@
+// What the stand-alone kernel harnesses of benchmarks/micro share: error checks, random fills, element
+// conversions spelled out (the CI build defines __CUDA_NO_BFLOAT16_CONVERSIONS__, as the extension's does), and
+// the graph timing of a launch over rotating input sets. Torch-free.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+#define MICRO_CHECK(x)                                                                       \
+  do {                                                                                       \
+    cudaError_t e_ = (x);                                                                    \
+    if (e_ != cudaSuccess) {                                                                 \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+namespace micro {
+
+__host__ __device__ inline void store(__nv_bfloat16& x, float v) { x = __float2bfloat16(v); }
+__host__ __device__ inline void store(__nv_fp8_e4m3& x, float v) {
+  x.__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}
+inline double to_double(__nv_bfloat16 v) { return __bfloat162float(v); }
+inline double to_double(__nv_fp8_e4m3 v) { return __half2float(__half(__nv_cvt_fp8_to_halfraw(v.__x, __NV_E4M3))); }
+
+// Deterministic uniform values in [-2, 2) from an element index and a seed, in the element type.
+template <typename T>
+__global__ void fill_kernel(T* x, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13, h *= 3266489917u, h ^= h >> 16;
+    store(x[i], 4.f * (h >> 8) / 16777216.f - 2.f);
+  }
+}
+
+// A device array of n random elements, and its host copy.
+template <typename T>
+T* random_array(int64_t n, uint32_t seed, std::vector<T>* host = nullptr) {
+  T* d = nullptr;
+  MICRO_CHECK(cudaMalloc(&d, std::max<int64_t>(n, 1) * sizeof(T)));
+  fill_kernel<<<1024, 256>>>(d, n, seed);
+  MICRO_CHECK(cudaGetLastError());
+  if (host) {
+    host->resize(n);
+    MICRO_CHECK(cudaMemcpy(host->data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+  }
+  return d;
+}
+
+template <typename T>
+T* to_device(const std::vector<T>& h) {
+  T* d = nullptr;
+  MICRO_CHECK(cudaMalloc(&d, std::max<size_t>(h.size(), 1) * sizeof(T)));
+  MICRO_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+// Median time of one launch in us: a CUDA graph of `sets` launches (launch(s) on input set s) replayed 25 times
+// after 5 warm-up replays, each replay's time divided by `sets`.
+inline double graph_time_us(int sets, cudaStream_t stream, const std::function<void(int)>& launch) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  MICRO_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int s = 0; s < sets; ++s) launch(s);
+  MICRO_CHECK(cudaStreamEndCapture(stream, &graph));
+  MICRO_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t start, stop;
+  MICRO_CHECK(cudaEventCreate(&start));
+  MICRO_CHECK(cudaEventCreate(&stop));
+  std::vector<float> times;
+  for (int r = 0; r < 30; ++r) {
+    MICRO_CHECK(cudaEventRecord(start, stream));
+    MICRO_CHECK(cudaGraphLaunch(exec, stream));
+    MICRO_CHECK(cudaEventRecord(stop, stream));
+    MICRO_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    MICRO_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (r >= 5) times.push_back(ms * 1e3f / sets);
+  }
+  std::sort(times.begin(), times.end());
+  MICRO_CHECK(cudaGraphExecDestroy(exec));
+  MICRO_CHECK(cudaGraphDestroy(graph));
+  return times[times.size() / 2];
+}
+
+// Input sets needed for `bytes` of input per launch to exceed twice an H100's 50 MB L2, at most 64.
+inline int sets_past_l2(double bytes) { return (int)std::clamp<double>(2 * 50e6 / bytes + 1, 1, 64); }
+
+}  // namespace micro

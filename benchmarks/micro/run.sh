@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds a stand-alone kernel harness (benchmarks/micro/<kernel>_micro.cu) once per variant of the kernel header,
+# in parallel, then runs every binary over every shape: a kernel change checked against a float64 reference and
+# timed in one GPU call, without rebuilding the extension. Exits non-zero if a build fails or a variant is wrong.
+#   bash benchmarks/micro/run.sh decode                  the kernel as it is, over the default shapes
+#   VARIANTS="csrc/kernels/decode_tc.cuh scratch/decode_tc_try.cuh" SHAPES="1 8192;64 4096 32 8 128 16 e4m3" \
+#   bash benchmarks/micro/run.sh decode
+#   VARIANTS="csrc/kernels/prefill.cuh scratch/prefill_try.cuh" SHAPES="1 8192 8192" bash benchmarks/micro/run.sh prefill
+# A variant is a copy of the kernel header (its includes resolve against csrc/kernels). A shape is the harness's
+# arguments: decode BATCH KV_LEN [HQ HKV HEAD_DIM PAGE bf16|e4m3]; prefill BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM
+# PAGE causal|full paged|ragged bf16|e4m3].
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+kernel=${1:-decode}
+case "$kernel" in
+  decode)
+    macro=DECODE_TC_HEADER default_variant=csrc/kernels/decode_tc.cuh
+    default_shapes="1 8192;16 4096;64 4096;1 8192 32 8 128 16 e4m3;64 4096 32 8 128 16 e4m3" ;;
+  prefill)
+    macro=PREFILL_HEADER default_variant=csrc/kernels/prefill.cuh
+    default_shapes="1 8192 8192;4 4096 4096;16 1024 1024;4 4096 4096 32 8 128 16 full;1 8192 8192 32 8 128 16 causal ragged" ;;
+  *) echo "usage: bash benchmarks/micro/run.sh decode|prefill" >&2; exit 2 ;;
+esac
+variants=${VARIANTS:-$default_variant}
+IFS=';' read -r -a shapes <<< "${SHAPES:-$default_shapes}"
+bin=$(mktemp -d)
+trap 'rm -rf "$bin"' EXIT
+pids=()
+i=0
+for v in $variants; do
+  nvcc -O3 -std=c++20 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc/kernels \
+    -D$macro="\"$(realpath "$v")\"" "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
+  pids+=($!)
+  i=$((i + 1))
+done
+i=0
+for v in $variants; do
+  wait "${pids[$i]}" || { echo "build of $v failed:"; cat "$bin/v$i.log"; exit 1; }
+  i=$((i + 1))
+done
+status=0
+for shape in "${shapes[@]}"; do
+  i=0
+  for v in $variants; do
+    # shellcheck disable=SC2086
+    "$bin/v$i" $shape || status=1
+    i=$((i + 1))
+  done
+done
+exit $status
