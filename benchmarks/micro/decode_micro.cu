@@ -11,7 +11,6 @@
 // in us and GB/s of KV read once. The launch is timed inside a CUDA graph that rotates over enough caches (each
 // with its own shuffled page table) that the KV comes from DRAM, not L2, as in a serving step.
 #include <cmath>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -32,19 +31,8 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   const int64_t cache_elems = (int64_t)num_pages * 2 * page * hkv * D;
   const double kv_bytes = 2.0 * batch * kv_len * hkv * D * sizeof(KV);
 
-  std::mt19937 rng(0);
   const int sets = micro::sets_past_l2(kv_bytes);
-  std::vector<KV*> caches(sets);
-  std::vector<int32_t*> tables(sets);
-  std::vector<std::vector<int32_t>> host_tables(sets);
-  std::vector<KV> h_cache;  // set 0's, for the reference
-  for (int s = 0; s < sets; ++s) {
-    caches[s] = micro::random_array<KV>(cache_elems, 17u + s, s == 0 ? &h_cache : nullptr);
-    host_tables[s].resize(num_pages);
-    for (int i = 0; i < num_pages; ++i) host_tables[s][i] = i;
-    std::shuffle(host_tables[s].begin(), host_tables[s].end(), rng);
-    tables[s] = micro::to_device(host_tables[s]);
-  }
+  const micro::KvSets<KV> kv(sets, cache_elems, num_pages);
   std::vector<int32_t> indptr(batch + 1), last(batch, (kv_len - 1) % page + 1);
   for (int b = 0; b <= batch; ++b) indptr[b] = b * pages_per;
   int32_t *d_indptr = micro::to_device(indptr), *d_last = micro::to_device(last);
@@ -84,7 +72,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   auto launch = [&](int s) {
     decode::Params ps = p;
-    ps.k_cache = caches[s], ps.v_cache = caches[s] + (int64_t)page * hkv * D, ps.indices = tables[s];
+    ps.k_cache = kv.kv[s], ps.v_cache = kv.kv[s] + (int64_t)page * hkv * D, ps.indices = kv.tables[s];
     CHECK((decode::launch_tc<Q, KV, D>(ps, sm_count, alloc_tmp, stream)));
   };
 
@@ -100,9 +88,9 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
       const int kvh = h / (hq / hkv);
       std::vector<double> s(kv_len), o(D, 0.0);
       double mx = -INFINITY, den = 0;
-      auto elem = [&](int kv, int t, int e) {  // kv 0: K, 1: V
-        const int64_t pg = host_tables[0][b * pages_per + t / page];
-        return to_double(h_cache[(((pg * 2 + kv) * page + t % page) * hkv + kvh) * D + e]);
+      auto elem = [&](int which, int t, int e) {  // 0: K, 1: V
+        const int64_t pg = kv.host_tables[0][b * pages_per + t / page];
+        return to_double(kv.host_kv0[(((pg * 2 + which) * page + t % page) * hkv + kvh) * D + e]);
       };
       for (int t = 0; t < kv_len; ++t) {
         double dot = 0;

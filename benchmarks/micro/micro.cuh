@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <random>
 #include <vector>
 
 #define MICRO_CHECK(x)                                                                       \
@@ -61,6 +62,27 @@ T* to_device(const std::vector<T>& h) {
   MICRO_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
   return d;
 }
+
+// `sets` random K/V arrays of `elems` elements (set 0 copied to the host for the reference) and, for each, a page
+// table: the page ids 0 .. num_pages - 1 in a random order, as a serving engine's cache holds them after churn.
+template <typename KV>
+struct KvSets {
+  std::vector<KV*> kv;
+  std::vector<int32_t*> tables;
+  std::vector<std::vector<int32_t>> host_tables;
+  std::vector<KV> host_kv0;
+
+  KvSets(int sets, int64_t elems, int num_pages) : kv(sets), tables(sets), host_tables(sets) {
+    std::mt19937 rng(0);
+    for (int s = 0; s < sets; ++s) {
+      kv[s] = random_array<KV>(elems, 17u + s, s == 0 ? &host_kv0 : nullptr);
+      host_tables[s].resize(num_pages);
+      for (int i = 0; i < num_pages; ++i) host_tables[s][i] = i;
+      std::shuffle(host_tables[s].begin(), host_tables[s].end(), rng);
+      tables[s] = to_device(host_tables[s]);
+    }
+  }
+};
 
 // Median time of one launch in us: a CUDA graph of `sets` launches (launch(s) on input set s) replayed 25 times
 // after 5 warm-up replays, each replay's time divided by `sets`.

@@ -8,7 +8,6 @@
 // of a few query rows of the first request against a float64 host reference, median time of one launch in us and
 // TFLOP/s (4 * head_dim flops per (query head, key) pair the mask keeps).
 #include <cmath>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -37,18 +36,7 @@ int run(const Shape& sh) {
   const int64_t kv_elems = sh.ragged ? 2 * total_kv * hkv * D : (int64_t)num_pages * 2 * page * hkv * D;
   const int sets = micro::sets_past_l2(kv_elems * sizeof(KV) + total_q * hq * D * 2.0);
 
-  std::mt19937 rng(0);
-  std::vector<KV*> kvs(sets);
-  std::vector<int32_t*> tables(sets);
-  std::vector<std::vector<int32_t>> host_tables(sets);
-  std::vector<KV> h_kv;  // set 0's, for the reference
-  for (int s = 0; s < sets; ++s) {
-    kvs[s] = micro::random_array<KV>(kv_elems, 17u + s, s == 0 ? &h_kv : nullptr);
-    host_tables[s].resize(num_pages);
-    for (int i = 0; i < num_pages; ++i) host_tables[s][i] = i;
-    std::shuffle(host_tables[s].begin(), host_tables[s].end(), rng);
-    tables[s] = micro::to_device(host_tables[s]);
-  }
+  const micro::KvSets<KV> kv(sets, kv_elems, num_pages);
   std::vector<int32_t> qo_indptr(batch + 1), kv_indptr(batch + 1), last(batch, (kv_len - 1) % page + 1);
   for (int b = 0; b <= batch; ++b) {
     qo_indptr[b] = b * qo_len;
@@ -98,7 +86,7 @@ int run(const Shape& sh) {
   auto launch = [&](int s) {
     prefill::Params ps = p;
     const int64_t v_off = sh.ragged ? total_kv * hkv * D : (int64_t)page * hkv * D;
-    ps.k_cache = kvs[s], ps.v_cache = kvs[s] + v_off, ps.indices = sh.ragged ? nullptr : tables[s];
+    ps.k_cache = kv.kv[s], ps.v_cache = kv.kv[s] + v_off, ps.indices = sh.ragged ? nullptr : kv.tables[s];
     CHECK(sh.ragged ? (prefill::launch<T, KV, D, true, false>(ps, env))
                     : (prefill::launch<T, KV, D, false, false>(ps, env)));
   };
@@ -108,10 +96,10 @@ int run(const Shape& sh) {
   std::vector<T> h_out(total_q * hq * D);
   CHECK(cudaMemcpy(h_out.data(), out, h_out.size() * sizeof(T), cudaMemcpyDeviceToHost));
   // Rows 0, a third, two thirds and the last of request 0, every head.
-  auto elem = [&](int kv, int j, int kvh, int e) {  // kv 0: K, 1: V; key j of request 0
-    if (sh.ragged) return to_double(h_kv[(((int64_t)kv * total_kv + j) * hkv + kvh) * D + e]);
-    const int64_t pg = host_tables[0][j / page];
-    return to_double(h_kv[(((pg * 2 + kv) * page + j % page) * hkv + kvh) * D + e]);
+  auto elem = [&](int which, int j, int kvh, int e) {  // 0: K, 1: V; key j of request 0
+    if (sh.ragged) return to_double(kv.host_kv0[(((int64_t)which * total_kv + j) * hkv + kvh) * D + e]);
+    const int64_t pg = kv.host_tables[0][j / page];
+    return to_double(kv.host_kv0[(((pg * 2 + which) * page + j % page) * hkv + kvh) * D + e]);
   };
   double max_err = 0, max_ref = 0;
   for (int i : {0, qo_len / 3, 2 * qo_len / 3, qo_len - 1}) {
