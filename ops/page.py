@@ -18,7 +18,7 @@ import torch
 from .wrapper import into
 
 __all__ = ["append_paged_kv_cache", "get_batch_indices_positions", "get_seq_lens", "split_paged_kv_cache",
-           "validate_page_table"]
+           "validate_indptr", "validate_page_table"]
 
 # FLASHINFER_VALIDATE=1 turns on validate=True for every call that takes it.
 _VALIDATE_ENV = os.environ.get("FLASHINFER_VALIDATE", "0") == "1"
@@ -43,6 +43,25 @@ def split_paged_kv_cache(paged_kv_cache, kv_layout: str = "NHD"):
     return k_cache, v_cache, k.shape[0], k.shape[2] if kv_layout == "HND" else k.shape[1]
 
 
+def validate_indptr(name: str, indptr: torch.Tensor, batch: Optional[int] = None,
+                    bound: Optional[Tuple[int, str]] = None) -> None:
+    """Checks an indptr on the host and raises ValueError naming it: batch + 1 entries (when batch is given), a
+    first entry >= 0, non-decreasing, and a last entry within bound = (size, what it counts) when given. A sync,
+    like validate_page_table."""
+    indptr = indptr.detach().to("cpu", torch.int64)
+    if batch is not None and indptr.numel() != batch + 1:
+        raise ValueError(f"{name} must have batch_size + 1 = {batch + 1} entries, got {indptr.numel()}")
+    if indptr.numel() and indptr[0] < 0:
+        raise ValueError(f"{name}[0] must be >= 0, got {int(indptr[0])}")
+    steps = indptr[1:] - indptr[:-1]
+    if (steps < 0).any():
+        b = int((steps < 0).nonzero()[0])
+        raise ValueError(f"{name} must be non-decreasing: {name}[{b + 1}]={int(indptr[b + 1])} < "
+                         f"{name}[{b}]={int(indptr[b])}")
+    if bound is not None and indptr.numel() and indptr[-1] > bound[0]:
+        raise ValueError(f"{name}[-1]={int(indptr[-1])} exceeds the {bound[0]} {bound[1]}")
+
+
 def validate_page_table(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,
                         num_pages: Optional[int], page_size: int) -> None:
     """Checks page-table metadata on the host and raises ValueError naming the first problem found. Page ids
@@ -52,17 +71,8 @@ def validate_page_table(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_la
     is for finding the bug that produced them. Cost: one device-to-host copy of the three tables (a sync), so
     it is meant for eager debugging, not for the serving loop."""
     indptr, indices, last = (t.detach().to("cpu", torch.int64) for t in (kv_indptr, kv_indices, kv_last_page_len))
-    if indptr.numel() != last.numel() + 1:
-        raise ValueError(f"kv_indptr must have batch_size + 1 = {last.numel() + 1} entries, got {indptr.numel()}")
-    if indptr.numel() and indptr[0] < 0:
-        raise ValueError(f"kv_indptr[0] must be >= 0, got {int(indptr[0])}")
+    validate_indptr("kv_indptr", indptr, last.numel(), (indices.numel(), "entries of kv_indices"))
     steps = indptr[1:] - indptr[:-1]
-    if (steps < 0).any():
-        b = int((steps < 0).nonzero()[0])
-        raise ValueError(f"kv_indptr must be non-decreasing: kv_indptr[{b + 1}]={int(indptr[b + 1])} < "
-                         f"kv_indptr[{b}]={int(indptr[b])}")
-    if indptr.numel() and indptr[-1] > indices.numel():
-        raise ValueError(f"kv_indptr[-1]={int(indptr[-1])} exceeds the {indices.numel()} entries of kv_indices")
     used = indices[int(indptr[0]):int(indptr[-1])] if indptr.numel() else indices[:0]
     bad = (used < 0) | (used >= (num_pages if num_pages is not None else torch.iinfo(torch.int64).max))
     if bad.any():

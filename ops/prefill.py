@@ -20,7 +20,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .page import split_paged_kv_cache
+from .page import _validating, split_paged_kv_cache, validate_indptr, validate_page_table
 from .wrapper import (AttentionWrapper, as_dtype, attention_scales, check_heads, check_int32, finish, reject,
                       reject_jit, rope_args)
 
@@ -164,10 +164,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
              disable_split_kv: bool = False, seq_lens: Optional[torch.Tensor] = None,
              seq_lens_q: Optional[torch.Tensor] = None, max_token_per_sequence: Optional[int] = None,
              max_sequence_kv: Optional[int] = None, v_indptr: Optional[torch.Tensor] = None,
-             o_indptr: Optional[torch.Tensor] = None) -> None:
+             o_indptr: Optional[torch.Tensor] = None, *, validate: Optional[bool] = None) -> None:
         """Records the batch and the attention parameters; never waits for the device (a custom_mask that still
         needs packing reads the lengths on the host). v_indptr / o_indptr (separate value and output layouts) are
-        not supported; the other trailing arguments as in BatchPrefillWithPagedKVCacheWrapper.plan."""
+        not supported; the other trailing arguments as in BatchPrefillWithPagedKVCacheWrapper.plan.
+        ``validate=True`` (or FLASHINFER_VALIDATE=1) checks qo_indptr and kv_indptr on the host first (a sync)."""
         _check_plan_extras(prefix_len_ptr, token_pos_in_items_ptr, token_pos_in_items_len, max_item_len_ptr)
         reject(v_indptr=v_indptr, o_indptr=o_indptr)
         kv_host = lambda: (kv_indptr[1:] - kv_indptr[:-1]).tolist()  # noqa: E731
@@ -175,6 +176,9 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillWrapper):
                           packed_custom_mask, causal, pos_encoding_mode, window_left, logits_soft_cap, sm_scale,
                           rope_scale, rope_theta, non_blocking, o_data_type)
         check_int32(kv_indptr=kv_indptr)
+        if _validating(validate):
+            validate_indptr("qo_indptr", qo_indptr, kv_indptr.numel() - 1)
+            validate_indptr("kv_indptr", kv_indptr)
         self._kv_indptr = self._place("kv_indptr_buf", kv_indptr, non_blocking)
 
     begin_forward = plan
@@ -231,9 +235,12 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
              max_item_len_ptr: Optional[torch.Tensor] = None, seq_lens: Optional[torch.Tensor] = None,
              seq_lens_q: Optional[torch.Tensor] = None, block_tables: Optional[torch.Tensor] = None,
              max_token_per_sequence: Optional[int] = None, max_sequence_kv: Optional[int] = None,
-             fixed_split_size: Optional[int] = None, disable_split_kv: bool = False) -> None:
+             fixed_split_size: Optional[int] = None, disable_split_kv: bool = False, *,
+             validate: Optional[bool] = None) -> None:
         """Records the batch, its page tables and the attention parameters; never waits for the device (a
-        custom_mask that still needs packing reads the lengths on the host).
+        custom_mask that still needs packing reads the lengths on the host). ``validate=True`` (or
+        FLASHINFER_VALIDATE=1) checks qo_indptr and the page tables on the host first (a sync); page ids are
+        checked against the cache by the kernel (it masks those outside), since the cache is not known here.
 
         Upstream's trailing arguments: the multi-item scoring ones (prefix_len_ptr, token_pos_in_items_ptr /
         _len, max_item_len_ptr) change the mask and raise when set; seq_lens, seq_lens_q, block_tables and the
@@ -251,6 +258,9 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillWrapper):
                           rope_scale, rope_theta, non_blocking, o_data_type)
         check_int32(paged_kv_indptr=paged_kv_indptr, paged_kv_indices=paged_kv_indices,
                     paged_kv_last_page_len=paged_kv_last_page_len)
+        if _validating(validate):
+            validate_indptr("qo_indptr", qo_indptr, paged_kv_last_page_len.numel())
+            validate_page_table(paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, None, page_size)
         self._kv_indptr = self._place("paged_kv_indptr_buf", paged_kv_indptr, non_blocking)
         self._kv_indices = self._place("paged_kv_indices_buf", paged_kv_indices, non_blocking, whole=True)
         self._kv_last = self._place("paged_kv_last_page_len_buf", paged_kv_last_page_len, non_blocking)

@@ -336,6 +336,39 @@ def test_prefill_bad_input_named(device, case, msg):
                                                                 0.1, 1.0, 1.0, case == "rope_scale", 0.0)
 
 
+_i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+# (form, plan's table arguments, expected message): each table wrong in one way.
+VALIDATE_CASES = {
+    "qo backwards": ("paged", dict(qo=[0, 5, 3]), r"qo_indptr must be non-decreasing: qo_indptr\[2\]=3 < "
+                                                   r"qo_indptr\[1\]=5"),
+    "qo length": ("paged", dict(qo=[0, 5]), r"qo_indptr must have batch_size \+ 1 = 3 entries, got 2"),
+    "page id": ("paged", dict(indices=[3, -2, 1]), r"kv_indices\[1\]=-2 is not a page of the cache \(>= 0\)"),
+    "last page": ("paged", dict(last=[0, 4]), r"kv_last_page_len\[0\]=0 must be in \[1, page_size=16\]"),
+    "kv past table": ("paged", dict(kv=[0, 2, 4]), r"kv_indptr\[-1\]=4 exceeds the 3 entries of kv_indices"),
+    "ragged qo start": ("ragged", dict(qo=[-1, 5, 9]), r"qo_indptr\[0\] must be >= 0, got -1"),
+    "ragged kv backwards": ("ragged", dict(kv=[0, 40, 30]), r"kv_indptr must be non-decreasing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALIDATE_CASES))
+def test_plan_validate_names_the_bad_entry(case):
+    """plan(validate=True) reads the tables on the host and names the first bad entry; without it the same tables
+    are recorded as they are (the kernels mask what falls outside the cache)."""
+    form, bad, msg = VALIDATE_CASES[case]
+    t = dict(qo=[0, 5, 9], kv=[0, 2, 3], indices=[3, 0, 1], last=[16, 4]) if form == "paged" else \
+        dict(qo=[0, 5, 9], kv=[0, 40, 70])
+    t.update(bad)
+    if form == "paged":
+        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(1))
+        args = (_i32(t["qo"]), _i32(t["kv"]), _i32(t["indices"]), _i32(t["last"]), 4, 2, 64, 16)
+    else:
+        wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1))
+        args = (_i32(t["qo"]), _i32(t["kv"]), 4, 2, 64)
+    with pytest.raises(ValueError, match=msg):
+        wrapper.plan(*args, causal=True, validate=True)
+    wrapper.plan(*args, causal=True)
+
+
 GRAPH_CASES = {
     # (captured query rows, pages, first plan, the plans replayed)
     "tiles": (256, 64, [(60, 60), (60, 100), (60, 300), (60, 61)],
