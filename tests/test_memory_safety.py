@@ -139,8 +139,8 @@ def test_prefill_ragged_garbage_kv_indptr(device, seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_prefill_garbage_query_layout(device, seed):
-    """qo_indptr that runs backwards or past q: no crash, no write to the cache; rows that a request does own
-    come out finite."""
+    """qo_indptr that runs backwards or past q: the launch completes and the cache is untouched. Which output
+    rows get written is not specified for such a table, so the output is not checked."""
     g = torch.Generator().manual_seed(seed)
     batch, num_pages, page, hkv, d = 3, 4, 8, 1, 64
     cache, whole = _guarded((num_pages, 2, page, hkv, d), torch.float16, device, g)
