@@ -109,7 +109,12 @@ def main(script, cases, local_impls, unit="GB/s"):
     ap.add_argument("--impl", default="local", help="'local' (ours and torch peers) or 'upstream'")
     ap.add_argument("--peer", default=os.environ.get("FLASHINFER_PEER", "/tmp/peer"))
     ap.add_argument("--json", default=None, help="write rows as JSON to this path ('-': stdout)")
+    ap.add_argument("--cases", default=os.environ.get("BENCH_CASES"),
+                    help="run only the cases whose name contains this string (also env BENCH_CASES)")
     args = ap.parse_args()
+    if args.cases:
+        os.environ["BENCH_CASES"] = args.cases  # the upstream subprocess runs the same cases
+        cases = {name: case for name, case in cases.items() if args.cases in name}
     if args.impl == "upstream":
         rows = run_impls(cases, sorted({i for c in cases.values() for i in c[2] if i.startswith("upstream")}))
     else:

@@ -138,7 +138,7 @@ def test_batch_decode_long_requests(device, window_left, backend, kv_dtype):
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_decode_fp8_kv(device, kv_dtype, dtype, d, backend):
-    # Both paths: the tensor-core kernel converts each staged fp8 tile to 16-bit in shared memory.
+    # Both paths: the tensor-core kernel converts fp8 in registers and runs its mma in f16, whatever the query dtype.
     hkv, group, page = 2, 4, 16
     cache, indices, indptr, last = _batch(LENGTHS, page, hkv, d, kv_dtype, device)
     q = torch.randn(len(LENGTHS), hkv * group, d, dtype=dtype, device=device)
@@ -147,6 +147,24 @@ def test_batch_decode_fp8_kv(device, kv_dtype, dtype, d, backend):
     out, lse = wrapper.run(q, cache, k_scale=0.5, v_scale=2.0, return_lse=True)
     _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, sm_scale=1 / math.sqrt(d),
                              k_scale=0.5, v_scale=2.0), "fp8")
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_batch_decode_fp8_kv_query_range(device, kv_dtype):
+    """bf16 query rows far beyond f16's range (1e6, 1e12) or tiny (1e-20) against fp8 KV. The tensor-core kernel
+    runs the fp8 mma in f16 with a power-of-two scale per query row: no row may overflow or lose its precision."""
+    hkv, group, page, d = 2, 4, 16, 128
+    cache, indices, indptr, last = _batch(LENGTHS, page, hkv, d, kv_dtype, device)
+    g = torch.Generator().manual_seed(3)
+    row_scale = torch.tensor([1e-20, 7e-8, 1e-3, 1.0, 3e4, 1e6, 1e12, 5.0], dtype=torch.float64)
+    q = torch.randn(len(LENGTHS), hkv * group, d, dtype=torch.float64, generator=g) * row_scale[:, None]
+    q = q.to(torch.bfloat16).to(device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), backend="tensor_core")
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    assert torch.isfinite(out).all()
+    _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, torch.bfloat16, sm_scale=1 / math.sqrt(d)),
+           "fp8, scaled q")
 
 
 def test_batch_decode_out_of_range_pages_are_masked(device):

@@ -1,5 +1,5 @@
-// Batch decode over a paged KV cache on tensor cores (mma.sync m16n8k16, sm_80+), for 16-bit and fp8 KV (fp8
-// tiles are converted to 16-bit in shared memory, stage by stage). Torch-free.
+// Batch decode over a paged KV cache on tensor cores (mma.sync m16n8k16, sm_80+), for 16-bit and fp8 KV.
+// Torch-free.
 //
 // Same grid, splits, slices, split merge and memory safety as the CUDA-core kernel in decode.cuh; what differs is
 // the math. The query heads of one kv head (the GQA group, up to 16) are the 16 rows of an mma A tile, so a block
@@ -9,6 +9,17 @@
 // about 200 instructions, against several thousand on CUDA cores, so the kernel runs at the speed of memory.
 //
 // Tiles: kTcTile tokens of K and V per stage, rows swizzled for ldmatrix; warp w owns tokens [16w, 16w + 16).
+//
+// fp8 KV: the staged bytes go through ldmatrix as they are and are converted in registers (cvt e4m3x2/e5m2x2 ->
+// f16x2, exact), so there is no conversion pass through shared memory and no extra barrier; the mma run in f16.
+// - K: a non-transposed ldmatrix on the bytes gives lane (g, t) dims 4t..4t+3 of token g's 16-dim chunk, which
+//   fill the B fragment's k slots (2t, 2t+1, 2t+8, 2t+9). The dot product does not care about the order of k, so
+//   the query tile is stored with the same permutation (q_slot_dim) and S comes out unchanged.
+// - V: a transposed ldmatrix gives lane (g, t) {V[2t][2g], V[2t][2g+1], V[2t+1][2g], V[2t+1][2g+1]}; a byte permute
+//   makes one B fragment of the even dims and one of the odd dims of the chunk, so the output accumulators hold
+//   dims in the order fp8_out_dim gives, and only the epilogue maps them back.
+// - bf16 queries become f16 with a power-of-two scale per row (largest |q| near 2^13, exact in f16's wider
+//   mantissa; the scale goes back into the score scale), and P is rounded to f16, which is finer than bf16 on [0, 1].
 #pragma once
 #include <type_traits>
 
@@ -22,35 +33,56 @@ constexpr int kTcTile = 64;   // tokens per stage: 16 per warp
 constexpr int kTcRows = 16;   // query heads per block (mma M)
 
 // Stages: enough in flight per block, few enough that 3 blocks (D = 64, 128) fit an SM; D = 256 runs one block
-// per SM with 3 stages, so two tiles stay in flight while it computes.
-__host__ __device__ constexpr int tc_stages(int head_dim) { return head_dim == 64 ? 4 : head_dim == 128 ? 2 : 3; }
-// The K/V work region: the stages, and for fp8 KV one 16-bit tile of K and V that each stage is converted into
-// before the mma reads it (ldmatrix needs 16-bit rows). Reused by the final merge (4 warps x 16 rows x
-// (head_dim + 2) floats, and the split weights).
-__host__ __device__ constexpr size_t tc_work_region(int head_dim, int kv_bytes) {
-  return (size_t)tc_stages(head_dim) * 2 * kTcTile * head_dim * kv_bytes +
-         (kv_bytes == 2 ? 0 : (size_t)2 * kTcTile * head_dim * 2);
+// per SM with 3 stages, so two tiles stay in flight while it computes. fp8 tiles are half the bytes: D = 128 keeps
+// one more tile in flight for the same shared memory.
+__host__ __device__ constexpr int tc_stages(int head_dim, int kv_bytes) {
+  return head_dim == 64 ? 4 : head_dim == 128 ? (kv_bytes == 1 ? 3 : 2) : 3;
 }
-// Work region, the swizzled query tile, token validity per stage.
+// The K/V work region: the stages, reused by the final merge (4 warps x 16 rows x (head_dim + 2) floats, and the
+// split weights), whichever is larger.
+__host__ __device__ constexpr size_t tc_work_region(int head_dim, int kv_bytes) {
+  const size_t stages = (size_t)tc_stages(head_dim, kv_bytes) * 2 * kTcTile * head_dim * kv_bytes;
+  const size_t merge = (size_t)4 * kTcRows * (head_dim + 2) * 4;
+  return stages > merge ? stages : merge;
+}
+// Work region, the swizzled query tile, token validity per stage, the per-row query scales (fp8 KV).
 __host__ __device__ constexpr size_t tc_smem_bytes(int head_dim, int kv_bytes) {
   return tc_work_region(head_dim, kv_bytes) + (size_t)kTcRows * head_dim * 2 +
-         (size_t)tc_stages(head_dim) * kTcTile * 4;
+         (size_t)tc_stages(head_dim, kv_bytes) * kTcTile * 4 + (kv_bytes == 1 ? kTcRows * 4 : 0);
+}
+
+// fp8 KV. The query dim stored in k slot `slot` of a 16-dim chunk: slots (2t, 2t + 1) hold dims (4t, 4t + 1) and
+// slots (2t + 8, 2t + 9) dims (4t + 2, 4t + 3), the order in which ldmatrix hands out K's bytes.
+__device__ __forceinline__ int q_slot_dim(int slot) {
+  return slot < 8 ? 2 * slot - slot % 2 : 4 * ((slot - 8) / 2) + 2 + slot % 2;
+}
+// The dim held by column 2t + j of output n-tile n (16-dim chunk n / 2, even dims when n is even).
+__device__ __forceinline__ int fp8_out_dim(int n, int t, int j) { return 16 * (n / 2) + 4 * t + 2 * j + n % 2; }
+
+// Four fp8 values (bytes 0..3 of x) to two f16x2 registers: bytes (0, 1) and (2, 3). Exact: both fp8 formats fit
+// f16's range and precision.
+template <typename KV>
+__device__ __forceinline__ void fp8x4_to_f16x2(uint32_t x, uint32_t& lo, uint32_t& hi) {
+  constexpr __nv_fp8_interpretation_t kind = std::is_same_v<KV, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
+  const __half2_raw a = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(x & 0xffffu), kind);
+  const __half2_raw b = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(x >> 16), kind);
+  lo = (uint32_t)a.x | (uint32_t)a.y << 16;
+  hi = (uint32_t)b.x | (uint32_t)b.y << 16;
 }
 
 template <typename T, typename KV, int D>
 __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel(Params p) {
-  constexpr int kStages = tc_stages(D);
+  constexpr int kStages = tc_stages(D, sizeof(KV));
   constexpr int kNT = D / 8;  // n-tiles of the output
-  constexpr bool kConvert = !std::is_same_v<T, KV>;
+  constexpr bool kFp8 = sizeof(KV) == 1;
+  using MT = std::conditional_t<kFp8, __half, T>;  // the mma operand type
   constexpr size_t kWork = tc_work_region(D, sizeof(KV));
-  static_assert((size_t)4 * kTcRows * (D + 2) * 4 <= kWork, "merge buffers fit in the work region");
   extern __shared__ __align__(128) unsigned char smem[];
-  KV* k_s = reinterpret_cast<KV*>(smem);  // [kStages][kTcTile][D], swizzled when 16-bit
+  KV* k_s = reinterpret_cast<KV*>(smem);  // [kStages][kTcTile][D], swizzled (swizzle_fp8 for fp8)
   KV* v_s = k_s + kStages * kTcTile * D;
-  T* kc_s = reinterpret_cast<T*>(v_s + kStages * kTcTile * D);  // fp8 KV: the converted tile [kTcTile][D]
-  T* vc_s = kc_s + kTcTile * D;
-  T* q_s = reinterpret_cast<T*>(smem + kWork);                               // [16][D], swizzled
+  MT* q_s = reinterpret_cast<MT*>(smem + kWork);                             // [16][D], swizzled
   int* valid_s = reinterpret_cast<int*>(q_s + kTcRows * D);                  // [kStages][kTcTile]
+  float* qscale_s = reinterpret_cast<float*>(valid_s + kStages * kTcTile);  // [16]: fp8 KV, 2^e of row r
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int b = blockIdx.x, kvh = blockIdx.y / p.head_chunks, chunk = blockIdx.y % p.head_chunks;
@@ -60,7 +92,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   pdl_enter();
 
   const Slice sl = request_slice(p, b, blockIdx.z, kTcTile);
-  TileLoader<Params, KV, D, kTcTile, kTcThreads, !kConvert> loader(p, sl, kvh);
+  TileLoader<Params, KV, D, kTcTile, kTcThreads, true> loader(p, sl, kvh);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     loader.find(s);
@@ -69,19 +101,45 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   }
   loader.find(kStages - 1);
 
-  // The query tile: row r is head h_base + r, zero past the group. q rows need not be 16-byte aligned.
+  // The query tile: row r is head h_base + r, zero past the group. q rows need not be 16-byte aligned. For fp8 KV
+  // the dims go in q_slot_dim order, as f16 scaled by 2^-e with e per row.
   for (int c = tid; c < kTcRows * (D / 8); c += kTcThreads) {
     const int r = c / (D / 8), ch = c % (D / 8);
-    Vec<T, 8> v;
     const T* src = static_cast<const T*>(p.q) + b * p.q_stride_n + (int64_t)(h_base + r) * p.q_stride_h + ch * 8;
+    Vec<MT, 8> v;
+    if constexpr (!kFp8) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v.v[j] = r < nheads ? src[j] : from_float<T>(0.f);
+      for (int j = 0; j < 8; ++j) v.v[j] = r < nheads ? src[j] : from_float<T>(0.f);
+    } else {
+      src -= ch % 2 * 8;  // the 16-dim chunk
+      float x[8], mx = 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        x[j] = r < nheads ? to_float(src[q_slot_dim(ch % 2 * 8 + j)]) : 0.f;
+        mx = fmaxf(mx, fabsf(x[j]));
+      }
+      // The D / 8 threads of a row are adjacent lanes; every lane runs the same number of passes.
+#pragma unroll
+      for (int off = 1; off < D / 8; off *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      int e = 0;
+      if (std::is_same_v<T, __nv_bfloat16> && mx > 0.f && mx <= 3.4e38f) e = min(max(ilogbf(mx) - 13, -100), 114);
+      const float down = __int_as_float((127 - e) << 23);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v.v[j] = __float2half_rn(x[j] * down);
+      if (ch == 0) qscale_s[r] = __int_as_float((127 + e) << 23);
+    }
     v.store(q_s + swizzle<D>(r, ch));
   }
 
-  // Scores in the log2 domain: sm_scale * k_scale, then the soft cap, then log2(e).
+  // Scores in the log2 domain: sm_scale * k_scale, then the soft cap, then log2(e); for fp8 KV times the row's 2^e.
   const bool cap = p.logits_soft_cap > 0.f;
-  const float qk_scale = p.sm_scale * p.k_scale * (cap ? 1.f : kLog2e);
+  float qk_scale[2];
+  qk_scale[0] = qk_scale[1] = p.sm_scale * p.k_scale * (cap ? 1.f : kLog2e);
+  if constexpr (kFp8) {
+    __syncthreads();
+    qk_scale[0] *= qscale_s[lane / 4];
+    qk_scale[1] *= qscale_s[lane / 4 + 8];
+  }
   const float cap_scale = p.logits_soft_cap * kLog2e, inv_cap = cap ? 1.f / p.logits_soft_cap : 0.f;
   float o[kNT][4];
 #pragma unroll
@@ -98,34 +156,41 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     cp_async_commit();
     loader.find(tile + kStages);
     const int stage = tile % kStages;
-    const T* kt;
-    const T* vt;
-    if constexpr (kConvert) {
-      // Every warp finished reading the previous converted tile before the barrier above.
-      convert_tile<T, KV, D, kTcTile, kTcThreads>(k_s + stage * kTcTile * D, kc_s);
-      convert_tile<T, KV, D, kTcTile, kTcThreads>(v_s + stage * kTcTile * D, vc_s);
-      __syncthreads();
-      kt = kc_s, vt = vc_s;
-    } else {
-      kt = k_s + stage * kTcTile * D, vt = v_s + stage * kTcTile * D;
-    }
+    const KV* kt = k_s + stage * kTcTile * D;
+    const KV* vt = v_s + stage * kTcTile * D;
 
     // S = Q K^T over this warp's 16 tokens: two 16x8 fragments.
     float s[2][4] = {};
+    if constexpr (!kFp8) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4], bk[4];
-      ldmatrix_x4(a, q_s + swizzle<D>(lane % 16, kk * 2 + lane / 16));
-      ldmatrix_x4(bk, kt + swizzle<D>(tok0 + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
-      mma_16816<T>(s[0], a, bk[0], bk[1]);
-      mma_16816<T>(s[1], a, bk[2], bk[3]);
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4], bk[4];
+        ldmatrix_x4(a, q_s + swizzle<D>(lane % 16, kk * 2 + lane / 16));
+        ldmatrix_x4(bk, kt + swizzle<D>(tok0 + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
+        mma_16816<MT>(s[0], a, bk[0], bk[1]);
+        mma_16816<MT>(s[1], a, bk[2], bk[3]);
+      }
+    } else {
+      // One ldmatrix: tokens 0-7 and 8-15 of 16-dim chunks kk and kk + 1, 4 bytes per lane each.
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk += 2) {
+        uint32_t a0[4], a1[4], bk[4], lo, hi;
+        ldmatrix_x4(a0, q_s + swizzle<D>(lane % 16, kk * 2 + lane / 16));
+        ldmatrix_x4(a1, q_s + swizzle<D>(lane % 16, kk * 2 + 2 + lane / 16));
+        ldmatrix_x4(bk, kt + swizzle_fp8<D>(tok0 + (lane / 8) % 2 * 8 + lane % 8, kk + lane / 16));
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          fp8x4_to_f16x2<KV>(bk[m], lo, hi);
+          mma_16816<MT>(s[m % 2], m < 2 ? a0 : a1, lo, hi);
+        }
+      }
     }
     float mx[2] = {m[0], m[1]};
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        float x = s[nt][i] * qk_scale;
+        float x = s[nt][i] * qk_scale[i / 2];
         if (cap) x = cap_scale * tanhf(x * inv_cap);
         const bool ok = valid_s[stage * kTcTile + tok0 + nt * 8 + 2 * (lane % 4) + (i % 2)];
         s[nt][i] = ok ? x : -INFINITY;
@@ -154,14 +219,31 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
       o[n][2] *= scale[1], o[n][3] *= scale[1];
     }
     // O += P V: P's C fragments are the A fragment of a 16x16 (rows x tokens) tile.
-    const uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]), pack2<T>(s[1][0], s[1][1]),
-                            pack2<T>(s[1][2], s[1][3])};
+    const uint32_t pa[4] = {pack2<MT>(s[0][0], s[0][1]), pack2<MT>(s[0][2], s[0][3]), pack2<MT>(s[1][0], s[1][1]),
+                            pack2<MT>(s[1][2], s[1][3])};
+    if constexpr (!kFp8) {
 #pragma unroll
-    for (int n = 0; n < kNT; n += 2) {
-      uint32_t bv[4];
-      ldmatrix_x4_trans(bv, vt + swizzle<D>(tok0 + ((lane / 8) % 2) * 8 + lane % 8, n + lane / 16));
-      mma_16816<T>(o[n], pa, bv[0], bv[1]);
-      mma_16816<T>(o[n + 1], pa, bv[2], bv[3]);
+      for (int n = 0; n < kNT; n += 2) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, vt + swizzle<D>(tok0 + ((lane / 8) % 2) * 8 + lane % 8, n + lane / 16));
+        mma_16816<MT>(o[n], pa, bv[0], bv[1]);
+        mma_16816<MT>(o[n + 1], pa, bv[2], bv[3]);
+      }
+    } else {
+      // One ldmatrix: tokens 0-7 and 8-15 of 16-dim chunks c and c + 1; each pair of registers gives the B fragments
+      // of the chunk's even dims (bytes 0 and 2 of each) and odd dims (bytes 1 and 3).
+#pragma unroll
+      for (int c = 0; c < D / 16; c += 2) {
+        uint32_t bv[4], lo, hi;
+        ldmatrix_x4_trans(bv, vt + swizzle_fp8<D>(tok0 + (lane / 8) % 2 * 8 + lane % 8, c + lane / 16));
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          fp8x4_to_f16x2<KV>(__byte_perm(bv[2 * h], bv[2 * h + 1], 0x6420), lo, hi);
+          mma_16816<MT>(o[2 * (c + h)], pa, lo, hi);
+          fp8x4_to_f16x2<KV>(__byte_perm(bv[2 * h], bv[2 * h + 1], 0x7531), lo, hi);
+          mma_16816<MT>(o[2 * (c + h) + 1], pa, lo, hi);
+        }
+      }
     }
   }
   cp_async_wait<0>();
@@ -175,14 +257,25 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   }
   float* red_o = reinterpret_cast<float*>(smem);          // [4][16][D]
   float* red_ml = red_o + 4 * kTcRows * D;                 // [4][16][2]
-  const int r0 = lane / 4, c0 = 2 * (lane % 4);
+  const int r0 = lane / 4, t = lane % 4;
+  float* row_lo = red_o + (warp * kTcRows + r0) * D;
+  float* row_hi = row_lo + 8 * D;
+  // Pairs of adjacent dims as one 8-byte store: within an n-tile for 16-bit KV; for fp8 the same column of the
+  // even-dim and the odd-dim tile of a chunk.
 #pragma unroll
-  for (int n = 0; n < kNT; ++n) {
-    red_o[(warp * kTcRows + r0) * D + n * 8 + c0] = o[n][0];
-    red_o[(warp * kTcRows + r0) * D + n * 8 + c0 + 1] = o[n][1];
-    red_o[(warp * kTcRows + r0 + 8) * D + n * 8 + c0] = o[n][2];
-    red_o[(warp * kTcRows + r0 + 8) * D + n * 8 + c0 + 1] = o[n][3];
-  }
+  for (int n = 0; n < kNT; n += 2)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      if constexpr (kFp8) {
+        const int col = fp8_out_dim(n, t, j);
+        *reinterpret_cast<float2*>(row_lo + col) = make_float2(o[n][j], o[n + 1][j]);
+        *reinterpret_cast<float2*>(row_hi + col) = make_float2(o[n][2 + j], o[n + 1][2 + j]);
+      } else {
+        const int col = (n + j) * 8 + 2 * t;
+        *reinterpret_cast<float2*>(row_lo + col) = make_float2(o[n + j][0], o[n + j][1]);
+        *reinterpret_cast<float2*>(row_hi + col) = make_float2(o[n + j][2], o[n + j][3]);
+      }
+    }
   if (lane % 4 == 0) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

@@ -27,9 +27,10 @@ struct Slice {
 // find() starts reading the pages of this thread's kLoads token rows into registers, issue() checks them and starts
 // their copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read
 // ever leaves the cache. Positions are 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter).
-// kSwizzle lays rows out for ldmatrix (see swizzle() in common/mma.cuh). kRagged reads a contiguous KV tensor instead
-// of pages: token t of the slice is row s.start + t (p.k_stride_page is then unused). The page and entry strides are
-// below 2^31 (checked by the adapter), so each offset is two 32 x 32 -> 64-bit multiply-adds.
+// kSwizzle lays rows out for ldmatrix (swizzle(), or swizzle_fp8() for 1-byte KV, in common/mma.cuh). kRagged reads a
+// contiguous KV tensor instead of pages: token t of the slice is row s.start + t (p.k_stride_page is then unused).
+// The page and entry strides are below 2^31 (checked by the adapter), so each offset is two 32 x 32 -> 64-bit
+// multiply-adds.
 template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false>
 struct TileLoader {
   static constexpr int kChunks = D / 8;  // copies per token row
@@ -73,7 +74,7 @@ struct TileLoader {
       const bool ok = page_of[i] >= 0 && page_of[i] < p.num_pages;
       const int pg = ok ? page_of[i] : 0, entry = ok ? entry_of[i] : 0;
       int dst = tok * D + ch * 8;
-      if constexpr (kSwizzle) dst = swizzle<D>(tok, ch);
+      if constexpr (kSwizzle) dst = sizeof(KV) == 1 ? swizzle_fp8<D>(tok, ch / 2) + ch % 2 * 8 : swizzle<D>(tok, ch);
       dst += stage * kTile * D;
       int64_t k_off = (int64_t)entry * (int32_t)p.k_stride_entry, v_off = (int64_t)entry * (int32_t)p.v_stride_entry;
       if constexpr (!kRagged) {

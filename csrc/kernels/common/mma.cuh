@@ -16,6 +16,16 @@ __device__ __forceinline__ int swizzle(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) * 8);
 }
 
+// Offset, in bytes, of 16-byte chunk `chunk` of row `row` in a [rows][D] tile of 1-byte (fp8) elements, for ldmatrix
+// on the raw bytes. The 8 rows one matrix reads must fall in 8 different bank groups: at D >= 128 a row spans whole
+// 128-byte lines and chunks are XORed with row % 8; at D = 64 two rows share a line, so the XOR term is (row / 2) % 4
+// and the row's parity picks the line half.
+template <int D>
+__device__ __forceinline__ int swizzle_fp8(int row, int chunk) {
+  static_assert(D % 64 == 0, "rows of at least 4 chunks");
+  return row * D + ((chunk ^ (D == 64 ? (row >> 1) & 3 : row & 7)) * 16);
+}
+
 // ldmatrix operand addresses of one lane into a swizzled [rows][D] tile, from two registers. The lane reads row
 // r + lane_row (r a multiple of 8, so the row's low three bits are lane_row's) at logical chunk c + lane_chunk (c
 // even, lane_chunk 0 or 1); its swizzled chunk is then c ^ y with y = lane_chunk ^ (lane_row & 7) fixed per lane.
