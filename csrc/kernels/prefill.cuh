@@ -159,9 +159,11 @@ __device__ __forceinline__ void for_each_score(F&& f) {
       for (int i = 0; i < 4; ++i) f(mi, nt, i);
 }
 
-// T: q and out; KV: the cache, T or fp8 (each staged fp8 tile is converted to T in shared memory before the mma
-// reads it, as in decode_tc.cuh). kRope: ROPE_LLAMA, a pass over the query tile and one over each K tile (a
-// template flag, not a branch: the mere presence of the pass in the loop cost the kernel without RoPE 7%).
+// T: q and out; KV: the cache, T or fp8. Each staged fp8 tile is converted to T in shared memory, once per block,
+// before the mma read it: every warp reads the whole tile, so converting in registers (as decode_tc.cuh does, where
+// each warp owns its own tokens) would convert each element once per warp. kRope: ROPE_LLAMA, a pass over the
+// query tile and one over each K tile (a template flag, not a branch: the mere presence of the pass in the loop
+// cost the kernel without RoPE 7%).
 template <typename T, typename KV, int D, bool kRagged, bool kMask, bool kRope>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   constexpr int kStages = stages(D), kTile = kv_tile(D), kM = m_tiles(D), kRows = block_rows(D);
