@@ -94,11 +94,12 @@ def run_impls(cases, impls):
     return rows
 
 
-def upstream_rows(script, peer_path):
-    """Runs `script --impl upstream` with the peer first on the path; returns its rows (or one error row)."""
+def upstream_rows(script, peer_path, cases=None):
+    """Runs `script --impl upstream` (over the same `--cases`) with the peer first on the path; returns its rows
+    (or one error row)."""
     env = dict(os.environ, PYTHONPATH=peer_path, FLASHINFER_CUDA_ARCH_LIST="9.0a")
-    proc = subprocess.run([sys.executable, script, "--impl", "upstream", "--json", "-"], env=env,
-                          capture_output=True, text=True)
+    argv = [sys.executable, script, "--impl", "upstream", "--json", "-"] + (["--cases", cases] if cases else [])
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return [dict(case="*", size="*", impl="upstream", error=proc.stderr[-2000:])]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -113,14 +114,13 @@ def main(script, cases, local_impls, unit="GB/s"):
                     help="run only the cases whose name contains this string (also env BENCH_CASES)")
     args = ap.parse_args()
     if args.cases:
-        os.environ["BENCH_CASES"] = args.cases  # the upstream subprocess runs the same cases
         cases = {name: case for name, case in cases.items() if args.cases in name}
     if args.impl == "upstream":
         rows = run_impls(cases, sorted({i for c in cases.values() for i in c[2] if i.startswith("upstream")}))
     else:
         rows = run_impls(cases, local_impls)
         if os.path.isdir(args.peer):
-            rows += upstream_rows(script, args.peer)
+            rows += upstream_rows(script, args.peer, args.cases)
     if args.json == "-":
         print(json.dumps(rows))
     elif args.json:
