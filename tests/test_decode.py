@@ -281,6 +281,34 @@ def test_op_bad_input_named(device):
             "NHD", False, -1, 0.0, 0.1, 1.0, 1.0, 1.0, 1e4, "fa3")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_kv_rows_off_16_bytes_named(kv_dtype):
+    """The kernels copy K/V rows 16 bytes at a time: a cache view whose rows start off that grid is refused by name.
+    Head rows 72 elements apart are on the grid for 16-bit KV and off it for fp8; so is a base 8 elements in."""
+    i32 = dict(dtype=torch.int32, device="cuda")
+    q = torch.randn(2, 4, 64, dtype=torch.bfloat16, device="cuda")
+    wide = torch.randn(3, 2, 16, 2, 72, device="cuda").to(kv_dtype)
+    shifted = torch.randn(3 * 2 * 16 * 2 * 64 + 8, device="cuda").to(kv_dtype)[8:].view(3, 2, 16, 2, 64)
+    for cache in (wide[..., :64], shifted):
+        fp8 = kv_dtype.itemsize == 1
+        if not fp8 and cache is shifted:
+            continue  # 8 bf16 elements are 16 bytes: on the grid
+        call = lambda: torch.ops.flashinfer.batch_decode_with_paged_kv_cache(  # noqa: E731
+            q, cache, None, torch.tensor([0, 1, 2], **i32), torch.tensor([0, 1], **i32), torch.tensor([1, 1], **i32),
+            "NHD", False, -1, 0.0, 0.125, 1.0, 1.0, 1.0, 1e4)
+        if fp8:
+            with pytest.raises(RuntimeError, match=r"batch_decode_with_paged_kv_cache: KV rows must start on 16-byte "
+                                                   r"boundaries \(8 elements for 16-bit KV, 16 for fp8"):
+                call()
+        else:
+            out = call()
+            ref = torch.ops.flashinfer.batch_decode_with_paged_kv_cache(
+                q, cache.contiguous(), None, torch.tensor([0, 1, 2], **i32), torch.tensor([0, 1], **i32),
+                torch.tensor([1, 1], **i32), "NHD", False, -1, 0.0, 0.125, 1.0, 1.0, 1.0, 1e4)
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
 def test_run_into_given_buffers(device):
     """run(out=, lse=) fills and returns the caller's buffers; a buffer of another shape, dtype or device is
     refused by name instead of being broadcast or cast into."""

@@ -97,14 +97,16 @@ inline int* zeroed_counters(int device, cudaStream_t stream, int64_t n) {
 
 inline uint64_t addr(const at::Tensor& t) { return reinterpret_cast<uint64_t>(t.data_ptr()); }
 
-// The attention kernels copy 8 elements of a K/V row at a time: the first `dims` strides and both base addresses
-// must keep every row on an 8-element boundary. They also multiply token coordinates (page and entry, or ragged
-// row: the first dims - 1 dims) by 32-bit strides.
+// The attention kernels copy 16 bytes of a K/V row at a time (common/kv_tile.cuh): the first `dims` strides and both
+// base addresses must keep every row on a 16-byte boundary. They also multiply token coordinates (page and entry, or
+// ragged row: the first dims - 1 dims) by 32-bit strides.
 inline void check_kv_rows_aligned(const at::Tensor& k, const at::Tensor& v, int64_t dims, const char* op) {
-  const uint64_t row_bytes = 8 * k.element_size();
-  bool aligned = addr(k) % row_bytes == 0 && addr(v) % row_bytes == 0;
-  for (int64_t i = 0; i < dims; ++i) aligned = aligned && k.stride(i) % 8 == 0 && v.stride(i) % 8 == 0;
-  check_condition(aligned, op, "KV rows must start on 8-element boundaries (aligned views of a cache)");
+  const int64_t elems = 16 / k.element_size();
+  bool aligned = addr(k) % 16 == 0 && addr(v) % 16 == 0;
+  for (int64_t i = 0; i < dims; ++i) aligned = aligned && k.stride(i) % elems == 0 && v.stride(i) % elems == 0;
+  check_condition(aligned, op,
+                  "KV rows must start on 16-byte boundaries (8 elements for 16-bit KV, 16 for fp8: aligned views of a "
+                  "cache)");
   for (int64_t i = 0; i + 1 < dims; ++i) {
     check_int32_range(k.stride(i), "KV cache stride", op);
     check_int32_range(v.stride(i), "KV cache stride", op);

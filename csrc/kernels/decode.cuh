@@ -375,7 +375,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
 // Fills in the grid shape, asks `alloc_tmp(p)` for the split workspace when there is more than one split (it sets
 // p.tmp_o, p.tmp_lse and p.counters, [batch * hkv * head_chunks] ints, zeroed here unless p.counters_zeroed), and
 // launches `kernel`. The split count depends only on shapes and the device: as many splits per (request, kv head)
-// as fill one wave of resident blocks.
+// as fill one wave of two blocks per SM. Where more blocks fit (small fp8 tiles), counting them makes more, shorter
+// splits and a longer merge: on an H200, e4m3 3 x 77 (D = 64, GQA 7) took 12.6 us with 44 splits, 9.8 with 22.
 template <typename AllocTmp>
 cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int block_heads, Params p, int sm_count,
                          AllocTmp&& alloc_tmp, cudaStream_t stream) {
@@ -385,7 +386,7 @@ cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int b
   p.head_chunks = (p.hkv > 0 ? p.hq / p.hkv + block_heads - 1 : 0) / block_heads;
   const int64_t blocks = std::max<int64_t>((int64_t)p.batch * p.hkv * p.head_chunks, 1);
   p.num_splits =
-      (int)std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (int64_t)sm_count * std::max(per_sm, 1) / blocks));
+      (int)std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (int64_t)sm_count * std::clamp(per_sm, 1, 2) / blocks));
   if (p.num_splits > 1) alloc_tmp(p);
   if (p.batch == 0 || p.hq == 0) return cudaSuccess;
   if (p.num_splits > 1 && !p.counters_zeroed) {

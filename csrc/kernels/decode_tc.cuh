@@ -4,11 +4,12 @@
 // Same grid, splits, slices, split merge and memory safety as the CUDA-core kernel in decode.cuh; what differs is
 // the math. The query heads of one kv head (the GQA group, up to 16) are the 16 rows of an mma A tile, so a block
 // reads each K/V element from shared memory once for the whole group and does its dot products on tensor cores:
-// S = Q K^T and O += P V per warp over 16 tokens of each tile, with the online softmax on the S fragments in
+// S = Q K^T and O += P V per warp over its quarter of each tile, with the online softmax on the S fragments in
 // registers (log2 domain). Rows past the group are zero and never written. Per tile of 64 tokens a warp issues
 // about 200 instructions, against several thousand on CUDA cores, so the kernel runs at the speed of memory.
 //
-// Tiles: kTcTile tokens of K and V per stage, rows swizzled for ldmatrix; warp w owns tokens [16w, 16w + 16).
+// Tiles: tc_tile tokens of K and V per stage, rows swizzled for ldmatrix; warp w owns the w-th quarter of them,
+// in runs of 16 tokens (one mma k step of P V).
 //
 // fp8 KV: the staged bytes go through ldmatrix as they are and are converted in registers (cvt e4m3x2/e5m2x2 ->
 // f16x2, exact), so there is no conversion pass through shared memory and no extra barrier; the mma run in f16.
@@ -29,26 +30,31 @@ namespace flashinfer {
 namespace decode {
 
 constexpr int kTcThreads = 128;
-constexpr int kTcTile = 64;   // tokens per stage: 16 per warp
 constexpr int kTcRows = 16;   // query heads per block (mma M)
 
+// Tokens per stage. 16-bit KV at D = 64 takes 128 (32 per warp): a 64-token tile there is 16 KB, too little work
+// between barriers (bf16 64 x 4096 on an H200: 135 against 158 us, 1 x 8192: 12.8 against 14.4). fp8 tiles at
+// D = 64 stay at 64 tokens, which ran faster there (105 against 134 us).
+__host__ __device__ constexpr int tc_tile(int head_dim, int kv_bytes) {
+  return head_dim == 64 && kv_bytes == 2 ? 128 : 64;
+}
 // Stages: enough in flight per block, few enough that 3 blocks (D = 64, 128) fit an SM; D = 256 runs one block
 // per SM with 3 stages, so two tiles stay in flight while it computes. fp8 tiles are half the bytes: D = 128 keeps
 // one more tile in flight for the same shared memory.
 __host__ __device__ constexpr int tc_stages(int head_dim, int kv_bytes) {
-  return head_dim == 64 ? 4 : head_dim == 128 ? (kv_bytes == 1 ? 3 : 2) : 3;
+  return head_dim == 64 ? (kv_bytes == 1 ? 4 : 2) : head_dim == 128 ? (kv_bytes == 1 ? 3 : 2) : 3;
 }
 // The K/V work region: the stages, reused by the final merge (4 warps x 16 rows x (head_dim + 2) floats, and the
 // split weights), whichever is larger.
 __host__ __device__ constexpr size_t tc_work_region(int head_dim, int kv_bytes) {
-  const size_t stages = (size_t)tc_stages(head_dim, kv_bytes) * 2 * kTcTile * head_dim * kv_bytes;
+  const size_t stages = (size_t)tc_stages(head_dim, kv_bytes) * 2 * tc_tile(head_dim, kv_bytes) * head_dim * kv_bytes;
   const size_t merge = (size_t)4 * kTcRows * (head_dim + 2) * 4;
   return stages > merge ? stages : merge;
 }
 // Work region, the swizzled query tile, token validity per stage, the per-row query scales (fp8 KV).
 __host__ __device__ constexpr size_t tc_smem_bytes(int head_dim, int kv_bytes) {
   return tc_work_region(head_dim, kv_bytes) + (size_t)kTcRows * head_dim * 2 +
-         (size_t)tc_stages(head_dim, kv_bytes) * kTcTile * 4 + (kv_bytes == 1 ? kTcRows * 4 : 0);
+         (size_t)tc_stages(head_dim, kv_bytes) * tc_tile(head_dim, kv_bytes) * 4 + (kv_bytes == 1 ? kTcRows * 4 : 0);
 }
 
 // fp8 KV. The query dim stored in k slot `slot` of a 16-dim chunk: slots (2t, 2t + 1) hold dims (4t, 4t + 1) and
@@ -73,16 +79,18 @@ __device__ __forceinline__ void fp8x4_to_f16x2(uint32_t x, uint32_t& lo, uint32_
 template <typename T, typename KV, int D>
 __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel(Params p) {
   constexpr int kStages = tc_stages(D, sizeof(KV));
+  constexpr int kTile = tc_tile(D, sizeof(KV));
+  constexpr int kSubs = kTile / 64;  // runs of 16 tokens per warp
   constexpr int kNT = D / 8;  // n-tiles of the output
   constexpr bool kFp8 = sizeof(KV) == 1;
   using MT = std::conditional_t<kFp8, __half, T>;  // the mma operand type
   constexpr size_t kWork = tc_work_region(D, sizeof(KV));
   extern __shared__ __align__(128) unsigned char smem[];
-  KV* k_s = reinterpret_cast<KV*>(smem);  // [kStages][kTcTile][D], swizzled (swizzle_fp8 for fp8)
-  KV* v_s = k_s + kStages * kTcTile * D;
+  KV* k_s = reinterpret_cast<KV*>(smem);  // [kStages][kTile][D], swizzled (swizzle_fp8 for fp8)
+  KV* v_s = k_s + kStages * kTile * D;
   MT* q_s = reinterpret_cast<MT*>(smem + kWork);                             // [16][D], swizzled
-  int* valid_s = reinterpret_cast<int*>(q_s + kTcRows * D);                  // [kStages][kTcTile]
-  float* qscale_s = reinterpret_cast<float*>(valid_s + kStages * kTcTile);  // [16]: fp8 KV, 2^e of row r
+  int* valid_s = reinterpret_cast<int*>(q_s + kTcRows * D);                  // [kStages][kTile]
+  float* qscale_s = reinterpret_cast<float*>(valid_s + kStages * kTile);  // [16]: fp8 KV, 2^e of row r
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int b = blockIdx.x, kvh = blockIdx.y / p.head_chunks, chunk = blockIdx.y % p.head_chunks;
@@ -91,8 +99,8 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   const int nheads = min(group - chunk * kTcRows, kTcRows);
   pdl_enter();
 
-  const Slice sl = request_slice(p, b, blockIdx.z, kTcTile);
-  TileLoader<Params, KV, D, kTcTile, kTcThreads, true> loader(p, sl, kvh);
+  const Slice sl = request_slice(p, b, blockIdx.z, kTile);
+  TileLoader<Params, KV, D, kTile, kTcThreads, true> loader(p, sl, kvh);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     loader.find(s);
@@ -146,7 +154,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   for (int n = 0; n < kNT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   // This thread's rows of the fragments: lane / 4 and lane / 4 + 8; its columns 2 * (lane % 4) + {0, 1}.
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  const int tok0 = warp * 16;
+  const int tok0 = warp * 16 * kSubs;
 
   for (int tile = 0; tile < sl.ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
@@ -156,43 +164,49 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     cp_async_commit();
     loader.find(tile + kStages);
     const int stage = tile % kStages;
-    const KV* kt = k_s + stage * kTcTile * D;
-    const KV* vt = v_s + stage * kTcTile * D;
+    const KV* kt = k_s + stage * kTile * D;
+    const KV* vt = v_s + stage * kTile * D;
 
-    // S = Q K^T over this warp's 16 tokens: two 16x8 fragments.
-    float s[2][4] = {};
+    // S = Q K^T over this warp's tokens: two 16x8 fragments per run of 16.
+    float s[2 * kSubs][4] = {};
     if constexpr (!kFp8) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t a[4], bk[4];
         ldmatrix_x4(a, q_s + swizzle<D>(lane % 16, kk * 2 + lane / 16));
-        ldmatrix_x4(bk, kt + swizzle<D>(tok0 + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
-        mma_16816<MT>(s[0], a, bk[0], bk[1]);
-        mma_16816<MT>(s[1], a, bk[2], bk[3]);
+#pragma unroll
+        for (int u = 0; u < kSubs; ++u) {
+          ldmatrix_x4(bk, kt + swizzle<D>(tok0 + 16 * u + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
+          mma_16816<MT>(s[2 * u], a, bk[0], bk[1]);
+          mma_16816<MT>(s[2 * u + 1], a, bk[2], bk[3]);
+        }
       }
     } else {
-      // One ldmatrix: tokens 0-7 and 8-15 of 16-dim chunks kk and kk + 1, 4 bytes per lane each.
+      // One ldmatrix: tokens 0-7 and 8-15 of a run, 16-dim chunks kk and kk + 1, 4 bytes per lane each.
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk += 2) {
         uint32_t a0[4], a1[4], bk[4], lo, hi;
         ldmatrix_x4(a0, q_s + swizzle<D>(lane % 16, kk * 2 + lane / 16));
         ldmatrix_x4(a1, q_s + swizzle<D>(lane % 16, kk * 2 + 2 + lane / 16));
-        ldmatrix_x4(bk, kt + swizzle_fp8<D>(tok0 + (lane / 8) % 2 * 8 + lane % 8, kk + lane / 16));
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-          fp8x4_to_f16x2<KV>(bk[m], lo, hi);
-          mma_16816<MT>(s[m % 2], m < 2 ? a0 : a1, lo, hi);
+        for (int u = 0; u < kSubs; ++u) {
+          ldmatrix_x4(bk, kt + swizzle_fp8<D>(tok0 + 16 * u + (lane / 8) % 2 * 8 + lane % 8, kk + lane / 16));
+#pragma unroll
+          for (int m = 0; m < 4; ++m) {
+            fp8x4_to_f16x2<KV>(bk[m], lo, hi);
+            mma_16816<MT>(s[2 * u + m % 2], m < 2 ? a0 : a1, lo, hi);
+          }
         }
       }
     }
     float mx[2] = {m[0], m[1]};
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
+    for (int nt = 0; nt < 2 * kSubs; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         float x = s[nt][i] * qk_scale[i / 2];
         if (cap) x = cap_scale * tanhf(x * inv_cap);
-        const bool ok = valid_s[stage * kTcTile + tok0 + nt * 8 + 2 * (lane % 4) + (i % 2)];
+        const bool ok = valid_s[stage * kTile + tok0 + nt * 8 + 2 * (lane % 4) + (i % 2)];
         s[nt][i] = ok ? x : -INFINITY;
         mx[i / 2] = fmaxf(mx[i / 2], s[nt][i]);
       }
@@ -206,7 +220,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
       l[r] *= scale[r];
     }
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
+    for (int nt = 0; nt < 2 * kSubs; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float mr = mx[i / 2];
@@ -218,30 +232,34 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
       o[n][0] *= scale[0], o[n][1] *= scale[0];
       o[n][2] *= scale[1], o[n][3] *= scale[1];
     }
-    // O += P V: P's C fragments are the A fragment of a 16x16 (rows x tokens) tile.
-    const uint32_t pa[4] = {pack2<MT>(s[0][0], s[0][1]), pack2<MT>(s[0][2], s[0][3]), pack2<MT>(s[1][0], s[1][1]),
-                            pack2<MT>(s[1][2], s[1][3])};
-    if constexpr (!kFp8) {
+    // O += P V: P's C fragments of a run are the A fragment of a 16x16 (rows x tokens) tile.
 #pragma unroll
-      for (int n = 0; n < kNT; n += 2) {
-        uint32_t bv[4];
-        ldmatrix_x4_trans(bv, vt + swizzle<D>(tok0 + ((lane / 8) % 2) * 8 + lane % 8, n + lane / 16));
-        mma_16816<MT>(o[n], pa, bv[0], bv[1]);
-        mma_16816<MT>(o[n + 1], pa, bv[2], bv[3]);
-      }
-    } else {
-      // One ldmatrix: tokens 0-7 and 8-15 of 16-dim chunks c and c + 1; each pair of registers gives the B fragments
-      // of the chunk's even dims (bytes 0 and 2 of each) and odd dims (bytes 1 and 3).
+    for (int u = 0; u < kSubs; ++u) {
+      const uint32_t pa[4] = {pack2<MT>(s[2 * u][0], s[2 * u][1]), pack2<MT>(s[2 * u][2], s[2 * u][3]),
+                              pack2<MT>(s[2 * u + 1][0], s[2 * u + 1][1]), pack2<MT>(s[2 * u + 1][2], s[2 * u + 1][3])};
+      const int tr = tok0 + 16 * u + (lane / 8) % 2 * 8 + lane % 8;  // this lane's ldmatrix row
+      if constexpr (!kFp8) {
 #pragma unroll
-      for (int c = 0; c < D / 16; c += 2) {
-        uint32_t bv[4], lo, hi;
-        ldmatrix_x4_trans(bv, vt + swizzle_fp8<D>(tok0 + (lane / 8) % 2 * 8 + lane % 8, c + lane / 16));
+        for (int n = 0; n < kNT; n += 2) {
+          uint32_t bv[4];
+          ldmatrix_x4_trans(bv, vt + swizzle<D>(tr, n + lane / 16));
+          mma_16816<MT>(o[n], pa, bv[0], bv[1]);
+          mma_16816<MT>(o[n + 1], pa, bv[2], bv[3]);
+        }
+      } else {
+        // One ldmatrix: tokens 0-7 and 8-15 of 16-dim chunks c and c + 1; each pair of registers gives the B fragments
+        // of the chunk's even dims (bytes 0 and 2 of each) and odd dims (bytes 1 and 3).
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          fp8x4_to_f16x2<KV>(__byte_perm(bv[2 * h], bv[2 * h + 1], 0x6420), lo, hi);
-          mma_16816<MT>(o[2 * (c + h)], pa, lo, hi);
-          fp8x4_to_f16x2<KV>(__byte_perm(bv[2 * h], bv[2 * h + 1], 0x7531), lo, hi);
-          mma_16816<MT>(o[2 * (c + h) + 1], pa, lo, hi);
+        for (int c = 0; c < D / 16; c += 2) {
+          uint32_t bv[4], lo, hi;
+          ldmatrix_x4_trans(bv, vt + swizzle_fp8<D>(tr, c + lane / 16));
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            fp8x4_to_f16x2<KV>(__byte_perm(bv[2 * h], bv[2 * h + 1], 0x6420), lo, hi);
+            mma_16816<MT>(o[2 * (c + h)], pa, lo, hi);
+            fp8x4_to_f16x2<KV>(__byte_perm(bv[2 * h], bv[2 * h + 1], 0x7531), lo, hi);
+            mma_16816<MT>(o[2 * (c + h) + 1], pa, lo, hi);
+          }
         }
       }
     }

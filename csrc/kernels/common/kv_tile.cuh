@@ -22,7 +22,8 @@ struct Slice {
   int ntiles;
 };
 
-// Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 8 elements per copy. A load is
+// Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 16 bytes per copy (8 16-bit
+// or 16 fp8 elements: fp8 tiles take half the copies and page lookups per byte that 8-element copies would). A load is
 // two steps, one pipeline iteration apart, so the page-table reads of the next tile overlap the compute of this one:
 // find() starts reading the pages of this thread's kLoads token rows into registers, issue() checks them and starts
 // their copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read
@@ -33,7 +34,8 @@ struct Slice {
 // multiply-adds.
 template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false>
 struct TileLoader {
-  static constexpr int kChunks = D / 8;  // copies per token row
+  static constexpr int kElems = 16 / sizeof(KV);  // elements per copy
+  static constexpr int kChunks = D / kElems;       // copies per token row
   static constexpr int kLoads = kTile * kChunks / kThreads;
   static_assert(kTile * kChunks % kThreads == 0, "whole copies per thread");
   static_assert(kThreads % kChunks == 0, "a thread copies the same chunk of every row it loads");
@@ -44,8 +46,8 @@ struct TileLoader {
   int page_of[kLoads], entry_of[kLoads];
 
   __device__ __forceinline__ TileLoader(const P& params, const Slice& slice, int kvh)
-      : k_base(static_cast<const KV*>(params.k_cache) + kvh * params.k_stride_head + threadIdx.x % kChunks * 8),
-        v_base(static_cast<const KV*>(params.v_cache) + kvh * params.v_stride_head + threadIdx.x % kChunks * 8),
+      : k_base(static_cast<const KV*>(params.k_cache) + kvh * params.k_stride_head + threadIdx.x % kChunks * kElems),
+        v_base(static_cast<const KV*>(params.v_cache) + kvh * params.v_stride_head + threadIdx.x % kChunks * kElems),
         p(params),
         s(slice) {}
 
@@ -73,16 +75,16 @@ struct TileLoader {
       const int c = threadIdx.x + i * kThreads, tok = c / kChunks, ch = c % kChunks;
       const bool ok = page_of[i] >= 0 && page_of[i] < p.num_pages;
       const int pg = ok ? page_of[i] : 0, entry = ok ? entry_of[i] : 0;
-      int dst = tok * D + ch * 8;
-      if constexpr (kSwizzle) dst = sizeof(KV) == 1 ? swizzle_fp8<D>(tok, ch / 2) + ch % 2 * 8 : swizzle<D>(tok, ch);
+      int dst = tok * D + ch * kElems;
+      if constexpr (kSwizzle) dst = sizeof(KV) == 1 ? swizzle_fp8<D>(tok, ch) : swizzle<D>(tok, ch);
       dst += stage * kTile * D;
       int64_t k_off = (int64_t)entry * (int32_t)p.k_stride_entry, v_off = (int64_t)entry * (int32_t)p.v_stride_entry;
       if constexpr (!kRagged) {
         k_off += (int64_t)pg * (int32_t)p.k_stride_page;
         v_off += (int64_t)pg * (int32_t)p.v_stride_page;
       }
-      cp_async<8 * sizeof(KV)>(k_s + dst, k_base + k_off, ok);
-      cp_async<8 * sizeof(KV)>(v_s + dst, v_base + v_off, ok);
+      cp_async<16>(k_s + dst, k_base + k_off, ok);
+      cp_async<16>(v_s + dst, v_base + v_off, ok);
       if (ch == 0) valid_s[stage * kTile + tok] = ok;
     }
   }
