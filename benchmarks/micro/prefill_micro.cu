@@ -2,9 +2,11 @@
 // built by benchmarks/micro/run.sh). A variant is a copy of csrc/kernels/prefill.cuh that still defines
 // flashinfer::prefill::launch<T, KV, D, kRagged, kRope>; the binary includes the header named by PREFILL_HEADER.
 //
-//   prefill_micro BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM PAGE causal|full paged|ragged bf16|e4m3]
+//   prefill_micro BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM PAGE causal|full|mask paged|ragged bf16|e4m3]
 //
-// Every request has QO_LEN queries over KV_LEN keys (causal is bottom-right aligned). Prints one line: max error
+// Every request has QO_LEN queries over KV_LEN keys (causal is bottom-right aligned; mask: a packed custom mask,
+// little bit order, of random bits with about three in four kept, each request's bits from a byte boundary, which
+// runs the kernel's kMask instantiation). Prints one line: max error
 // of a few query rows of the first request against a float64 host reference, median time of one launch in us and
 // TFLOP/s (4 * head_dim flops per (query head, key) pair the mask keeps).
 #include <cmath>
@@ -23,7 +25,7 @@ using micro::to_double;
 
 struct Shape {
   int batch, qo_len, kv_len, hq, hkv, page;
-  bool causal, ragged;
+  bool causal, ragged, mask;
 };
 
 template <typename KV, int D>
@@ -42,6 +44,25 @@ int run(const Shape& sh) {
     qo_indptr[b] = b * qo_len;
     kv_indptr[b] = sh.ragged ? b * kv_len : b * pages_per;
   }
+  // The custom mask: request b's bits [qo_len][kv_len] from byte mask_indptr[b].
+  const int64_t mask_bytes_per = ((int64_t)qo_len * kv_len + 7) / 8;
+  std::vector<uint8_t> h_mask(sh.mask ? batch * mask_bytes_per : 0);
+  std::vector<int32_t> mask_indptr(batch + 1);
+  uint32_t bits = 12345u;
+  for (auto& byte : h_mask) {
+    byte = 0;
+    for (int k = 0; k < 8; ++k) {
+      bits = bits * 1664525u + 1013904223u;
+      byte |= (uint8_t)(((bits >> 16) & 3) != 0) << k;
+    }
+  }
+  for (int b = 0; b <= batch; ++b) mask_indptr[b] = (int32_t)(b * mask_bytes_per);
+  auto kept = [&](int i, int j) {  // request 0
+    if (sh.causal && j > kv_len - qo_len + i) return false;
+    if (!sh.mask) return true;
+    const int64_t bit = (int64_t)i * kv_len + j;
+    return ((h_mask[bit >> 3] >> (bit & 7)) & 1) != 0;
+  };
   std::vector<T> h_q;
   T* q = micro::random_array<T>(total_q * hq * D, 5u, &h_q);
   T* out;
@@ -68,6 +89,10 @@ int run(const Shape& sh) {
   p.out = out, p.lse = lse;
   p.sm_scale = 1.f / std::sqrt((float)D), p.logits_soft_cap = 0.f, p.k_scale = 1.f, p.v_scale = 1.f;
   p.window_left = -1, p.causal = sh.causal, p.rope = false;
+  if (sh.mask) {
+    p.mask = micro::to_device(h_mask), p.mask_indptr = micro::to_device(mask_indptr);
+    p.mask_bytes = (int64_t)h_mask.size();
+  }
   int sm_count = 0, device = 0;
   CHECK(cudaGetDevice(&device));
   CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
@@ -103,17 +128,18 @@ int run(const Shape& sh) {
   };
   double max_err = 0, max_ref = 0;
   for (int i : {0, qo_len / 3, 2 * qo_len / 3, qo_len - 1}) {
-    const int seen = sh.causal ? std::min(kv_len, kv_len - qo_len + i + 1) : kv_len;
     for (int h = 0; h < hq; ++h) {
       const int kvh = h / (hq / hkv);
-      std::vector<double> s(std::max(seen, 0)), o(D, 0.0);
+      std::vector<double> s(kv_len, -INFINITY), o(D, 0.0);
       double mx = -INFINITY, den = 0;
-      for (int j = 0; j < seen; ++j) {
+      for (int j = 0; j < kv_len; ++j) {
+        if (!kept(i, j)) continue;
         double dot = 0;
         for (int e = 0; e < D; ++e) dot += to_double(h_q[((int64_t)i * hq + h) * D + e]) * elem(0, j, kvh, e);
         s[j] = dot * p.sm_scale, mx = std::max(mx, s[j]);
       }
-      for (int j = 0; j < seen; ++j) {
+      for (int j = 0; j < kv_len; ++j) {
+        if (s[j] == -INFINITY) continue;
         const double w = std::exp(s[j] - mx);
         den += w;
         for (int e = 0; e < D; ++e) o[e] += w * elem(1, j, kvh, e);
@@ -128,12 +154,19 @@ int run(const Shape& sh) {
 
   const double us = micro::graph_time_us(sets, stream, launch);
   double pairs = 0;
-  for (int i = 0; i < qo_len; ++i) pairs += sh.causal ? std::clamp(kv_len - qo_len + i + 1, 0, kv_len) : kv_len;
+  for (int i = 0; i < qo_len; ++i) {
+    if (!sh.mask) {
+      pairs += sh.causal ? std::clamp(kv_len - qo_len + i + 1, 0, kv_len) : kv_len;
+    } else {
+      for (int j = 0; j < kv_len; ++j) pairs += kept(i, j);  // request 0's count, for every request
+    }
+  }
   const double flops = 4.0 * D * hq * batch * pairs;
   const bool ok = max_err <= 2e-2 * std::max(max_ref, 1.0);
   std::printf("%s batch %d qo %d kv %d hq %d hkv %d D %d %s %s %s splits %d: max err %.3g (%s), %.1f us, %.1f "
               "TFLOP/s\n",
-              PREFILL_HEADER, batch, qo_len, kv_len, hq, hkv, D, sh.causal ? "causal" : "full",
+              PREFILL_HEADER, batch, qo_len, kv_len, hq, hkv, D,
+              sh.mask ? "mask" : sh.causal ? "causal" : "full",
               sh.ragged ? "ragged" : "paged", sizeof(KV) == 1 ? "e4m3" : "bf16", splits, max_err, ok ? "ok" : "WRONG",
               us, flops / us * 1e-6);
   return ok ? 0 : 2;
@@ -151,13 +184,14 @@ int run_dim(int d, const Shape& sh) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM PAGE causal|full paged|ragged bf16|e4m3]\n",
+    std::fprintf(stderr, "usage: %s BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM PAGE causal|full|mask paged|ragged "
+                         "bf16|e4m3]\n",
                  argv[0]);
     return 1;
   }
   auto arg = [&](int i, const char* fallback) { return std::string(argc > i ? argv[i] : fallback); };
   Shape sh{std::atoi(argv[1]), std::atoi(argv[2]), std::atoi(argv[3]), std::stoi(arg(4, "32")), std::stoi(arg(5, "8")),
-           std::stoi(arg(7, "16")), arg(8, "causal") == "causal", arg(9, "paged") == "ragged"};
+           std::stoi(arg(7, "16")), arg(8, "causal") == "causal", arg(9, "paged") == "ragged", arg(8, "") == "mask"};
   const int d = std::stoi(arg(6, "128"));
   if (sh.batch < 1 || sh.qo_len < 1 || sh.kv_len < 1 || sh.hkv < 1 || sh.hq % sh.hkv != 0 || sh.page < 1) {
     std::fprintf(stderr, "need batch, qo_len, kv_len, page >= 1 and hq a multiple of hkv\n");

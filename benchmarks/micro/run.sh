@@ -8,7 +8,7 @@
 #   VARIANTS="csrc/kernels/prefill.cuh scratch/prefill_try.cuh" SHAPES="1 8192 8192" bash benchmarks/micro/run.sh prefill
 # A variant is a copy of the kernel header (its includes resolve against csrc/kernels). A shape is the harness's
 # arguments: decode BATCH KV_LEN [HQ HKV HEAD_DIM PAGE bf16|e4m3]; prefill BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM
-# PAGE causal|full paged|ragged bf16|e4m3].
+# PAGE causal|full|mask paged|ragged bf16|e4m3] (mask: a random packed custom mask).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 kernel=${1:-decode}

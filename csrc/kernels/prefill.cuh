@@ -159,6 +159,24 @@ __device__ __forceinline__ void for_each_score(F&& f) {
       for (int i = 0; i < 4; ++i) f(mi, nt, i);
 }
 
+// The custom-mask bits of kTile consecutive keys from bit `start` of the packed mask, bit k of the result for key
+// k: kTile / 8 + 1 byte loads per query row and tile, in place of one load and a 64-bit index per score. Bytes past
+// mask_bytes read as zero (masked).
+template <int kTile>
+__device__ __forceinline__ uint64_t mask_window(const Params& p, int64_t start) {
+  const int64_t byte0 = start >> 3;
+  const int sh = (int)(start & 7);
+  uint64_t w = 0;
+#pragma unroll
+  for (int k = 0; k <= kTile / 8; ++k) {
+    const int64_t idx = byte0 + k;
+    const uint64_t byte = idx < p.mask_bytes ? p.mask[idx] : 0;
+    if (k < kTile / 8) w |= byte << (8 * k);
+    else if (sh) w = (w >> sh) | byte << (kTile - sh);
+  }
+  return w;
+}
+
 // T: q and out; KV: the cache, T or fp8. Each staged fp8 tile is converted to T in shared memory, once per block,
 // before the mma read it: every warp reads the whole tile, so converting in registers (as decode_tc.cuh does, where
 // each warp owns its own tokens) would convert each element once per warp. kRope: ROPE_LLAMA, a pass over the
@@ -384,6 +402,17 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
       });
     }
     if (!whole) {
+      // This thread's mask bits per row: bit 8 nt + (i % 2) of mwin is its score (nt, i).
+      uint64_t mwin[kM][2];
+      if constexpr (kMask) {
+#pragma unroll
+        for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            mwin[mi][r] = row_ok[mi][r] ? mask_window<kTile>(p, mask_bit0 + (int64_t)qi[mi][r] * kv_len + j0) >>
+                                              (2 * (lane % 4))
+                                        : 0;
+      }
       // Written out rather than through for_each_score: as a lambda this pass costs ptxas 64 more bytes of spills.
 #pragma unroll
       for (int mi = 0; mi < kM; ++mi)
@@ -396,10 +425,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
             bool ok = row_ok[mi][i / 2] && valid_s[srow + tok];
             if (p.causal) ok = ok && j <= j_off32 + q;
             if (p.window_left >= 0) ok = ok && j >= j_off32 + q - p.window_left;
-            if constexpr (kMask) {
-              const int64_t bit = mask_bit0 + (int64_t)q * kv_len + j;
-              ok = ok && bit < p.mask_bytes * 8 && ((p.mask[bit >> 3] >> (bit & 7)) & 1);
-            }
+            if constexpr (kMask) ok = ok && ((mwin[mi][i / 2] >> (nt * 8 + i % 2)) & 1);
             if (!ok) s[mi][nt][i] = -INFINITY;
           }
     }
