@@ -278,6 +278,28 @@ def test_single_prefill(device, layout, mode):
     assert_matches(lse, e_lse, b_lse, "single prefill lse")
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_single_prefill_short_packed_mask(device, head_dim):
+    """A packed mask shorter than qo_len * kv_len bits: the bits past its end count as masked. The cut falls inside a
+    row, rows start at every bit offset (kv_len 90), and the rows past the cut see no key (out 0, lse -inf)."""
+    dtype, hq, hkv, qo_len, kv_len = torch.bfloat16, 4, 2, 37, 90
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(qo_len, hq, head_dim, generator=g).to(dtype).to(device)
+    k = torch.randn(kv_len, hkv, head_dim, generator=g).to(dtype).to(device)
+    v = torch.randn(kv_len, hkv, head_dim, generator=g).to(dtype).to(device)
+    mask = torch.rand(qo_len, kv_len, generator=g) < 0.7
+    nbytes = qo_len * kv_len // 8 * 2 // 3
+    packed = flashinfer.packbits(mask.reshape(-1), "little")[:nbytes]
+    seen = mask.reshape(-1).clone()
+    seen[nbytes * 8 :] = False
+    out, lse = flashinfer.single_prefill_with_kv_cache_return_lse(q, k, v, packed_custom_mask=packed.to(device))
+    rkw = dict(mask=seen.reshape(qo_len, kv_len))
+    e_out, e_lse = ref.prefill_one(q.cpu(), k.cpu(), v.cpu(), 1 / math.sqrt(head_dim), **rkw)
+    b_out, b_lse = ref.prefill_one(q.cpu(), k.cpu(), v.cpu(), 1 / math.sqrt(head_dim), dtype=dtype, **rkw)
+    assert not torch.isfinite(e_lse[-1]).any(), "the last rows must lie past the cut"
+    _check(out, lse, (e_out, e_lse, b_out, b_lse), "short packed mask")
+
+
 def test_packbits():
     x = torch.tensor([1, 0, 1, 1, 0, 0, 0, 0, 1, 1], dtype=torch.bool)
     assert flashinfer.packbits(x, "little").tolist() == [0b00001101, 0b00000011]
