@@ -66,13 +66,10 @@ __device__ __forceinline__ int q_slot_dim(int slot) {
 // The dim held by column 2t + j of output n-tile n (16-dim chunk n / 2, even dims when n is even).
 __device__ __forceinline__ int fp8_out_dim(int n, int t, int j) { return 16 * (n / 2) + 4 * t + 2 * j + n % 2; }
 
-// Four fp8 values (bytes 0..3 of x) to two f16x2 registers: bytes (0, 1) and (2, 3). Exact: both fp8 formats fit
-// f16's range and precision.
+// Four fp8 values (bytes 0..3 of x) to two f16x2 registers: bytes (0, 1) and (2, 3).
 template <typename KV>
 __device__ __forceinline__ void fp8x4_to_f16x2(uint32_t x, uint32_t& lo, uint32_t& hi) {
-  constexpr __nv_fp8_interpretation_t kind = std::is_same_v<KV, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
-  const __half2_raw a = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(x & 0xffffu), kind);
-  const __half2_raw b = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(x >> 16), kind);
+  const __half2_raw a = fp8x2_to_f16x2<KV>(x), b = fp8x2_to_f16x2<KV>(x >> 16);
   lo = (uint32_t)a.x | (uint32_t)a.y << 16;
   hi = (uint32_t)b.x | (uint32_t)b.y << 16;
 }

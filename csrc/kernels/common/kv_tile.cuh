@@ -90,12 +90,18 @@ struct TileLoader {
   }
 };
 
+// Two fp8 values (the low 16 bits of x) to f16, exactly: both fp8 formats fit f16's range and precision.
+template <typename KV>
+__device__ __forceinline__ __half2_raw fp8x2_to_f16x2(uint32_t x) {
+  constexpr __nv_fp8_interpretation_t kind = std::is_same_v<KV, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
+  return __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(x & 0xffffu), kind);
+}
+
 // One staged fp8 tile of kTile tokens (rows of D, unswizzled) to 16-bit rows laid out for ldmatrix, by a block of
-// kThreads threads. fp8 -> half is exact (both fp8 formats fit half's range and precision), and so is half -> bf16
-// for these values; the scales stay out of the conversion (k_scale goes into the scores, v_scale into the output).
+// kThreads threads. fp8 -> half is exact (fp8x2_to_f16x2), and so is half -> bf16 for these values; the scales
+// stay out of the conversion (k_scale goes into the scores, v_scale into the output).
 template <typename T, typename KV, int D, int kTile, int kThreads>
 __device__ __forceinline__ void convert_tile(const KV* src, T* dst) {
-  constexpr __nv_fp8_interpretation_t kind = std::is_same_v<KV, __nv_fp8_e4m3> ? __NV_E4M3 : __NV_E5M2;
   for (int c = threadIdx.x; c < kTile * (D / 8); c += kThreads) {
     const int tok = c / (D / 8), ch = c % (D / 8);
     const uint2 raw = *reinterpret_cast<const uint2*>(src + tok * D + ch * 8);
@@ -103,8 +109,7 @@ __device__ __forceinline__ void convert_tile(const KV* src, T* dst) {
     Vec<T, 8> out;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const auto pair = (__nv_fp8x2_storage_t)(words[i / 2] >> (16 * (i % 2)));
-      const __half2 h(__nv_cvt_fp8x2_to_halfraw2(pair, kind));
+      const __half2 h(fp8x2_to_f16x2<KV>(words[i / 2] >> (16 * (i % 2))));
       if constexpr (std::is_same_v<T, __half>) {
         out.v[2 * i] = __low2half(h), out.v[2 * i + 1] = __high2half(h);
       } else {
