@@ -5,6 +5,8 @@ model code that calls them compiles with ``torch.compile(fullgraph=True)``, capt
 exports with ``torch.export``. The Python functions follow FlashInfer 0.6's names and semantics.
 """
 
+import sys
+
 import torch
 
 from . import _C  # noqa: F401  registers the schemas and the CPU/CUDA kernels
@@ -46,3 +48,24 @@ __version__ = "0.1.0"
 def built_with_cuda() -> bool:
     """Whether this build of flashinfer._C holds the CUDA kernels."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("flashinfer::rmsnorm", "CUDA")
+
+
+def aot_inductor_configs(configs=None) -> dict:
+    """Inductor options for ``torch._inductor.aoti_compile_and_package(ep, inductor_configs=...)``, merged into
+    ``configs`` (a dict of Inductor options, left unchanged).
+
+    The packaged model library must use the process's shared C++ runtime (torch's libstdc++.so.6). Inductor lets
+    the compiler driver pick the runtime, and a GCC whose own library directory holds only ``libstdc++.a`` (a
+    GCC installed under its own prefix, for one) links a private static copy into the library; its locale
+    machinery then faults the moment the library runs in a torch process (``std::regex`` in the model
+    constructor), whatever the model. Naming the runtime by soname (``-l:libstdc++.so.6``) before the driver's own
+    ``-lstdc++`` leaves that nothing to pull from the archive. Elsewhere the soname is what the link would have
+    used anyway. Only Linux has this runtime; other platforms get ``configs`` back as they are.
+    """
+    out = dict(configs or {})
+    if sys.platform.startswith("linux"):
+        libs = list(out.get("aot_inductor.custom_op_libs") or [])
+        if ":libstdc++.so.6" not in libs:
+            libs.insert(0, ":libstdc++.so.6")
+        out["aot_inductor.custom_op_libs"] = libs
+    return out

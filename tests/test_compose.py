@@ -12,6 +12,7 @@ import torch
 from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
 
+import flashinfer
 from compose_block import Block, make_inputs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -92,15 +93,16 @@ _AOTI_PROBE = {}
 
 
 def aoti_broken_here(device, tmp_path):
-    """Why an AOTInductor package of a plain nn.Linear (no flashinfer op) fails to load and run in a fresh process
-    on this machine, or None when it works. On the GPU machine's torch 2.11 environment it has died at load for
-    any model; the flashinfer round trip is then skipped with this reason (exit status or signal, and the last
-    line the probe wrote) rather than reported as a flashinfer failure; `bash scripts/aoti-probe` says where it
-    fails (toolchain, the libstdc++ the process maps, a backtrace)."""
+    """Why an AOTInductor package of a plain nn.Linear (no flashinfer op), built with
+    flashinfer.aot_inductor_configs(), fails to load and run in a fresh process on this machine, or None when it
+    works. Where it fails, the flashinfer round trip is skipped with this reason (exit status or signal, and the
+    last line the probe wrote) rather than reported as a flashinfer failure; `bash scripts/aoti-probe` says where
+    it fails (toolchain, the C++ runtime the link reads and the process maps, the library's NEEDED entries)."""
     if device not in _AOTI_PROBE:
         lin = torch.nn.Linear(64, 8).to(device)
         ep = torch.export.export(lin, (torch.randn(4, 64, device=device),))
-        path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "probe.pt2"))
+        path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "probe.pt2"),
+                                                        inductor_configs=flashinfer.aot_inductor_configs())
         code = f"import torch; m = torch._inductor.aoti_load_package({str(path)!r}); m(torch.randn(4, 64, device={device!r}))"
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         reason = None
@@ -112,12 +114,28 @@ def aoti_broken_here(device, tmp_path):
     return _AOTI_PROBE[device]
 
 
+def test_aot_inductor_configs_link_the_shared_cxx_runtime():
+    """The option names the runtime by soname once, keeps the caller's options and libraries, and leaves the
+    caller's dict alone."""
+    mine = {"aot_inductor.custom_op_libs": ["mylib"], "max_autotune": False}
+    got = flashinfer.aot_inductor_configs(mine)
+    assert mine == {"aot_inductor.custom_op_libs": ["mylib"], "max_autotune": False}
+    assert got["max_autotune"] is False
+    if sys.platform.startswith("linux"):
+        assert got["aot_inductor.custom_op_libs"] == [":libstdc++.so.6", "mylib"]
+        assert flashinfer.aot_inductor_configs(got) == got
+        assert flashinfer.aot_inductor_configs() == {"aot_inductor.custom_op_libs": [":libstdc++.so.6"]}
+    else:
+        assert got == mine
+
+
 def test_aoti_package_round_trip(device, block, tmp_path):
     broken = aoti_broken_here(device, tmp_path)
     if broken:
         pytest.skip(broken)
     ep = _export(block, device)
-    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "block_aoti.pt2"))
+    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "block_aoti.pt2"),
+                                                    inductor_configs=flashinfer.aot_inductor_configs())
     for t in (2, 9):
         out, x, residual = _run_fresh("aoti", path, t, device, tmp_path)
         expect, expect_args = _eager(block, t, device, seed=7)

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import flashinfer
 from helpers import assert_matches
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
@@ -265,7 +266,8 @@ def test_decode_step_exported_dynamic_batch_fresh_process(device, kind, tmp_path
     if kind == "export":
         torch.export.save(ep, str(path))
     else:
-        path = torch._inductor.aoti_compile_and_package(ep, package_path=str(path))
+        path = torch._inductor.aoti_compile_and_package(ep, package_path=str(path),
+                                                        inductor_configs=flashinfer.aot_inductor_configs())
     expect_caches = [c.clone() for c in caches]
     expect = llama.DecodeStep(model)(*args, expect_caches)
     got, got_caches = _run_fresh(kind, path, args, caches, tmp_path)
