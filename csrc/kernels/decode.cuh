@@ -119,12 +119,13 @@ __device__ __forceinline__ void load_row(const KV* s, float (&x)[kVec]) {
 // Shared memory (w_s, `cap` floats, the block's K/V stages, free by now) holds the split weights of as many heads
 // as fit; the partials are then read with no dependence between splits, so the loads overlap.
 template <typename Q, int D>
-__device__ void merge_if_last_split(const Params& p, int b, int h_base, int nheads, float* w_s, size_t cap) {
+__device__ void merge_if_last_split(const Params& p, int b, int slot, int h_base, int nheads, float* w_s,
+                                    size_t cap) {
   __shared__ int last;
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
-    int* counter = p.counters + (int64_t)b * gridDim.y + blockIdx.y;
+    int* counter = p.counters + (int64_t)b * gridDim.y + slot;  // slot: the (kv head, head chunk) index
     last = atomicAdd(counter, 1) == p.num_splits - 1;
     if (last) *counter = 0;  // every split has arrived: nothing of this launch reads it again
   }
@@ -368,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
       if (lane == 0) p.tmp_lse[r] = lse;
     }
   }
-  if (p.num_splits > 1) merge_if_last_split<Q, D>(p, b, h_base, nheads, reinterpret_cast<float*>(smem),
+  if (p.num_splits > 1) merge_if_last_split<Q, D>(p, b, blockIdx.y, h_base, nheads, reinterpret_cast<float*>(smem),
                                                   stage_region_bytes(D, sizeof(KV)) / 4);
 }
 
@@ -389,11 +390,18 @@ cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int b
       (int)std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (int64_t)sm_count * std::clamp(per_sm, 1, 2) / blocks));
   if (p.num_splits > 1) alloc_tmp(p);
   if (p.batch == 0 || p.hq == 0) return cudaSuccess;
+  size_t launch_smem = smem;
+  const int resident = wave_residency(blocks * p.num_splits, sm_count, per_sm);
+  if (resident < per_sm) {
+    err = smem_for_residency(reinterpret_cast<const void*>(kernel), threads, smem, resident, &launch_smem);
+    if (err != cudaSuccess) return err;
+  }
   if (p.num_splits > 1 && !p.counters_zeroed) {
     err = cudaMemsetAsync(p.counters, 0, sizeof(int) * p.batch * p.hkv * p.head_chunks, stream);
     if (err != cudaSuccess) return err;
   }
-  return launch_pdl(kernel, dim3(p.batch, p.hkv * p.head_chunks, p.num_splits), dim3(threads), smem, stream, p);
+  return launch_pdl(kernel, dim3(p.batch, p.hkv * p.head_chunks, p.num_splits), dim3(threads), launch_smem, stream,
+                    p);
 }
 
 template <typename Q, typename KV, int D, bool ROPE, typename AllocTmp>

@@ -23,70 +23,121 @@ struct Slice {
 };
 
 // Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 16 bytes per copy (8 16-bit
-// or 16 fp8 elements: fp8 tiles take half the copies and page lookups per byte that 8-element copies would). A load is
-// two steps, one pipeline iteration apart, so the page-table reads of the next tile overlap the compute of this one:
-// find() starts reading the pages of this thread's kLoads token rows into registers, issue() checks them and starts
-// their copies. Tokens past the slice or on a page outside the cache are zero-filled and flagged invalid, so no read
-// ever leaves the cache. Positions are 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter).
-// kSwizzle lays rows out for ldmatrix (swizzle(), or swizzle_fp8() for 1-byte KV, in common/mma.cuh). kRagged reads a
-// contiguous KV tensor instead of pages: token t of the slice is row s.start + t (p.k_stride_page is then unused).
-// The page and entry strides are below 2^31 (checked by the adapter), so each offset is two 32 x 32 -> 64-bit
-// multiply-adds.
-template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false>
+// or 16 fp8 elements: fp8 tiles take half the copies and page lookups per byte that 8-element copies would). Thread
+// tid copies chunk tid % kChunks of token rows tid / kChunks + i * kRowsPerStep, i < kLoads. A load is two steps, one
+// pipeline iteration apart, so the page-table reads of the next tile overlap the compute of this one: find() starts
+// reading pages into registers, issue() checks them and starts the copies. Tokens past the slice or on a page outside
+// the cache are zero-filled and flagged invalid, so no read ever leaves the cache. Positions are 32-bit: t < len <=
+// num_indices * page_size < 2^31 (checked by the adapter). kSwizzle lays rows out for ldmatrix (swizzle(), or
+// swizzle_fp8() for 1-byte KV, in common/mma.cuh). kRagged reads a contiguous KV tensor instead of pages: token t of
+// the slice is row s.start + t (p.k_stride_page is then unused). The page and entry strides are below 2^31 (checked
+// by the adapter), so each offset is two 32 x 32 -> 64-bit multiply-adds.
+//
+// Who looks up a row's page: without kShareLookups every thread looks up each of its kLoads rows, so the kChunks
+// threads of a row repeat the same page-table read, division and offset products. With it, each lane of a warp looks
+// up one of the warp's kLoads * kWarpRows rows and the copies take its byte offsets by shuffle: one lookup per token,
+// and kLoads - 1 fewer live lookups per thread (bf16 D 128 decode: 224 -> 170 registers, its tile loop 906 -> 594
+// instructions). Each kernel picks the form its benchmarks favour.
+template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false,
+          bool kShareLookups = false>
 struct TileLoader {
   static constexpr int kElems = 16 / sizeof(KV);  // elements per copy
   static constexpr int kChunks = D / kElems;       // copies per token row
   static constexpr int kLoads = kTile * kChunks / kThreads;
+  static constexpr int kRowsPerStep = kThreads / kChunks;
+  static constexpr int kWarpRows = 32 / kChunks;  // rows a warp copies per step
+  static constexpr int kLookups = kShareLookups ? 1 : kLoads;
   static_assert(kTile * kChunks % kThreads == 0, "whole copies per thread");
   static_assert(kThreads % kChunks == 0, "a thread copies the same chunk of every row it loads");
+  static_assert(!kShareLookups || (32 % kChunks == 0 && kLoads * kWarpRows <= 32), "a lane looks up one whole row");
   const KV* k_base;  // this thread's chunk of kv head kvh in entry 0 of page 0
   const KV* v_base;
   const P& p;
   const Slice& s;
-  int page_of[kLoads], entry_of[kLoads];
+  int dst0;  // this thread's shared-memory offset (elements) in its first row of a stage
+  int page_of[kLookups], entry_of[kLookups];  // page (-1: nothing to read) and entry, or the row (ragged)
+
+  __device__ __forceinline__ static int tile_offset(int tok, int ch) {
+    if constexpr (!kSwizzle) return tok * D + ch * kElems;
+    else if constexpr (sizeof(KV) == 1) return swizzle_fp8<D>(tok, ch);
+    else return swizzle<D>(tok, ch);
+  }
+
+  // Tile row of lookup j of this thread. Shared: lane l of a warp takes row l % kWarpRows of the warp's step
+  // l / kWarpRows, so the copies of step i read lane i * kWarpRows + lane / kChunks.
+  __device__ __forceinline__ static int lookup_row(int j) {
+    const int lane = threadIdx.x % 32;
+    if constexpr (kShareLookups)
+      return (int)(threadIdx.x / 32) * kWarpRows + lane / kWarpRows * kRowsPerStep + lane % kWarpRows;
+    else return (int)threadIdx.x / kChunks + j * kRowsPerStep;
+  }
 
   __device__ __forceinline__ TileLoader(const P& params, const Slice& slice, int kvh)
       : k_base(static_cast<const KV*>(params.k_cache) + kvh * params.k_stride_head + threadIdx.x % kChunks * kElems),
         v_base(static_cast<const KV*>(params.v_cache) + kvh * params.v_stride_head + threadIdx.x % kChunks * kElems),
         p(params),
-        s(slice) {}
+        s(slice),
+        dst0(tile_offset(threadIdx.x / kChunks, threadIdx.x % kChunks)) {}
 
   __device__ __forceinline__ void find(int tile) {
 #pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const uint32_t t = (uint32_t)(s.t0 + (int64_t)tile * kTile) + (threadIdx.x + i * kThreads) / kChunks;
-      const bool in = tile < s.ntiles && t < (uint32_t)s.t1;
+    for (int j = 0; j < kLookups; ++j) {
+      const uint32_t t = (uint32_t)(s.t0 + (int64_t)tile * kTile) + lookup_row(j);
+      const bool mine = !kShareLookups || (int)(threadIdx.x % 32) < kLoads * kWarpRows;
+      const bool in = mine && tile < s.ntiles && t < (uint32_t)s.t1;
       if constexpr (kRagged) {
-        page_of[i] = in ? 0 : -1;
-        entry_of[i] = (int)(s.start + t);
+        page_of[j] = in ? 0 : -1;
+        entry_of[j] = (int)(s.start + t);
       } else {
         const uint32_t pi = p.page_div.div(t);
         // The page is checked against the cache in issue(), an iteration later: testing it here would stall the
         // warp on this load at every tile.
-        page_of[i] = in ? p.indices[s.start + pi] : -1;
-        entry_of[i] = (int)p.page_div.mod(t, pi);
+        page_of[j] = in ? p.indices[s.start + pi] : -1;
+        entry_of[j] = (int)p.page_div.mod(t, pi);
       }
     }
   }
 
   __device__ __forceinline__ void issue(KV* k_s, KV* v_s, int* valid_s, int stage) const {
+    // Element offsets of each looked-up row from k_base / v_base; a row that is not readable reads nothing.
+    int64_t k_off[kLookups], v_off[kLookups];
+    bool ok[kLookups];
+#pragma unroll
+    for (int j = 0; j < kLookups; ++j) {
+      ok[j] = page_of[j] >= 0 && page_of[j] < p.num_pages;
+      const int pg = ok[j] ? page_of[j] : 0, entry = ok[j] ? entry_of[j] : 0;
+      k_off[j] = (int64_t)entry * (int32_t)p.k_stride_entry;
+      v_off[j] = (int64_t)entry * (int32_t)p.v_stride_entry;
+      if constexpr (!kRagged) {
+        k_off[j] += (int64_t)pg * (int32_t)p.k_stride_page;
+        v_off[j] += (int64_t)pg * (int32_t)p.v_stride_page;
+      }
+    }
+    const int lane = threadIdx.x % 32;
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
-      const int c = threadIdx.x + i * kThreads, tok = c / kChunks, ch = c % kChunks;
-      const bool ok = page_of[i] >= 0 && page_of[i] < p.num_pages;
-      const int pg = ok ? page_of[i] : 0, entry = ok ? entry_of[i] : 0;
-      int dst = tok * D + ch * kElems;
-      if constexpr (kSwizzle) dst = sizeof(KV) == 1 ? swizzle_fp8<D>(tok, ch) : swizzle<D>(tok, ch);
-      dst += stage * kTile * D;
-      int64_t k_off = (int64_t)entry * (int32_t)p.k_stride_entry, v_off = (int64_t)entry * (int32_t)p.v_stride_entry;
-      if constexpr (!kRagged) {
-        k_off += (int64_t)pg * (int32_t)p.k_stride_page;
-        v_off += (int64_t)pg * (int32_t)p.v_stride_page;
+      int64_t ko, vo;
+      bool rok;
+      if constexpr (kShareLookups) {
+        const int src = i * kWarpRows + lane / kChunks;
+        ko = __shfl_sync(0xffffffffu, k_off[0], src), vo = __shfl_sync(0xffffffffu, v_off[0], src);
+        rok = __shfl_sync(0xffffffffu, ok[0], src);
+      } else {
+        ko = k_off[i], vo = v_off[i], rok = ok[i];
       }
-      cp_async<16>(k_s + dst, k_base + k_off, ok);
-      cp_async<16>(v_s + dst, v_base + v_off, ok);
-      if (ch == 0) valid_s[stage * kTile + tok] = ok;
+      // Rows kRowsPerStep apart share their swizzle when that is a multiple of its 8-row period.
+      const int dst = stage * kTile * D +
+                      (kRowsPerStep % 8 == 0 || !kSwizzle
+                           ? dst0 + i * kRowsPerStep * D
+                           : tile_offset((int)threadIdx.x / kChunks + i * kRowsPerStep, threadIdx.x % kChunks));
+      cp_async<16>(k_s + dst, k_base + ko, rok);
+      cp_async<16>(v_s + dst, v_base + vo, rok);
     }
+    // The thread that looked a row up flags it (once per row: without sharing, the thread copying chunk 0).
+#pragma unroll
+    for (int j = 0; j < kLookups; ++j)
+      if (kShareLookups ? lane < kLoads * kWarpRows : threadIdx.x % kChunks == 0)
+        valid_s[stage * kTile + lookup_row(j)] = ok[j];
   }
 };
 
