@@ -79,6 +79,22 @@ def test_batch_decode_page_sizes(device, page_size, layout, backend):
     _check(out, lse, _expect(q, cache, layout, indptr, indices, last, dtype, sm_scale=1 / math.sqrt(d)), "page")
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_decode_more_than_one_wave(device, head_dim, backend):
+    # 64 requests x 8 kv heads, short enough that nothing splits: 512 blocks, more than one wave, where the launcher
+    # caps the blocks per SM (through extra shared memory) so the last wave is not a few slow blocks. On 132 SMs the
+    # tensor-core kernel at D 64 fits 3 a SM and runs 2 (2 waves of 264, not 396 then 116).
+    hkv, group, dtype = 8, 4, torch.bfloat16
+    lengths = [(7 * i) % 41 for i in range(64)]
+    cache, indices, indptr, last = _batch(lengths, 16, hkv, head_dim, dtype, device)
+    q = torch.randn(len(lengths), hkv * group, head_dim, dtype=dtype, device=device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), backend=backend)
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, head_dim, 16, q_data_type=dtype)
+    out, lse = wrapper.run(q, cache, return_lse=True)
+    _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, sm_scale=1 / math.sqrt(head_dim)))
+
+
 @pytest.mark.parametrize("feature", ["window", "soft_cap", "rope", "sm_scale", "tuple_cache"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_decode_features(device, feature, backend):
