@@ -378,6 +378,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
 // launches `kernel`. The split count depends only on shapes and the device: as many splits per (request, kv head)
 // as fill one wave of two blocks per SM. Where more blocks fit (small fp8 tiles), counting them makes more, shorter
 // splits and a longer merge: on an H200, e4m3 3 x 77 (D = 64, GQA 7) took 12.6 us with 44 splits, 9.8 with 22.
+// A launch of more than one wave may run fewer blocks per SM than fit (wave_residency, common/launch.cuh).
 template <typename AllocTmp>
 cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int block_heads, Params p, int sm_count,
                          AllocTmp&& alloc_tmp, cudaStream_t stream) {
