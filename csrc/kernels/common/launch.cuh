@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 
 namespace flashinfer {
 
@@ -24,6 +25,8 @@ struct LaunchEnv {
 // Opts `kernel` in to `smem` bytes of dynamic shared memory (required above 48 KiB, once per device) and returns in
 // *blocks_per_sm how many of its blocks of `threads` threads fit an SM. Both are host calls of a few microseconds,
 // paid once per (kernel, device, threads, smem) instead of on every launch: a decode step launches once per layer.
+// A kernel launched with several sizes keeps the largest opt-in: the attribute is the function's, and lowering it
+// for a new size would make a cached larger one fail to launch.
 inline cudaError_t prepare_kernel(const void* kernel, int threads, size_t smem, int* blocks_per_sm) {
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
@@ -31,14 +34,19 @@ inline cudaError_t prepare_kernel(const void* kernel, int threads, size_t smem, 
   using Key = std::tuple<const void*, int, int, size_t>;
   static std::mutex mu;
   static std::map<Key, int> done;
+  static std::map<std::pair<const void*, int>, size_t> opted_in;  // (kernel, device) -> its largest opt-in
   const Key key{kernel, device, threads, smem};
   std::lock_guard<std::mutex> lock(mu);
   if (auto it = done.find(key); it != done.end()) {
     *blocks_per_sm = it->second;
     return cudaSuccess;
   }
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (err != cudaSuccess) return err;
+  size_t& opt = opted_in[{kernel, device}];
+  if (smem > opt) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess) return err;
+    opt = smem;
+  }
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, threads, smem);
   if (err != cudaSuccess) return err;
   done.emplace(key, *blocks_per_sm);
@@ -53,8 +61,9 @@ inline cudaError_t prepare_kernel(const void* kernel, int threads, size_t smem, 
 inline int wave_residency(int64_t total, int sm_count, int per_sm) {
   if (per_sm <= 1 || sm_count <= 0 || total <= (int64_t)sm_count * per_sm) return per_sm;
   const auto cost = [&](int r) { return (total + (int64_t)sm_count * r - 1) / ((int64_t)sm_count * r) * r; };
+  // Never below two: one block of four warps per SM was not measured to keep an SM's share of the bandwidth busy.
   int best = per_sm;
-  for (int r = per_sm - 1; r >= 1; --r)
+  for (int r = per_sm - 1; r >= 2; --r)
     if (cost(r) < cost(best)) best = r;
   return best;
 }
