@@ -36,8 +36,8 @@ struct Slice {
 // Who looks up a row's page: without kShareLookups every thread looks up each of its kLoads rows, so the kChunks
 // threads of a row repeat the same page-table read, division and offset products. With it, each lane of a warp looks
 // up one of the warp's kLoads * kWarpRows rows and the copies take its byte offsets by shuffle: one lookup per token,
-// and kLoads - 1 fewer live lookups per thread (bf16 D 128 decode: 224 -> 170 registers, its tile loop 906 -> 594
-// instructions). Each kernel picks the form its benchmarks favour.
+// and kLoads - 1 fewer live lookups per thread (bf16 D 128 decode: 224 -> 176 registers). Each kernel picks the form
+// its benchmarks favour.
 template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false,
           bool kShareLookups = false>
 struct TileLoader {
