@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   pdl_enter();
 
   const Slice sl = request_slice(p, b, blockIdx.z, kTile);
-  // Rows of 256 bytes or more share their page lookups across a warp: 2-5% faster at bf16 D 128 and D 256 (H200,
+  // Rows of 256 bytes or more share their page lookups across a warp: 1-6% faster at bf16 D 128 and D 256 (H200,
   // benchmarks/micro). Shorter rows (fp8 D 128, 16-bit D 64) measured 1-10% slower with it.
   constexpr bool kShareLookups = D * sizeof(KV) >= 256;
   TileLoader<Params, KV, D, kTile, kTcThreads, true, false, kShareLookups> loader(p, sl, kvh);
