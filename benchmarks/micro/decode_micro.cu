@@ -8,7 +8,8 @@
 //   decode_micro BATCH KV_LEN [HQ HKV HEAD_DIM PAGE KV_DTYPE]     KV_DTYPE: bf16 (default) or e4m3
 //
 // Prints one line: max error against a float64 host reference (first requests only), median time of one launch
-// in us and GB/s of KV read once. The launch is timed inside a CUDA graph that rotates over enough caches (each
+// in us and GB/s of KV read once; built with -DFLASHINFER_BLOCK_TRACE (run.sh: TRACE=1), also the phases of one
+// traced launch (common/block_trace.cuh). The launch is timed inside a CUDA graph that rotates over enough caches (each
 // with its own shuffled page table) that the KV comes from DRAM, not L2, as in a serving step.
 #include <cmath>
 #include <string>
@@ -19,6 +20,7 @@
 #define DECODE_TC_HEADER "decode_tc.cuh"
 #endif
 #include DECODE_TC_HEADER
+#include "block_trace.h"
 
 using namespace flashinfer;
 using micro::to_double;
@@ -110,6 +112,14 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
     }
 
   const double us = micro::graph_time_us(sets, stream, launch);
+#ifdef FLASHINFER_BLOCK_TRACE
+  // One more launch, traced, on the set the last timed replay touched first (out of L2 by now).
+  micro::block_trace_reset();
+  launch(0);
+  CHECK(cudaStreamSynchronize(stream));
+  micro::block_trace_print({"entry -> pdl_enter done", "-> first tile landed", "-> tile loop done",
+                            "-> output or partial stored", "-> split merge done, exit"});
+#endif
   // bf16 outputs: a few ulps of the largest output is right, more is a bug.
   const bool ok = max_err <= 2e-2 * std::max(max_ref, 1.0);
   std::printf("%s batch %d kv_len %d hq %d hkv %d D %d page %d %s splits %d: max err %.3g (%s), %.2f us, %.0f GB/s\n",

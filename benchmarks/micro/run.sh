@@ -6,6 +6,7 @@
 #   VARIANTS="csrc/kernels/decode_tc.cuh scratch/decode_tc_try.cuh" SHAPES="1 8192;64 4096 32 8 128 16 e4m3" \
 #   bash benchmarks/micro/run.sh decode
 #   VARIANTS="csrc/kernels/prefill.cuh scratch/prefill_try.cuh" SHAPES="1 8192 8192" bash benchmarks/micro/run.sh prefill
+#   TRACE=1 bash benchmarks/micro/run.sh decode          and the phases of one launch, per block
 # A variant is a copy of the kernel header (its includes resolve against csrc/kernels). A shape is the harness's
 # arguments: decode BATCH KV_LEN [HQ HKV HEAD_DIM PAGE bf16|e4m3]; prefill BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM
 # PAGE causal|full|mask paged|ragged bf16|e4m3] (mask: a random packed custom mask).
@@ -29,7 +30,7 @@ pids=()
 i=0
 for v in $variants; do
   nvcc -O3 -std=c++20 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc/kernels \
-    -D$macro="\"$(realpath "$v")\"" "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
+    ${TRACE:+-DFLASHINFER_BLOCK_TRACE} -D$macro="\"$(realpath "$v")\"" "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
   pids+=($!)
   i=$((i + 1))
 done

@@ -24,6 +24,7 @@
 #pragma once
 #include <type_traits>
 
+#include "common/block_trace.cuh"
 #include "decode.cuh"
 
 namespace flashinfer {
@@ -90,6 +91,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   int* valid_s = reinterpret_cast<int*>(q_s + kTcRows * D);                  // [kStages][kTile]
   float* qscale_s = reinterpret_cast<float*>(valid_s + kStages * kTile);  // [16]: fp8 KV, 2^e of row r
 
+  BLOCK_TRACE_ENTRY();
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   // Blocks are dispatched in linear order (x fastest). Remapped so the kv heads of one request are neighbours: they
   // run side by side and stream the same pages (each token row of a page holds every head).
@@ -100,6 +102,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   const int h_base = kvh * group + chunk * kTcRows;
   const int nheads = min(group - chunk * kTcRows, kTcRows);
   pdl_enter();
+  BLOCK_TRACE(3);
 
   const Slice sl = request_slice(p, b, blockIdx.z, kTile);
   // Rows of 256 bytes or more share their page lookups across a warp: 1-6% faster at bf16 D 128 and D 256 (H200,
@@ -164,6 +167,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   for (int tile = 0; tile < sl.ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
     __syncthreads();
+    if (tile == 0) BLOCK_TRACE(4);  // the first tile has landed
     // The stage refilled here was consumed in the previous iteration, before the barrier above.
     if (tile + kStages - 1 < sl.ntiles) loader.issue(k_s, v_s, valid_s, (tile + kStages - 1) % kStages);
     cp_async_commit();
@@ -271,6 +275,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   }
   cp_async_wait<0>();
   __syncthreads();  // the stages become the merge buffers
+  BLOCK_TRACE(5);
 
   // Merge the four warps' partial (m, l, O) per row.
 #pragma unroll
@@ -333,8 +338,10 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
       if (e == 0) p.tmp_lse[row] = lse;
     }
   }
+  BLOCK_TRACE(6);  // the block's output (or partial) stored
   if (p.num_splits > 1)
     merge_if_last_split<T, D>(p, b, slot, h_base, nheads, reinterpret_cast<float*>(smem), kWork / 4);
+  BLOCK_TRACE_EXIT();
 }
 
 template <typename T, typename KV, int D, typename AllocTmp>
