@@ -18,6 +18,7 @@
 #define PREFILL_HEADER "prefill.cuh"
 #endif
 #include PREFILL_HEADER
+#include "block_trace.h"
 
 using namespace flashinfer;
 using micro::to_double;
@@ -153,6 +154,13 @@ int run(const Shape& sh) {
   }
 
   const double us = micro::graph_time_us(sets, stream, launch);
+#ifdef FLASHINFER_BLOCK_TRACE
+  micro::block_trace_reset();
+  launch(0);
+  CHECK(cudaStreamSynchronize(stream));
+  micro::block_trace_print({"entry -> block scheduled", "-> first tile landed", "-> tile loop done",
+                            "-> output written", "-> exit"});
+#endif
   double pairs = 0;
   for (int i = 0; i < qo_len; ++i) {
     if (!sh.mask) {

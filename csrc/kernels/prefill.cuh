@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "common/fastdiv.cuh"
+#include "common/block_trace.cuh"
 #include "common/kv_tile.cuh"
 #include "common/launch.cuh"
 #include "common/pdl.cuh"
@@ -176,6 +177,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   int* valid_s = reinterpret_cast<int*>(q_s + kRows * D);       // [kStages][kTile]
   __shared__ int sched[2];
 
+  BLOCK_TRACE_ENTRY();
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int kvh = blockIdx.y, group = p.hq / p.hkv;
   pdl_enter();
@@ -213,6 +215,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   __syncthreads();
   const int b = sched[0], tile_q = sched[1];
   if (b < 0) return;
+  BLOCK_TRACE(3);  // scheduled
 
   const int64_t q0 = qo_start(p, b), qo_len = qo_start(p, b + 1) - q0;
   int64_t kv_start, kv_len;
@@ -321,6 +324,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
   for (int tile = 0; tile < sl.ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
     __syncthreads();
+    if (tile == 0) BLOCK_TRACE(4);  // the first tile has landed
     // Every token of the tile on a readable page and inside the slice (the common case)? The flags were written
     // when the stage was issued, before the barrier above.
     const int stage = tile % kStages;
@@ -495,6 +499,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
     }
   }
   cp_async_wait<0>();
+  BLOCK_TRACE(5);
 
   // Each row is complete in its warp: normalise and write (a split writes its partial in fp32).
 #pragma unroll
@@ -527,6 +532,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
         if (lane % 4 == 0) p.tmp_lse[prow] = row_lse;
       }
     }
+  BLOCK_TRACE(6);
+  BLOCK_TRACE_EXIT();
 }
 
 // Combines the num_splits partials of each output row (a warp per row; lane s < num_splits first reads split s's
