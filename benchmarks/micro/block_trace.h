@@ -53,5 +53,15 @@ inline void block_trace_print(const char* const (&names)[5]) {
   stats("end before the last exit", [&](const unsigned long long* r) { return (last - r[1]) * 1e-3; }, always);
 }
 
+// One more launch of input set 0, traced (the set the last timed replay touched first: out of L2 by now), then its
+// phases.
+template <typename Launch>
+inline void block_trace_launch(Launch&& launch, cudaStream_t stream, const char* const (&names)[5]) {
+  block_trace_reset();
+  launch(0);
+  cudaStreamSynchronize(stream);
+  block_trace_print(names);
+}
+
 }  // namespace micro
 #endif

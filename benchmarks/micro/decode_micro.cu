@@ -113,12 +113,8 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
 
   const double us = micro::graph_time_us(sets, stream, launch);
 #ifdef FLASHINFER_BLOCK_TRACE
-  // One more launch, traced, on the set the last timed replay touched first (out of L2 by now).
-  micro::block_trace_reset();
-  launch(0);
-  CHECK(cudaStreamSynchronize(stream));
-  micro::block_trace_print({"entry -> pdl_enter done", "-> first tile landed", "-> tile loop done",
-                            "-> output or partial stored", "-> split merge done, exit"});
+  micro::block_trace_launch(launch, stream, {"entry -> pdl_enter done", "-> first tile landed", "-> tile loop done",
+                                             "-> output or partial stored", "-> split merge done, exit"});
 #endif
   // bf16 outputs: a few ulps of the largest output is right, more is a bug.
   const bool ok = max_err <= 2e-2 * std::max(max_ref, 1.0);

@@ -155,11 +155,8 @@ int run(const Shape& sh) {
 
   const double us = micro::graph_time_us(sets, stream, launch);
 #ifdef FLASHINFER_BLOCK_TRACE
-  micro::block_trace_reset();
-  launch(0);
-  CHECK(cudaStreamSynchronize(stream));
-  micro::block_trace_print({"entry -> block scheduled", "-> first tile landed", "-> tile loop done",
-                            "-> output written", "-> exit"});
+  micro::block_trace_launch(launch, stream, {"entry -> block scheduled", "-> first tile landed", "-> tile loop done",
+                                             "-> output written", "-> exit"});
 #endif
   double pairs = 0;
   for (int i = 0; i < qo_len; ++i) {
