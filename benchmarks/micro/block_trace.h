@@ -16,8 +16,11 @@ inline void block_trace_reset() {
   cudaMemcpyToSymbol(flashinfer::g_block_trace, zeros.data(), zeros.size() * sizeof(unsigned long long));
 }
 
-// names[i]: the phase from clock slot 2 + i to 3 + i (five phases, entry to exit).
-inline void block_trace_print(const char* const (&names)[5]) {
+// names[i]: the phase from clock slot 2 + i to 3 + i; the last of the N phases ends at the exit stamp (slot 7), so
+// a kernel with fewer phase boundaries stamps slots 3 .. N + 1 and no more.
+template <int N>
+inline void block_trace_print(const char* const (&names)[N]) {
+  static_assert(N >= 1 && N <= flashinfer::kTraceSlots - 3, "phases between the entry and exit stamps");
   constexpr int kS = flashinfer::kTraceSlots;
   std::vector<unsigned long long> h((size_t)flashinfer::kTraceBlocks * kS);
   cudaMemcpyFromSymbol(h.data(), flashinfer::g_block_trace, h.size() * sizeof(unsigned long long));
@@ -47,16 +50,18 @@ inline void block_trace_print(const char* const (&names)[5]) {
   std::printf("  trace: %zu blocks, launch span %.2f us (first entry to last exit)\n", rows.size(),
               (last - first) * 1e-3);
   stats("start after the first block", [&](const unsigned long long* r) { return (r[0] - first) * 1e-3; }, always);
-  for (int i = 0; i < 5; ++i)
-    stats(names[i], [&](const unsigned long long* r) { return (double)(r[3 + i] - r[2 + i]) * 1e3 / khz; },
-          [&](const unsigned long long* r) { return r[2 + i] != 0 && r[3 + i] != 0; });
+  for (int i = 0; i < N; ++i) {
+    const int end = i == N - 1 ? 7 : 3 + i;
+    stats(names[i], [&](const unsigned long long* r) { return (double)(r[end] - r[2 + i]) * 1e3 / khz; },
+          [&](const unsigned long long* r) { return r[2 + i] != 0 && r[end] != 0; });
+  }
   stats("end before the last exit", [&](const unsigned long long* r) { return (last - r[1]) * 1e-3; }, always);
 }
 
 // One more launch of input set 0, traced (the set the last timed replay touched first: out of L2 by now), then its
 // phases.
-template <typename Launch>
-inline void block_trace_launch(Launch&& launch, cudaStream_t stream, const char* const (&names)[5]) {
+template <typename Launch, int N>
+inline void block_trace_launch(Launch&& launch, cudaStream_t stream, const char* const (&names)[N]) {
   block_trace_reset();
   launch(0);
   cudaStreamSynchronize(stream);

@@ -156,7 +156,7 @@ int run(const Shape& sh) {
   const double us = micro::graph_time_us(sets, stream, launch);
 #ifdef FLASHINFER_BLOCK_TRACE
   micro::block_trace_launch(launch, stream, {"entry -> block scheduled", "-> first tile landed", "-> tile loop done",
-                                             "-> output written", "-> exit"});
+                                             "-> output written, exit"});
 #endif
   double pairs = 0;
   for (int i = 0; i < qo_len; ++i) {

@@ -532,7 +532,6 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p) {
         if (lane % 4 == 0) p.tmp_lse[prow] = row_lse;
       }
     }
-  BLOCK_TRACE(6);
   BLOCK_TRACE_EXIT();
 }
 

@@ -9,7 +9,8 @@
 
 namespace flashinfer {
 
-// Slots: 0 entry and 1 exit (global timer); 2 entry, 3..6 the kernel's phase boundaries, 7 exit (clock64).
+// Slots: 0 entry and 1 exit (global timer); 2 entry, 3..6 the kernel's phase boundaries (as many as it has), 7 exit
+// (clock64).
 constexpr int kTraceBlocks = 16384, kTraceSlots = 8;
 __device__ unsigned long long g_block_trace[kTraceBlocks][kTraceSlots];
 
