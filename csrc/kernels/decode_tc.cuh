@@ -46,11 +46,14 @@ __host__ __device__ constexpr int tc_tile(int head_dim, int kv_bytes) {
 __host__ __device__ constexpr int tc_stages(int head_dim, int kv_bytes) {
   return head_dim == 64 ? (kv_bytes == 1 ? 4 : 2) : 3;
 }
-// The K/V work region: the stages, reused by the final merge (4 warps x 16 rows x (head_dim + 2) floats, and the
-// split weights), whichever is larger.
+// Row stride (floats) of the warps' partial outputs in the cross-warp merge: padded by 4 so the 8 rows a warp
+// stores at once fall on different banks (at head_dim floats every row starts on bank 0: 8-way conflicts).
+__host__ __device__ constexpr int tc_merge_row(int head_dim) { return head_dim + 4; }
+// The K/V work region: the stages, reused by the final merge (4 warps x 16 rows of partial output, (m, l) and the
+// merge weight, then the split weights), whichever is larger.
 __host__ __device__ constexpr size_t tc_work_region(int head_dim, int kv_bytes) {
   const size_t stages = (size_t)tc_stages(head_dim, kv_bytes) * 2 * tc_tile(head_dim, kv_bytes) * head_dim * kv_bytes;
-  const size_t merge = (size_t)4 * kTcRows * (head_dim + 2) * 4;
+  const size_t merge = (size_t)4 * kTcRows * (tc_merge_row(head_dim) + 4) * 4;
   return stages > merge ? stages : merge;
 }
 // Work region, the swizzled query tile, token validity per stage, the per-row query scales (fp8 KV).
@@ -283,11 +286,14 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
-  float* red_o = reinterpret_cast<float*>(smem);          // [4][16][D]
-  float* red_ml = red_o + 4 * kTcRows * D;                 // [4][16][2]
+  constexpr int kRowF = tc_merge_row(D);
+  float* red_o = reinterpret_cast<float*>(smem);           // [4][16][kRowF]
+  float* red_ml = red_o + 4 * kTcRows * kRowF;             // [4][16][2]
+  float* red_w = red_ml + 4 * kTcRows * 2;                 // [4][16]: each warp's weight in a row's output
+  float* red_lse = red_w + 4 * kTcRows;                    // [16]
   const int r0 = lane / 4, t = lane % 4;
-  float* row_lo = red_o + (warp * kTcRows + r0) * D;
-  float* row_hi = row_lo + 8 * D;
+  float* row_lo = red_o + (warp * kTcRows + r0) * kRowF;
+  float* row_hi = row_lo + 8 * kRowF;
   // Pairs of adjacent dims as one 8-byte store: within an n-tile for 16-bit KV; for fp8 the same column of the
   // even-dim and the odd-dim tile of a chunk.
 #pragma unroll
@@ -312,30 +318,45 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     }
   }
   __syncthreads();
-  for (int idx = tid; idx < nheads * D; idx += kTcThreads) {
-    const int r = idx / D, e = idx % D;
+  // Per row, once: the weight of each warp's partial (v_scale and the normaliser folded in) and the row's lse.
+  if (tid < nheads) {
     float mxw = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < 4; ++w) mxw = fmaxf(mxw, red_ml[(w * kTcRows + r) * 2]);
-    float den = 0.f, acc = 0.f;
-    if (mxw > -INFINITY) {
+    for (int w = 0; w < 4; ++w) mxw = fmaxf(mxw, red_ml[(w * kTcRows + tid) * 2]);
+    float wt[4], den = 0.f;
 #pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        const float wt = exp2f(red_ml[(w * kTcRows + r) * 2] - mxw);
-        den += red_ml[(w * kTcRows + r) * 2 + 1] * wt;
-        acc += red_o[(w * kTcRows + r) * D + e] * wt;
-      }
+    for (int w = 0; w < 4; ++w) {
+      wt[w] = mxw > -INFINITY ? exp2f(red_ml[(w * kTcRows + tid) * 2] - mxw) : 0.f;
+      den += red_ml[(w * kTcRows + tid) * 2 + 1] * wt[w];
     }
-    const float val = den > 0.f ? acc * p.v_scale / den : 0.f;
-    const float lse = den > 0.f ? mxw + log2f(den) : -INFINITY;
+    const float inv = den > 0.f ? p.v_scale / den : 0.f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) red_w[w * kTcRows + tid] = wt[w] * inv;
+    red_lse[tid] = den > 0.f ? mxw + log2f(den) : -INFINITY;
+  }
+  __syncthreads();
+  // Four consecutive dims a thread: one 16-byte read of each warp's partial, one vector store.
+  for (int idx = tid; idx < nheads * (D / 4); idx += kTcThreads) {
+    const int r = idx / (D / 4), e = idx % (D / 4) * 4;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float wt = red_w[w * kTcRows + r];
+      const float4 x = *reinterpret_cast<const float4*>(red_o + (w * kTcRows + r) * kRowF + e);
+      acc.x = fmaf(wt, x.x, acc.x), acc.y = fmaf(wt, x.y, acc.y);
+      acc.z = fmaf(wt, x.z, acc.z), acc.w = fmaf(wt, x.w, acc.w);
+    }
     const int h = h_base + r;
     if (p.num_splits == 1) {
-      static_cast<T*>(p.out)[((int64_t)b * p.hq + h) * D + e] = from_float<T>(val);
-      if (e == 0) p.lse[(int64_t)b * p.hq + h] = lse;
+      Vec<T, 4> ov;
+      ov.v[0] = from_float<T>(acc.x), ov.v[1] = from_float<T>(acc.y);
+      ov.v[2] = from_float<T>(acc.z), ov.v[3] = from_float<T>(acc.w);
+      ov.store(static_cast<T*>(p.out) + ((int64_t)b * p.hq + h) * D + e);
+      if (e == 0) p.lse[(int64_t)b * p.hq + h] = red_lse[r];
     } else {
       const int64_t row = ((int64_t)b * p.num_splits + blockIdx.z) * p.hq + h;
-      p.tmp_o[row * D + e] = val;
-      if (e == 0) p.tmp_lse[row] = lse;
+      *reinterpret_cast<float4*>(p.tmp_o + row * D + e) = acc;
+      if (e == 0) p.tmp_lse[row] = red_lse[r];
     }
   }
   BLOCK_TRACE(6);  // the block's output (or partial) stored
