@@ -75,13 +75,14 @@ constexpr float kLazyMax = 8.f;  // log2 units the running max may lag the true 
 // its output accumulators alone would fill the register file at two.
 __host__ __device__ constexpr int m_tiles(int head_dim) { return head_dim == 256 ? 1 : 2; }
 // Warps per block: eight at head_dim 256, where a warp holds one row tile, so a block still covers 128 rows and
-// each K/V tile it loads serves as many queries as at head_dim 128 (4-6% faster than four warps, H200).
+// each K/V tile it loads serves as many queries as at head_dim 128 (with 64-token tiles, 2-8% faster than four
+// warps over 32-token tiles, H200; 3% slower on a small split launch).
 __host__ __device__ constexpr int warps(int head_dim) { return head_dim == 256 ? 2 * kWarps : kWarps; }
 __host__ __device__ constexpr int block_threads(int head_dim) { return 32 * warps(head_dim); }
 __host__ __device__ constexpr int block_rows(int head_dim) { return warps(head_dim) * 16 * m_tiles(head_dim); }
 // KV tokens per pipeline stage. At D 128, 64-token tiles in two stages beat 32 in three (H200, benchmarks/micro:
 // 1 x 8192 causal 294 -> 309 TFLOP/s, custom mask 139 -> 163): half the barriers and softmax passes per token;
-// at D 256 with eight warps, 64 beat 32 by 5-8%.
+// at D 256 with eight warps, 64 beat 32 by 6-8% on long requests.
 __host__ __device__ constexpr int kv_tile(int head_dim) { return 64; }
 __host__ __device__ constexpr int stages(int head_dim) { return head_dim == 64 ? 3 : 2; }
 // The K/V stages (kv_bytes per element), for fp8 KV the 16-bit K and V tile each stage is converted into, the
