@@ -326,6 +326,9 @@ def main():
     ap.add_argument("--points", default=None, help="e.g. '1x1024,64x8192' (default: all)")
     ap.add_argument("--only", choices=["local", "peer"], default=None,
                     help="run only our and plain-PyTorch variants, or only the upstream ones (default: both)")
+    ap.add_argument("--peer-jit-cache", default=None,
+                    help="upstream's JIT cache directory (FLASHINFER_WORKSPACE_BASE) to use and keep, so modules "
+                         "built by an earlier run are reused (default: a fresh one, timed cold then warm)")
     args = ap.parse_args()
     if args.first_step:
         return first_step()
@@ -338,11 +341,13 @@ def main():
             rows.append(first_step_row("ours", dict(os.environ)))
             rows += local_rows(points)
         if args.only != "local" and os.path.isdir(args.peer):
-            # A fresh JIT cache: upstream's first step from a fresh process includes its JIT compilation.
-            cache = os.path.join("/tmp", f"flashinfer_jit_{os.getpid()}")
+            # A fresh JIT cache: upstream's first step from a fresh process includes its JIT compilation. A given
+            # cache may hold modules already, so its first step is timed once, as warm.
+            cache = args.peer_jit_cache or os.path.join("/tmp", f"flashinfer_jit_{os.getpid()}")
             env = dict(os.environ, PYTHONPATH=args.peer, FLASHINFER_CUDA_ARCH_LIST="9.0a",
-                       FLASHINFER_WORKSPACE_BASE=cache)
-            rows.append(first_step_row("upstream (cold JIT cache)", env))
+                       FLASHINFER_WORKSPACE_BASE=os.path.abspath(cache))
+            if not args.peer_jit_cache:
+                rows.append(first_step_row("upstream (cold JIT cache)", env))
             rows.append(first_step_row("upstream (warm JIT cache)", env))
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--impl", "upstream", "--json", "-",
                                    "--points", ",".join(f"{b}x{c}" for b, c in points)],
