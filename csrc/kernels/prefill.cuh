@@ -66,8 +66,8 @@ struct Params {
   float rope_rcp_scale, rope_log2_theta;
 };
 
-constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
+constexpr int kWarps = 4;                // a block's warps (eight at head_dim 256: warps()); merge_kernel's too
+constexpr int kThreads = 32 * kWarps;    // merge_kernel's block
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLazyMax = 8.f;  // log2 units the running max may lag the true one (see the softmax)
 
@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   __syncthreads();
   if constexpr (kRope) {
     rope_tile<T, D, kRows, kBlockThreads>(p.rope_rcp_scale, p.rope_log2_theta, q_s,
-                                     [&](int r) { return j_off + (row0 + r) / group; });
+                                          [&](int r) { return j_off + (row0 + r) / group; });
     __syncthreads();
   }
   // Fragment addresses: K as the B operand (tokens x chunks), V transposed, Q as the A operand.
