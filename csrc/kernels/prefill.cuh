@@ -1,5 +1,5 @@
 // Batch prefill attention on tensor cores (mma.sync m16n8k16, sm_80+), over a paged or a ragged KV cache.
-// Torch-free.
+// Torch-free. Params, the tile shape per head_dim and the split count: prefill_params.cuh.
 //
 // Query rows are (token, head) pairs packed head-fastest: row r of request b is query token r / group, query head kvh *
 // group + r % group, so a GQA group shares every K/V tile it loads. A block takes block_rows(D) packed rows of one
@@ -26,89 +26,19 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "common/fastdiv.cuh"
 #include "common/block_trace.cuh"
 #include "common/kv_tile.cuh"
 #include "common/launch.cuh"
 #include "common/pdl.cuh"
 #include "common/rotary.cuh"
 #include "common/vec.cuh"
+#include "prefill_params.cuh"
 
 namespace flashinfer {
 namespace prefill {
 
-struct Params {
-  const void* q;                 // [total_q, hq, head_dim] through q_stride_n / q_stride_h
-  int64_t q_stride_n, q_stride_h;
-  const void* k_cache;           // paged: [num_pages, page_size, hkv, D] logical; ragged: [total_kv, hkv, D]
-  const void* v_cache;
-  int64_t k_stride_page, k_stride_entry, k_stride_head;
-  int64_t v_stride_page, v_stride_entry, v_stride_head;
-  const int32_t* qo_indptr;      // [batch + 1]
-  const int32_t* kv_indptr;      // [batch + 1]: page entries (paged) or rows (ragged)
-  const int32_t* indices;        // paged only
-  const int32_t* last_page_len;  // paged only
-  const uint8_t* mask;           // packed custom mask (bit order little), or null
-  const int32_t* mask_indptr;    // [batch + 1]: first byte of each request's [qo_len, kv_len] bit matrix
-  int64_t mask_bytes;            // bits past the end of the mask count as masked
-  int64_t total_q, num_indices, num_pages;  // ragged: num_indices is the number of KV rows
-  int batch, hq, hkv, page_size;
-  FastDiv page_div;
-  void* out;                     // [total_q, hq, D], q's dtype
-  float* lse;                    // [total_q, hq], log2
-  int num_splits;                // KV splits per row tile (grid z)
-  float* tmp_o;                  // [num_splits, total_q, hq, D]: normalised partials (num_splits > 1)
-  float* tmp_lse;                // [num_splits, total_q, hq]
-  float sm_scale, logits_soft_cap, k_scale, v_scale;
-  int window_left;               // -1: none
-  bool causal;
-  bool rope;                     // ROPE_LLAMA: q at kv_len - qo_len + i, k at its index in the request
-  float rope_rcp_scale, rope_log2_theta;
-};
-
-constexpr int kWarps = 4;                // a block's warps (eight at head_dim 256: warps()); merge_kernel's too
-constexpr int kThreads = 32 * kWarps;    // merge_kernel's block
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLazyMax = 8.f;  // log2 units the running max may lag the true one (see the softmax)
-
-// mma M tiles (16 rows each) per warp. Two halve the shared-memory reads per mma; head_dim 256 keeps one, since
-// its output accumulators alone would fill the register file at two.
-__host__ __device__ constexpr int m_tiles(int head_dim) { return head_dim == 256 ? 1 : 2; }
-// Warps per block: eight at head_dim 256, where a warp holds one row tile, so a block still covers 128 rows and
-// each K/V tile it loads serves as many queries as at head_dim 128 (with 64-token tiles, 2-8% faster than four
-// warps over 32-token tiles, H200; 3% slower on a small split launch).
-__host__ __device__ constexpr int warps(int head_dim) { return head_dim == 256 ? 2 * kWarps : kWarps; }
-__host__ __device__ constexpr int block_threads(int head_dim) { return 32 * warps(head_dim); }
-__host__ __device__ constexpr int block_rows(int head_dim) { return warps(head_dim) * 16 * m_tiles(head_dim); }
-// KV tokens per pipeline stage. At D 128, 64-token tiles in two stages beat 32 in three (H200, benchmarks/micro:
-// 1 x 8192 causal 294 -> 309 TFLOP/s, custom mask 139 -> 163): half the barriers and softmax passes per token;
-// at D 256 with eight warps, 64 beat 32 by 6-8% on long requests.
-__host__ __device__ constexpr int kv_tile(int head_dim) { return 64; }
-__host__ __device__ constexpr int stages(int head_dim) { return head_dim == 64 ? 3 : 2; }
-// The K/V stages (kv_bytes per element), for fp8 KV the 16-bit K and V tile each stage is converted into, the
-// query tile, token validity per stage.
-__host__ __device__ constexpr size_t smem_bytes(int head_dim, int kv_bytes) {
-  return (size_t)stages(head_dim) * 2 * kv_tile(head_dim) * head_dim * kv_bytes +
-         (kv_bytes == 2 ? 0 : (size_t)2 * kv_tile(head_dim) * head_dim * 2) +
-         (size_t)block_rows(head_dim) * head_dim * 2 + (size_t)stages(head_dim) * kv_tile(head_dim) * 4;
-}
-// Upper bound of sum_b ceil(qo_len_b * group / rows) from shapes alone.
-inline int64_t max_row_tiles(int64_t total_q, int64_t batch, int64_t group, int rows) {
-  return (total_q * group + rows - 1) / rows + batch;
-}
-constexpr int kMaxSplits = 64;
-// A split is worth its extra query-tile load and partial write only with this many KV tokens to read.
-constexpr int64_t kMinSplitTokens = 256;
-// KV splits for `blocks` row-tile blocks (estimated from the query rows) over a KV of about `kv_per_request`
-// tokens (cache rows over batch: an upper bound from shapes), with `resident` blocks resident on the GPU at once:
-// as many as keep the launch to one wave, none shorter than kMinSplitTokens. From one full wave on, the blocks'
-// uneven lengths already balance the GPU and a split only adds its partial traffic (measured: 4 x 256 over 8192
-// tokens, 256 blocks, takes 521 us unsplit and 528 / 550 us with 2 / 4 splits).
-inline int choose_splits(int64_t blocks, int64_t resident, int64_t kv_per_request) {
-  if (blocks <= 0 || blocks * 2 > resident) return 1;
-  const int64_t most = std::min<int64_t>(kMaxSplits, kv_per_request / kMinSplitTokens);
-  return (int)std::max<int64_t>(1, std::min<int64_t>(most, resident / blocks));
-}
 
 // Request b's KV length and first page entry (paged) or row (ragged), with every table read guarded.
 template <bool kRagged>
