@@ -475,12 +475,13 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 // Combines the num_splits partials of each output row (a warp per row; lane s < num_splits first reads split s's
 // lse) into out and lse. Rows of tokens past qo_indptr[batch], which no split block wrote, are left alone, as the
 // unsplit kernel leaves them.
+constexpr int kMergeWarps = 4, kMergeThreads = 32 * kMergeWarps;  // a warp per output row
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) merge_kernel(Params p) {
+__global__ void __launch_bounds__(kMergeThreads) merge_kernel(Params p) {
   static_assert(D % 32 == 0, "a lane owns D / 32 consecutive elements");
   constexpr int kPer = D / 32;
   const int lane = threadIdx.x % 32, ns = p.num_splits;
-  const int64_t row = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
+  const int64_t row = (int64_t)blockIdx.x * kMergeWarps + threadIdx.x / 32;
   pdl_enter();
   const int64_t rows = min(max((int64_t)p.qo_indptr[p.batch], (int64_t)0), p.total_q) * p.hq;
   if (row >= rows || row < max((int64_t)p.qo_indptr[0], (int64_t)0) * p.hq) return;
@@ -526,8 +527,8 @@ cudaError_t launch_one(Params p, const LaunchEnv<Params>& env) {
   err = launch_pdl(kernel, dim3((unsigned)tiles, p.hkv, p.num_splits), dim3(block_threads(D)), smem, env.stream, p);
   if (err == cudaSuccess && p.num_splits > 1) {
     const int64_t rows = p.total_q * p.hq;
-    err = launch_pdl(merge_kernel<T, D>, dim3((unsigned)((rows + kWarps - 1) / kWarps)), dim3(kThreads), 0,
-                     env.stream, p);
+    err = launch_pdl(merge_kernel<T, D>, dim3((unsigned)((rows + kMergeWarps - 1) / kMergeWarps)),
+                     dim3(kMergeThreads), 0, env.stream, p);
   }
   return err;
 }

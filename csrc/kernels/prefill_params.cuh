@@ -41,8 +41,7 @@ struct Params {
   float rope_rcp_scale, rope_log2_theta;
 };
 
-constexpr int kWarps = 4;                // a block's warps (eight at head_dim 256: warps()); merge_kernel's too
-constexpr int kThreads = 32 * kWarps;    // merge_kernel's block
+constexpr int kWarps = 4;  // a block's warps (eight at head_dim 256: warps())
 
 // mma M tiles (16 rows each) per warp. Two halve the shared-memory reads per mma; head_dim 256 keeps one, since
 // its output accumulators alone would fill the register file at two.
