@@ -10,7 +10,9 @@
 //
 // Scheduling is on the device: grid x is an upper bound of the number of row tiles over the batch (it depends
 // only on shapes: total query tokens, batch, group); each block finds its (request, tile) by a warp scan of
-// qo_indptr, and blocks past the last tile exit. Heavy tiles (late in a causal request) are handed out first.
+// qo_indptr, and blocks past the last tile exit. Heavy tiles (late in a causal request) are handed out first, and
+// in launch order the kv heads of one tile come side by side (grid y is not the kv head): with the heads as the
+// outer order, the heavy tiles of the last heads started in the last wave and ran on alone.
 //
 // KV splits (grid z): when the row tiles alone cannot fill the GPU (few query tokens against a long KV: chunked
 // prefill, a prefix-cached append), the launcher cuts every tile's KV range into num_splits runs of whole tiles,
@@ -113,22 +115,28 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   T* q_s = vc_s + (kConvert ? kTile * D : 0);                   // [kRows][D], swizzled
   int* valid_s = reinterpret_cast<int*>(q_s + kRows * D);       // [kStages][kTile]
   __shared__ int sched[2];
+  __shared__ int64_t extent[4];  // the request's first query row, query rows, first KV index, KV length
 
   BLOCK_TRACE_ENTRY();
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int kvh = blockIdx.y, group = p.hq / p.hkv;
+  const int64_t lin = blockIdx.x + (int64_t)blockIdx.y * gridDim.x;  // launch order within a split
+  const int kvh = (int)(lin % p.hkv), group = p.hq / p.hkv;
   pdl_enter();
 
-  // Which (request, row tile) this block serves: a running sum of tiles per request, 32 requests a step.
+  // Which (request, row tile) this block serves: a running sum of tiles per request, 32 requests a step. Each lane
+  // reads its request's KV extent beside its query extent, so the block starts with both (one dependent trip to
+  // memory fewer before the first page lookup).
   if (warp == 0) {
-    int64_t remaining = blockIdx.x;
+    int64_t remaining = lin / p.hkv;
     int found_b = -1, found_t = 0;
     for (int base = 0; base < p.batch && found_b < 0; base += 32) {
       const int b = base + lane;
-      int64_t tiles = 0;
+      int64_t tiles = 0, q_begin = 0, q_len = 0, k_begin = 0, k_len = 0;
       if (b < p.batch) {
-        const int64_t qlen = max(qo_start(p, b + 1) - qo_start(p, b), (int64_t)0);
-        tiles = (qlen * group + kRows - 1) / kRows;
+        q_begin = qo_start(p, b);
+        q_len = max(qo_start(p, b + 1) - q_begin, (int64_t)0);
+        kv_extent<kRagged>(p, b, k_begin, k_len);
+        tiles = (q_len * group + kRows - 1) / kRows;
       }
       int64_t incl = tiles;
 #pragma unroll
@@ -143,6 +151,9 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
         const int64_t count = __shfl_sync(0xffffffffu, tiles, l);
         found_b = base + l;
         found_t = (int)(count - 1 - (remaining - before));  // last tiles (most KV under causal) first
+        q_begin = __shfl_sync(0xffffffffu, q_begin, l), q_len = __shfl_sync(0xffffffffu, q_len, l);
+        k_begin = __shfl_sync(0xffffffffu, k_begin, l), k_len = __shfl_sync(0xffffffffu, k_len, l);
+        if (lane == 0) extent[0] = q_begin, extent[1] = q_len, extent[2] = k_begin, extent[3] = k_len;
       } else {
         remaining -= __shfl_sync(0xffffffffu, incl, 31);
       }
@@ -154,27 +165,13 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   if (b < 0) return;
   BLOCK_TRACE(3);  // scheduled
 
-  const int64_t q0 = qo_start(p, b), qo_len = qo_start(p, b + 1) - q0;
-  int64_t kv_start, kv_len;
-  kv_extent<kRagged>(p, b, kv_start, kv_len);
-  const int64_t j_off = kv_len - qo_len;  // bottom-right alignment: query i sees keys j <= j_off + i
+  const int64_t q0 = extent[0], qo_len = extent[1], kv_start = extent[2], kv_len = extent[3];
   const int64_t row0 = (int64_t)tile_q * kRows;
-  const int64_t i_first = row0 / group, i_last = min(qo_len - 1, (row0 + kRows - 1) / group);
-  int64_t lo = 0, hi = kv_len;
-  if (p.causal) hi = min(hi, max(j_off + i_last + 1, (int64_t)0));
-  if (p.window_left >= 0) lo = min(hi, max((int64_t)0, j_off + i_first - p.window_left));
-  // Split blockIdx.z takes its run of whole tiles of [lo, hi); late splits of a short range stay empty.
-  const int64_t range_tiles = hi > lo ? (hi - lo + kTile - 1) / kTile : 0;
-  const int64_t split_tiles = (range_tiles + p.num_splits - 1) / p.num_splits;
-  Slice sl;
-  sl.start = kv_start, sl.len = kv_len;
-  sl.t0 = min(hi, lo + (int64_t)blockIdx.z * split_tiles * kTile);
-  sl.t1 = min(hi, sl.t0 + split_tiles * kTile);
-  sl.ntiles = (int)((sl.t1 - sl.t0 + kTile - 1) / kTile);
 
   // The query tile: packed row r -> token i = (row0 + r) / group, head kvh * group + (row0 + r) % group. Its copies
-  // join the first pipeline stage's group; a row past the request is zero-filled, and a row whose chunks are not on
-  // 16-byte boundaries (an unaligned view of q) is copied by the threads themselves.
+  // join the first pipeline stage's group, issued before the KV extent is read so they overlap its dependent loads;
+  // a row past the request is zero-filled, and a row whose chunks are not on 16-byte boundaries (an unaligned view
+  // of q) is copied by the threads themselves.
   for (int c = tid; c < kRows * (D / 8); c += kBlockThreads) {
     const int r = c / (D / 8), ch = c % (D / 8);
     const int64_t pr = row0 + r, i = pr / group;
@@ -192,6 +189,20 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       v.store(dst);
     }
   }
+
+  const int64_t j_off = kv_len - qo_len;  // bottom-right alignment: query i sees keys j <= j_off + i
+  const int64_t i_first = row0 / group, i_last = min(qo_len - 1, (row0 + kRows - 1) / group);
+  int64_t lo = 0, hi = kv_len;
+  if (p.causal) hi = min(hi, max(j_off + i_last + 1, (int64_t)0));
+  if (p.window_left >= 0) lo = min(hi, max((int64_t)0, j_off + i_first - p.window_left));
+  // Split blockIdx.z takes its run of whole tiles of [lo, hi); late splits of a short range stay empty.
+  const int64_t range_tiles = hi > lo ? (hi - lo + kTile - 1) / kTile : 0;
+  const int64_t split_tiles = (range_tiles + p.num_splits - 1) / p.num_splits;
+  Slice sl;
+  sl.start = kv_start, sl.len = kv_len;
+  sl.t0 = min(hi, lo + (int64_t)blockIdx.z * split_tiles * kTile);
+  sl.t1 = min(hi, sl.t0 + split_tiles * kTile);
+  sl.ntiles = (int)((sl.t1 - sl.t0 + kTile - 1) / kTile);
 
   // One page lookup per token row, shared across the warp (common/kv_tile.cuh): fewer registers and loader
   // instructions at every head dim.
@@ -438,7 +449,10 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   cp_async_wait<0>();
   BLOCK_TRACE(5);
 
-  // Each row is complete in its warp: normalise and write (a split writes its partial in fp32).
+  // Each row is complete in its warp: normalise and write (a split writes its partial in fp32). The unsplit output is
+  // staged in the warp's own rows of q_s, which no other warp reads, and leaves as 16-byte row-contiguous stores:
+  // straight from the mma fragments it would be 2-byte stores scattered over 8 rows.
+  int64_t orow[kM][2];
 #pragma unroll
   for (int mi = 0; mi < kM; ++mi)
 #pragma unroll
@@ -446,22 +460,19 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       float sum = l[mi][r];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      if (!row_ok[mi][r]) continue;
-      const int64_t pr = row0 + wrow + 16 * mi + lane / 4 + 8 * r;
-      const int h = kvh * group + (int)(pr % group);
-      const int64_t orow = (q0 + qi[mi][r]) * p.hq + h;
+      const int row = wrow + 16 * mi + lane / 4 + 8 * r;
+      const int64_t pr = row0 + row;
+      orow[mi][r] = (q0 + qi[mi][r]) * p.hq + kvh * group + (int)(pr % group);
       const float inv = sum > 0.f ? p.v_scale / sum : 0.f;
       const float row_lse = sum > 0.f ? m[mi][r] + log2f(sum) : -INFINITY;
       if (p.num_splits == 1) {
-        T* dst = static_cast<T*>(p.out) + orow * D + 2 * (lane % 4);
 #pragma unroll
-        for (int n = 0; n < kNT; ++n) {
-          dst[n * 8] = from_float<T>(o[mi][n][2 * r] * inv);
-          dst[n * 8 + 1] = from_float<T>(o[mi][n][2 * r + 1] * inv);
-        }
-        if (lane % 4 == 0) p.lse[orow] = row_lse;
-      } else {
-        const int64_t prow = (int64_t)blockIdx.z * p.total_q * p.hq + orow;
+        for (int n = 0; n < kNT; ++n)
+          *reinterpret_cast<uint32_t*>(q_s + swizzle<D>(row, n) + 2 * (lane % 4)) =
+              pack2<T>(o[mi][n][2 * r] * inv, o[mi][n][2 * r + 1] * inv);
+        if (row_ok[mi][r] && lane % 4 == 0) p.lse[orow[mi][r]] = row_lse;
+      } else if (row_ok[mi][r]) {
+        const int64_t prow = (int64_t)blockIdx.z * p.total_q * p.hq + orow[mi][r];
         float* dst = p.tmp_o + prow * D + 2 * (lane % 4);
 #pragma unroll
         for (int n = 0; n < kNT; ++n)
@@ -469,6 +480,27 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
         if (lane % 4 == 0) p.tmp_lse[prow] = row_lse;
       }
     }
+  if (p.num_splits == 1) {
+    __syncwarp();
+    // The four lanes of a row copy it in aligned runs of four chunks (64 bytes); odd rows start one run later, so the
+    // eight lanes of each 16-byte shared-memory phase (two rows) read eight different bank groups. out is allocated
+    // by the op (16-byte aligned) and a row is D * 2 bytes.
+    constexpr int kRuns = D / 32;
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (!row_ok[mi][r]) continue;
+        const int row = wrow + 16 * mi + lane / 4 + 8 * r;
+        T* dst = static_cast<T*>(p.out) + orow[mi][r] * D;
+#pragma unroll
+        for (int j = 0; j < kRuns; ++j) {
+          const int phys = ((j + (row & 1)) % kRuns) * 4 + lane % 4;  // chunk as stored in q_s
+          const uint4 v = *reinterpret_cast<const uint4*>(q_s + row * D + phys * 8);
+          *reinterpret_cast<uint4*>(dst + (phys ^ (row & 7)) * 8) = v;
+        }
+      }
+  }
   BLOCK_TRACE_EXIT();
 }
 
