@@ -169,9 +169,9 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   const int64_t row0 = (int64_t)tile_q * kRows;
 
   // The query tile: packed row r -> token i = (row0 + r) / group, head kvh * group + (row0 + r) % group. Its copies
-  // join the first pipeline stage's group, issued before the KV extent is read so they overlap its dependent loads;
-  // a row past the request is zero-filled, and a row whose chunks are not on 16-byte boundaries (an unaligned view
-  // of q) is copied by the threads themselves.
+  // join the first pipeline stage's group, issued before the first page lookup so they overlap its dependent load
+  // (the request's extents came with the scan above); a row past the request is zero-filled, and a row whose chunks
+  // are not on 16-byte boundaries (an unaligned view of q) is copied by the threads themselves.
   for (int c = tid; c < kRows * (D / 8); c += kBlockThreads) {
     const int r = c / (D / 8), ch = c % (D / 8);
     const int64_t pr = row0 + r, i = pr / group;
