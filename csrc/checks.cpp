@@ -308,6 +308,9 @@ void check_prefill(const at::Tensor& q, const at::Tensor& qo_indptr, const at::T
                    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& mask_indptr,
                    const char* op) {
   check_attention_q(q, k, "the KV cache", op);
+  // The kernel splits packed (token, head) rows with a 31-bit division, plus up to a tile of padding rows.
+  FI_CHECK(q.size(0) * q.size(1) <= INT32_MAX - 256, op, "q must hold at most 2^31 - 257 (token, head) rows, got ",
+           q.size(0), " x ", q.size(1));
   const auto kd = k.scalar_type();
   FI_CHECK(kd == q.scalar_type() || kd == at::kFloat8_e4m3fn || kd == at::kFloat8_e5m2, op,
            "the KV cache must have the dtype of q (", q.scalar_type(), ") or be float8_e4m3fn / float8_e5m2, got ",

@@ -342,15 +342,18 @@ def test_export_prefill(device):
     ("kv_dtype", r"the KV cache must have the dtype of q \(BFloat16\) or be float8_e4m3fn / float8_e5m2, got Float"),
     ("mask_alone", r"packed_custom_mask and mask_indptr must be given together"),
     ("rope_scale", r"rope_scale must be positive, got 0"),
+    ("rows", r"q must hold at most 2\^31 - 257 \(token, head\) rows, got 536870912 x 4"),
 ])
 def test_prefill_bad_input_named(device, case, msg):
     d = 96 if case == "head_dim" else 64
     hq, hkv = (6, 4) if case == "group" else (4, 2)
     q = torch.randn(4, hq, d, dtype=torch.bfloat16, device=device)
+    if case == "rows":  # 2^31 (token, head) rows as a broadcast view: no memory behind them
+        q = q[:1].expand(2 ** 29, hq, d)
     k = torch.randn(6, hkv, d, dtype=torch.bfloat16, device=device)
     if case == "kv_dtype":
         k = k.float()
-    qo = torch.tensor([0, 4], dtype=torch.int64 if case == "int64_indptr" else torch.int32, device=device)
+    qo = torch.tensor([0, q.shape[0]], dtype=torch.int64 if case == "int64_indptr" else torch.int32, device=device)
     kv = torch.tensor([0, 6], dtype=torch.int32, device=device)
     mask = torch.ones(3, dtype=torch.uint8, device=device) if case == "mask_alone" else None
     with pytest.raises(RuntimeError, match=r"batch_prefill_with_ragged_kv_cache: " + msg):

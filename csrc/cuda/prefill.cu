@@ -8,6 +8,13 @@
 namespace flashinfer {
 namespace {
 
+// The kernel copies q 16 bytes at a time: a view whose rows do not all start on 16-byte boundaries (an offset into
+// a wider buffer, an odd stride) is copied first, into a fresh allocation.
+at::Tensor rows_aligned(const at::Tensor& q) {
+  const bool aligned = q.stride(2) == 1 && q.stride(0) % 8 == 0 && q.stride(1) % 8 == 0 && addr(q) % 16 == 0;
+  return aligned ? q : q.clone(at::MemoryFormat::Contiguous);
+}
+
 // Fields common to both forms; the KV description is filled in by the caller.
 prefill::Params common_params(const at::Tensor& q, const at::Tensor& qo_indptr, const at::Tensor& out,
                               const at::Tensor& lse, const std::optional<at::Tensor>& mask,
@@ -73,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_paged_cuda(
   check_kv_rows_aligned(cache.k, cache.v, 3, op);
   if (rope_llama) check_rope_freq(rope_scale, rope_theta, op);
   const c10::cuda::CUDAGuard guard(q_.device());
-  const at::Tensor q = q_.stride(2) == 1 ? q_ : q_.contiguous();
+  const at::Tensor q = rows_aligned(q_);
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   const at::Tensor ip = kv_indptr.contiguous(), ind = kv_indices.contiguous(), last = kv_last_page_len.contiguous();
@@ -99,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> batch_prefill_ragged_cuda(
   check_kv_rows_aligned(k, v, 2, op);
   if (rope_llama) check_rope_freq(rope_scale, rope_theta, op);
   const c10::cuda::CUDAGuard guard(q_.device());
-  const at::Tensor q = q_.stride(2) == 1 ? q_ : q_.contiguous();
+  const at::Tensor q = rows_aligned(q_);
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   const at::Tensor ip = kv_indptr.contiguous(), qip = qo_indptr.contiguous();

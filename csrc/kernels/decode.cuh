@@ -208,13 +208,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
   const int64_t len = sl.len, t0 = sl.t0;
   const int ntiles = sl.ntiles;
   TileLoader<Params, KV, D, kTile, kThreads, false> loader(p, sl, kvh);
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    loader.find(s);
-    if (s < ntiles) loader.issue(k_s, v_s, valid_s, s);
-    cp_async_commit();
-  }
-  loader.find(kStages - 1);
+  loader.prologue<kStages>(k_s, v_s, valid_s);
 
   // This thread's query elements straight from global memory (rotated to position len - 1 under ROPE_LLAMA).
   // Scores come out in the log2 domain: sm_scale, k_scale and log2(e) are folded into q (log2(e) after the cap).

@@ -112,13 +112,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   // benchmarks/micro). Shorter rows (fp8 D 128, 16-bit D 64) measured 1-10% slower with it.
   constexpr bool kShareLookups = D * sizeof(KV) >= 256;
   TileLoader<Params, KV, D, kTile, kTcThreads, true, false, kShareLookups> loader(p, sl, kvh);
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    loader.find(s);
-    if (s < sl.ntiles) loader.issue(k_s, v_s, valid_s, s);
-    cp_async_commit();
-  }
-  loader.find(kStages - 1);
+  loader.prologue<kStages>(k_s, v_s, valid_s);
 
   // The query tile: row r is head h_base + r, zero past the group. q rows need not be 16-byte aligned. For fp8 KV
   // the dims go in q_slot_dim order, as f16 scaled by 2^-e with e per row.

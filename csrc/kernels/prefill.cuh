@@ -169,29 +169,35 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   const int64_t row0 = (int64_t)tile_q * kRows;
 
   // The query tile: packed row r -> token i = (row0 + r) / group, head kvh * group + (row0 + r) % group. Its copies
-  // join the first pipeline stage's group, issued before the first page lookup so they overlap its dependent load
-  // (the request's extents came with the scan above); a row past the request is zero-filled, and a row whose chunks
-  // are not on 16-byte boundaries (an unaligned view of q) is copied by the threads themselves.
-  for (int c = tid; c < kRows * (D / 8); c += kBlockThreads) {
-    const int r = c / (D / 8), ch = c % (D / 8);
-    const int64_t pr = row0 + r, i = pr / group;
-    const bool in = i < qo_len;
-    const T* src = static_cast<const T*>(p.q) +
-                   (in ? (q0 + i) * p.q_stride_n + (int64_t)(kvh * group + (int)(pr % group)) * p.q_stride_h + ch * 8
-                       : 0);
-    T* dst = q_s + swizzle<D>(r, ch);
-    if (!in || reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-      cp_async<16>(dst, src, in);
-    } else {
-      Vec<T, 8> v;
+  // join the first pipeline stage's group, issued before the KV extent is read so they overlap its dependent loads;
+  // a row past the request is zero-filled. A thread copies chunk ch of rows r1, r1 + kQStep, ...: from one to the
+  // next its (token, head) pair moves by (kQStep / group, kQStep % group) and its source by a fixed offset (plus a
+  // carry when the head wraps), so the whole tile costs one division and a few additions a copy (the prologue runs
+  // one warp per scheduler beside a co-resident block's mma loop, where every instruction is paid in latency).
+  // q rows are on 16-byte boundaries (the adapter copies a view whose rows are not).
+  {
+    constexpr int kQChunks = D / 8, kQStep = kBlockThreads / kQChunks;
+    static_assert(kBlockThreads % kQChunks == 0 && kRows % kQStep == 0, "whole rows per pass");
+    const int ch = tid % kQChunks, r1 = tid / kQChunks;
+    const uint32_t step_i = p.group_div.div(kQStep), step_h = p.group_div.mod(kQStep, step_i);
+    uint32_t i = p.group_div.div((uint32_t)(row0 + r1)), h = p.group_div.mod((uint32_t)(row0 + r1), i);
+    const int64_t sn = p.q_stride_n, sh = p.q_stride_h;
+    const int64_t step = step_i * sn + step_h * sh, carry = sn - group * sh;
+    int64_t off = (q0 + i) * sn + (kvh * group + h) * sh + ch * 8;
+    const T* q = static_cast<const T*>(p.q);
+    const uint32_t q_rows = (uint32_t)qo_len;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v.v[j] = src[j];
-      v.store(dst);
+    for (int k = 0; k < kRows / kQStep; ++k) {
+      const bool in = i < q_rows;
+      cp_async<16>(q_s + swizzle<D>(r1 + k * kQStep, ch), q + (in ? off : 0), in);
+      i += step_i, h += step_h, off += step;
+      if (h >= (uint32_t)group) h -= group, ++i, off += carry;
     }
   }
 
   const int64_t j_off = kv_len - qo_len;  // bottom-right alignment: query i sees keys j <= j_off + i
-  const int64_t i_first = row0 / group, i_last = min(qo_len - 1, (row0 + kRows - 1) / group);
+  const int64_t i_first = p.group_div.div((uint32_t)row0),
+                i_last = min(qo_len - 1, (int64_t)p.group_div.div((uint32_t)(row0 + kRows - 1)));
   int64_t lo = 0, hi = kv_len;
   if (p.causal) hi = min(hi, max(j_off + i_last + 1, (int64_t)0));
   if (p.window_left >= 0) lo = min(hi, max((int64_t)0, j_off + i_first - p.window_left));
@@ -207,13 +213,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   // One page lookup per token row, shared across the warp (common/kv_tile.cuh): fewer registers and loader
   // instructions at every head dim.
   TileLoader<Params, KV, D, kTile, kBlockThreads, !kConvert, kRagged, true> loader(p, sl, kvh);
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    loader.find(s);
-    if (s < sl.ntiles) loader.issue(k_s, v_s, valid_s, s);
-    cp_async_commit();
-  }
-  loader.find(kStages - 1);
+  loader.prologue<kStages>(k_s, v_s, valid_s);
 
   // Scores to the log2 domain. The common case folds the scale into the exponent (exp2(x * e_scale - m), one
   // fma); a soft cap, or a scale that is not positive (which would turn a masked -inf into NaN), transforms each
@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   for (int mi = 0; mi < kM; ++mi)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      qi[mi][r] = (int)((row0 + wrow + 16 * mi + lane / 4 + 8 * r) / group);
+      qi[mi][r] = (int)p.group_div.div((uint32_t)(row0 + wrow + 16 * mi + lane / 4 + 8 * r));
       row_ok[mi][r] = qi[mi][r] < qo_len;
     }
   int64_t mask_bit0 = 0;
@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   __syncthreads();
   if constexpr (kRope) {
     rope_tile<T, D, kRows, kBlockThreads>(p.rope_rcp_scale, p.rope_log2_theta, q_s,
-                                          [&](int r) { return j_off + (row0 + r) / group; });
+                                          [&](int r) { return j_off + p.group_div.div((uint32_t)(row0 + r)); });
     __syncthreads();
   }
   // Fragment addresses: K as the B operand (tokens x chunks), V transposed, Q as the A operand.
@@ -267,7 +267,8 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qa[mi][kk], q_lane.at(wrow + 16 * mi, kk * 2));
   }
   // The first and last query token of this warp's rows: a tile every row sees whole needs no per-element mask.
-  const int64_t warp_i0 = (row0 + wrow) / group, warp_i1 = (row0 + wrow + 16 * kM - 1) / group;
+  const int64_t warp_i0 = p.group_div.div((uint32_t)(row0 + wrow)),
+                warp_i1 = p.group_div.div((uint32_t)(row0 + wrow + 16 * kM - 1));
 
   for (int tile = 0; tile < sl.ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
@@ -462,7 +463,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       const int row = wrow + 16 * mi + lane / 4 + 8 * r;
       const int64_t pr = row0 + row;
-      orow[mi][r] = (q0 + qi[mi][r]) * p.hq + kvh * group + (int)(pr % group);
+      orow[mi][r] = (q0 + qi[mi][r]) * p.hq + kvh * group + (int)p.group_div.mod((uint32_t)pr, qi[mi][r]);
       const float inv = sum > 0.f ? p.v_scale / sum : 0.f;
       const float row_lse = sum > 0.f ? m[mi][r] + log2f(sum) : -INFINITY;
       if (p.num_splits == 1) {
@@ -551,6 +552,7 @@ cudaError_t launch_one(Params p, const LaunchEnv<Params>& env) {
   cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), block_threads(D), smem, &per_sm);
   if (err != cudaSuccess) return err;
   const int group = p.hq / p.hkv;
+  p.group_div = FastDiv((uint32_t)group);
   const int64_t tiles = max_row_tiles(p.total_q, p.batch, group, block_rows(D));
   const int64_t kv_rows = kRagged ? p.num_indices : p.num_indices * p.page_size;
   p.num_splits = choose_splits((p.total_q * group + block_rows(D) - 1) / block_rows(D) * p.hkv,

@@ -13,7 +13,7 @@ namespace flashinfer {
 namespace prefill {
 
 struct Params {
-  const void* q;                 // [total_q, hq, head_dim] through q_stride_n / q_stride_h
+  const void* q;                 // [total_q, hq, head_dim] through q_stride_n / q_stride_h; rows 16-byte aligned
   int64_t q_stride_n, q_stride_h;
   const void* k_cache;           // paged: [num_pages, page_size, hkv, D] logical; ragged: [total_kv, hkv, D]
   const void* v_cache;
@@ -29,6 +29,7 @@ struct Params {
   int64_t total_q, num_indices, num_pages;  // ragged: num_indices is the number of KV rows
   int batch, hq, hkv, page_size;
   FastDiv page_div;
+  FastDiv group_div;             // by hq / hkv: a packed row to its (token, head); rows < 2^31 (the adapter checks)
   void* out;                     // [total_q, hq, D], q's dtype
   float* lse;                    // [total_q, hq], log2
   int num_splits;                // KV splits per row tile (grid z)

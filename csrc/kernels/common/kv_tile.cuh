@@ -79,35 +79,60 @@ struct TileLoader {
         s(slice),
         dst0(tile_offset(threadIdx.x / kChunks, threadIdx.x % kChunks)) {}
 
-  __device__ __forceinline__ void find(int tile) {
+  __device__ __forceinline__ void find(int tile) { lookup(tile, page_of, entry_of); }
+
+  __device__ __forceinline__ void issue(KV* k_s, KV* v_s, int* valid_s, int stage) const {
+    copy(page_of, entry_of, k_s, v_s, valid_s, stage);
+  }
+
+  // The pipeline's first kStages - 1 tiles, one commit group each, then the lookup of tile kStages - 1. Every
+  // page-table read is written before the first copy: cp.async carries a memory clobber, so the compiler keeps a read
+  // written after a copy after it, and alternating find() and issue() would wait one trip to memory per stage. (ptxas
+  // may still sink a read below copies that do not need it: decode_tc at D 128 keeps one trip per stage.)
+  template <int kStages>
+  __device__ __forceinline__ void prologue(KV* k_s, KV* v_s, int* valid_s) {
+    int page[kStages - 1][kLookups], entry[kStages - 1][kLookups];
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st) lookup(st, page[st], entry[st]);
+    find(kStages - 1);
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st) {
+      if (st < s.ntiles) copy(page[st], entry[st], k_s, v_s, valid_s, st);
+      cp_async_commit();
+    }
+  }
+
+ private:
+  __device__ __forceinline__ void lookup(int tile, int (&page)[kLookups], int (&entry)[kLookups]) const {
 #pragma unroll
     for (int j = 0; j < kLookups; ++j) {
       const uint32_t t = (uint32_t)(s.t0 + (int64_t)tile * kTile) + lookup_row(j);
       const bool mine = !kShareLookups || (int)(threadIdx.x % 32) < kLoads * kWarpRows;
       const bool in = mine && tile < s.ntiles && t < (uint32_t)s.t1;
       if constexpr (kRagged) {
-        page_of[j] = in ? 0 : -1;
-        entry_of[j] = (int)(s.start + t);
+        page[j] = in ? 0 : -1;
+        entry[j] = (int)(s.start + t);
       } else {
         const uint32_t pi = p.page_div.div(t);
         // The page is checked against the cache in issue(), an iteration later: testing it here would stall the
         // warp on this load at every tile.
-        page_of[j] = in ? p.indices[s.start + pi] : -1;
-        entry_of[j] = (int)p.page_div.mod(t, pi);
+        page[j] = in ? p.indices[s.start + pi] : -1;
+        entry[j] = (int)p.page_div.mod(t, pi);
       }
     }
   }
 
-  __device__ __forceinline__ void issue(KV* k_s, KV* v_s, int* valid_s, int stage) const {
+  __device__ __forceinline__ void copy(const int (&page)[kLookups], const int (&entry)[kLookups], KV* k_s, KV* v_s,
+                                      int* valid_s, int stage) const {
     // Element offsets of each looked-up row from k_base / v_base; a row that is not readable reads nothing.
     int64_t k_off[kLookups], v_off[kLookups];
     bool ok[kLookups];
 #pragma unroll
     for (int j = 0; j < kLookups; ++j) {
-      ok[j] = page_of[j] >= 0 && page_of[j] < p.num_pages;
-      const int pg = ok[j] ? page_of[j] : 0, entry = ok[j] ? entry_of[j] : 0;
-      k_off[j] = (int64_t)entry * (int32_t)p.k_stride_entry;
-      v_off[j] = (int64_t)entry * (int32_t)p.v_stride_entry;
+      ok[j] = page[j] >= 0 && page[j] < p.num_pages;
+      const int pg = ok[j] ? page[j] : 0, ent = ok[j] ? entry[j] : 0;
+      k_off[j] = (int64_t)ent * (int32_t)p.k_stride_entry;
+      v_off[j] = (int64_t)ent * (int32_t)p.v_stride_entry;
       if constexpr (!kRagged) {
         k_off[j] += (int64_t)pg * (int32_t)p.k_stride_page;
         v_off[j] += (int64_t)pg * (int32_t)p.v_stride_page;
