@@ -11,7 +11,9 @@ namespace {
 // The kernel copies q 16 bytes at a time: a view whose rows do not all start on 16-byte boundaries (an offset into
 // a wider buffer, an odd stride) is copied first, into a fresh allocation.
 at::Tensor rows_aligned(const at::Tensor& q) {
-  const bool aligned = q.stride(2) == 1 && q.stride(0) % 8 == 0 && q.stride(1) % 8 == 0 && addr(q) % 16 == 0;
+  const int64_t e = q.element_size();
+  const bool aligned =
+      q.stride(2) == 1 && q.stride(0) * e % 16 == 0 && q.stride(1) * e % 16 == 0 && addr(q) % 16 == 0;
   return aligned ? q : q.clone(at::MemoryFormat::Contiguous);
 }
 

@@ -169,12 +169,13 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   const int64_t row0 = (int64_t)tile_q * kRows;
 
   // The query tile: packed row r -> token i = (row0 + r) / group, head kvh * group + (row0 + r) % group. Its copies
-  // join the first pipeline stage's group, issued before the KV extent is read so they overlap its dependent loads;
-  // a row past the request is zero-filled. A thread copies chunk ch of rows r1, r1 + kQStep, ...: from one to the
-  // next its (token, head) pair moves by (kQStep / group, kQStep % group) and its source by a fixed offset (plus a
-  // carry when the head wraps), so the whole tile costs one division and a few additions a copy (the prologue runs
-  // one warp per scheduler beside a co-resident block's mma loop, where every instruction is paid in latency).
-  // q rows are on 16-byte boundaries (the adapter copies a view whose rows are not).
+  // join the first pipeline stage's group, issued before the first page lookup so they overlap its dependent load
+  // (the request's extents came with the scan above); a row past the request is zero-filled. A thread copies chunk
+  // ch of rows r1, r1 + kQStep, ...: from one to the next its (token, head) pair moves by (kQStep / group, kQStep %
+  // group) and its source by a fixed offset (plus a carry when the head wraps), so the whole tile costs one division
+  // and a few additions a copy (the prologue runs one warp per scheduler beside a co-resident block's mma loop,
+  // where every instruction is paid in latency). q rows are on 16-byte boundaries (the adapter copies a view whose
+  // rows are not).
   {
     constexpr int kQChunks = D / 8, kQStep = kBlockThreads / kQChunks;
     static_assert(kBlockThreads % kQChunks == 0 && kRows % kQStep == 0, "whole rows per pass");
