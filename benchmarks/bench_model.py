@@ -2,10 +2,11 @@
 4 layers, bf16, random weights) at batch 1/16/64 and context 1k/8k, as a serving loop runs it: each step the host
 updates the page tables, runs the step, samples greedily and reads the tokens back (one synchronisation a step).
 
-Variants: our ops eager, compiled (fullgraph, dynamic: one graph for every point), compiled + CUDA graph; the same
-model in plain PyTorch over a contiguous static cache with SDPA (eager, compiled, compiled + CUDA graph); and (in a
-subprocess, --impl upstream) the same model on upstream FlashInfer's ops and decode wrapper in its CUDA-graph mode,
-plan() on the host every step. Also the time from a fresh process to its first decode step.
+Variants: our ops eager, compiled (fullgraph, dynamic; each point's warm-up compiles again where its shapes need it:
+batch 1 is specialised, and each point has its own pool), compiled + CUDA graph; the same model in plain PyTorch
+over a contiguous static cache with SDPA (eager, compiled, compiled + CUDA graph); and (in a subprocess, --impl
+upstream) the same model on upstream FlashInfer's ops and decode wrapper in its CUDA-graph mode, plan() on the host
+every step. Also the time from a fresh process to its first decode step.
 
     python benchmarks/bench_model.py --json out.json     # table on stderr; plot with plot_model.py
 """

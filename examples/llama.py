@@ -131,6 +131,20 @@ class Pages:
         self.caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.layers)]
         self.free = torch.randperm(num_pages, generator=torch.Generator().manual_seed(seed)).tolist()
         self.owned: List[List[int]] = []  # request -> its pages, in token order
+        self.static = False
+
+    def mark_static(self) -> "Pages":
+        """Marks the tensors whose shapes are fixed for the pool's life (the caches, and the padded kv_indices that
+        tables() returns from now on) static for torch.compile. Under dynamic=True Dynamo otherwise gives equal
+        sizes one symbol when it first traces (duck sizing): a batch of 2 gets tied to the caches' K/V dim, a batch
+        of 16 to a page size of 16, and the next batch size recompiles. Call it before the first compiled call;
+        eager and CUDA-graph runs need nothing. Returns the pool."""
+        import torch._dynamo  # torch.compile has loaded it already; an eager-only process never pays for it
+
+        for c in self.caches:
+            torch._dynamo.mark_static(c)
+        self.static = True
+        return self
 
     def tables(self, lens: Sequence[int]):
         """(kv_indptr, kv_indices, kv_last_page_len) for requests 0..len(lens)-1 at these lengths, allocating the
@@ -152,7 +166,10 @@ class Pages:
         last = [n - (-(-n // ps) - 1) * ps if n else 0 for n in lens]
         indices += [0] * (self.num_pages - len(indices))
         i32 = dict(dtype=torch.int32, device=self.device)
-        return torch.tensor(indptr, **i32), torch.tensor(indices, **i32), torch.tensor(last, **i32)
+        kv_indices = torch.tensor(indices, **i32)
+        if self.static:
+            torch._dynamo.mark_static(kv_indices)
+        return torch.tensor(indptr, **i32), kv_indices, torch.tensor(last, **i32)
 
 
 class GraphedDecode:
@@ -206,17 +223,19 @@ def prefill(model: Llama, pages: Pages, prompts: Sequence[Sequence[int]], forwar
 
 
 def generate(model: Llama, prompts, steps: int, device="cpu", step_fn=None, prefill_fn=None, graph=False,
-             max_batch=8, max_len=128):
+             max_batch=8, max_len=128, static_pool=False):
     """Greedy decoding: prefill (through prefill_fn, the model by default), then `steps` decode steps through
     step_fn(tokens, positions, kv_indptr, kv_indices, kv_last_page_len, caches) (the eager DecodeStep by default;
     with graph=True captured once in a CUDA graph and replayed). The page pool holds max_batch requests of max_len
-    tokens, as a server's would, whatever the batch. Returns the generated tokens [batch, steps] and each step's
-    logits."""
+    tokens, as a server's would, whatever the batch; static_pool marks it static (Pages.mark_static: for a step_fn
+    or prefill_fn compiled with dynamic=True). Returns the generated tokens [batch, steps] and each step's logits."""
     lens = [len(p) for p in prompts]
     if len(prompts) > max_batch or max(lens) + steps > max_len:
         raise ValueError(f"generate: {len(prompts)} prompts of up to {max(lens)} + {steps} tokens exceed the pool "
                          f"(max_batch={max_batch}, max_len={max_len})")
     pages = Pages(model.cfg, max_batch * -(-max_len // model.cfg.page_size), model.embed.dtype, device)
+    if static_pool:
+        pages.mark_static()
     step_fn = DecodeStep(model) if step_fn is None else step_fn
     logits = prefill(model, pages, prompts, prefill_fn)
     out, all_logits = [], []

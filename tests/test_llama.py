@@ -99,14 +99,13 @@ def test_decode_step_compiles_once_for_every_batch_and_step(device):
     torch._dynamo.reset()
     compiled = torch.compile(llama.DecodeStep(model), fullgraph=True, dynamic=True)
     batches = [PROMPTS[:2], PROMPTS, PROMPTS + [[7, 7], [9] * 5]]
-    # Sizes that happen to be equal at the warm-up (batch and page count) must not be tied together.
-    with torch.fx.experimental._config.patch(use_duck_shape=False):
-        llama.generate(model, batches[0], 2, device=device, step_fn=compiled)  # warm-up: the one compile
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            for prompts in batches:
-                got, _ = llama.generate(model, prompts, 6, device=device, step_fn=compiled)
-                expect, _ = llama.generate(model, prompts, 6, device=device)
-                assert torch.equal(got, expect)
+    # The warm-up batch of 2 equals the caches' K/V dim: the static pool keeps Dynamo from tying the two together.
+    llama.generate(model, batches[0], 2, device=device, step_fn=compiled, static_pool=True)  # the one compile
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for prompts in batches:
+            got, _ = llama.generate(model, prompts, 6, device=device, step_fn=compiled, static_pool=True)
+            expect, _ = llama.generate(model, prompts, 6, device=device)
+            assert torch.equal(got, expect)
     pages = llama.Pages(model.cfg, 8, torch.bfloat16, device)
     llama.prefill(model, pages, PROMPTS[:2])
     args = (torch.tensor([3, 4], device=device), torch.tensor([3, 14], dtype=torch.int32, device=device),
@@ -127,20 +126,21 @@ def test_prefill_compiles_once_for_every_batch(device):
 
     def run(prompts, fn):
         pages = llama.Pages(model.cfg, 16, torch.bfloat16, device)
+        if fn is not None:
+            pages.mark_static()
         return llama.prefill(model, pages, prompts, fn), pages.caches
 
-    with torch.fx.experimental._config.patch(use_duck_shape=False):
-        run(batches[0], compiled)  # warm-up: the one compile
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            for prompts in batches:
-                got, got_caches = run(prompts, compiled)
-                expect, expect_caches = run(prompts, None)
-                torch.testing.assert_close(got, expect)
-                assert torch.equal(got.argmax(-1), expect.argmax(-1))
-                for g, e in zip(got_caches, expect_caches):
-                    torch.testing.assert_close(g, e)
-            pages = llama.Pages(model.cfg, 16, torch.bfloat16, device)
-            _, codes = run_and_get_code(lambda: llama.prefill(model, pages, PROMPTS, compiled))
+    run(batches[0], compiled)  # warm-up: the one compile
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for prompts in batches:
+            got, got_caches = run(prompts, compiled)
+            expect, expect_caches = run(prompts, None)
+            torch.testing.assert_close(got, expect)
+            assert torch.equal(got.argmax(-1), expect.argmax(-1))
+            for g, e in zip(got_caches, expect_caches):
+                torch.testing.assert_close(g, e)
+        pages = llama.Pages(model.cfg, 16, torch.bfloat16, device).mark_static()
+        _, codes = run_and_get_code(lambda: llama.prefill(model, pages, PROMPTS, compiled))
     _assert_caches_written_in_place(codes, "batch_prefill_with_paged_kv_cache", model.cfg.layers)
 
 
