@@ -11,10 +11,7 @@ namespace {
 // The kernel copies q 16 bytes at a time: a view whose rows do not all start on 16-byte boundaries (an offset into
 // a wider buffer, an odd stride) is copied first, into a fresh allocation.
 at::Tensor rows_aligned(const at::Tensor& q) {
-  const int64_t e = q.element_size();
-  const bool aligned =
-      q.stride(2) == 1 && q.stride(0) * e % 16 == 0 && q.stride(1) * e % 16 == 0 && addr(q) % 16 == 0;
-  return aligned ? q : q.clone(at::MemoryFormat::Contiguous);
+  return q.stride(2) == 1 && rows_16b_aligned(q, 2) ? q : q.clone(at::MemoryFormat::Contiguous);
 }
 
 // Fields common to both forms; the KV description is filled in by the caller.

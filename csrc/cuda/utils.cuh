@@ -97,14 +97,19 @@ inline int* zeroed_counters(int device, cudaStream_t stream, int64_t n) {
 
 inline uint64_t addr(const at::Tensor& t) { return reinterpret_cast<uint64_t>(t.data_ptr()); }
 
+// Whether every row of t (its last dim, indexed by the first `dims` dims) starts on a 16-byte boundary: the base
+// address and the first `dims` strides, in bytes.
+inline bool rows_16b_aligned(const at::Tensor& t, int64_t dims) {
+  bool aligned = addr(t) % 16 == 0;
+  for (int64_t i = 0; i < dims; ++i) aligned = aligned && t.stride(i) * t.element_size() % 16 == 0;
+  return aligned;
+}
+
 // The attention kernels copy 16 bytes of a K/V row at a time (common/kv_tile.cuh): the first `dims` strides and both
 // base addresses must keep every row on a 16-byte boundary. They also multiply token coordinates (page and entry, or
 // ragged row: the first dims - 1 dims) by 32-bit strides.
 inline void check_kv_rows_aligned(const at::Tensor& k, const at::Tensor& v, int64_t dims, const char* op) {
-  const int64_t elems = 16 / k.element_size();
-  bool aligned = addr(k) % 16 == 0 && addr(v) % 16 == 0;
-  for (int64_t i = 0; i < dims; ++i) aligned = aligned && k.stride(i) % elems == 0 && v.stride(i) % elems == 0;
-  check_condition(aligned, op,
+  check_condition(rows_16b_aligned(k, dims) && rows_16b_aligned(v, dims), op,
                   "KV rows must start on 16-byte boundaries (8 elements for 16-bit KV, 16 for fp8: aligned views of a "
                   "cache)");
   for (int64_t i = 0; i + 1 < dims; ++i) {
