@@ -7,6 +7,8 @@
 #   bash benchmarks/micro/run.sh decode
 #   VARIANTS="csrc/kernels/prefill.cuh scratch/prefill_try.cuh" SHAPES="1 8192 8192" bash benchmarks/micro/run.sh prefill
 #   TRACE=1 bash benchmarks/micro/run.sh decode          and the phases of one launch, per block
+#   NVCC_FLAGS=-DFLASHINFER_PREFILL_MMA_SYNC bash benchmarks/micro/run.sh prefill
+#                                                        prefill's mma.sync mainloop (sm_90a builds run wgmma)
 # A variant is a copy of the kernel header (its includes resolve against csrc/kernels). A shape is the harness's
 # arguments: decode BATCH KV_LEN [HQ HKV HEAD_DIM PAGE bf16|e4m3]; prefill BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM
 # PAGE causal|full|mask paged|ragged bf16|e4m3] (mask: a random packed custom mask).
@@ -30,7 +32,7 @@ pids=()
 i=0
 for v in $variants; do
   nvcc -O3 -std=c++20 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc/kernels \
-    ${TRACE:+-DFLASHINFER_BLOCK_TRACE} -D$macro="\"$(realpath "$v")\"" "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
+    ${TRACE:+-DFLASHINFER_BLOCK_TRACE} ${NVCC_FLAGS:-} -D$macro="\"$(realpath "$v")\"" "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
   pids+=($!)
   i=$((i + 1))
 done

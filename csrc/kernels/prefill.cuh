@@ -1,12 +1,17 @@
-// Batch prefill attention on tensor cores (mma.sync m16n8k16, sm_80+), over a paged or a ragged KV cache.
-// Torch-free. Params, the tile shape per head_dim and the split count: prefill_params.cuh.
+// Batch prefill attention on tensor cores, over a paged or a ragged KV cache, with two mainloops behind one
+// scheduler, mask and epilogue: warpgroup wgmma where the build targets sm_90a, mma.sync m16n8k16 on every other
+// target (sm_80+). Torch-free. Params, the tile shape per head_dim and the split count: prefill_params.cuh.
 //
 // Query rows are (token, head) pairs packed head-fastest: row r of request b is query token r / group, query head kvh *
 // group + r % group, so a GQA group shares every K/V tile it loads. A block takes block_rows(D) packed rows of one
 // request and one kv head: warps(D) warps, each owning m_tiles(D) mma M tiles of 16 rows, so every K/V fragment a warp
 // reads from shared memory feeds m_tiles(D) mma. It walks the KV tokens its rows can see (causal and window limits cut
 // the range) in tiles of kv_tile(D) tokens through a cp.async pipeline, with an online softmax per row in registers
-// (log2 domain). Each warp owns its rows over the whole KV range, so there is no cross-warp merge.
+// (log2 domain). Each warp owns its rows over the whole KV range, so there is no cross-warp merge. On wgmma every
+// four warps are a warpgroup: each of its 64-row tiles gives a warp 16 rows (two tiles a warpgroup at head_dim 64
+// and 128; at 256 one, and two warpgroups a block), both products read Q, K and V from shared memory in the 128-byte
+// swizzled layout (common/wgmma.cuh), P comes from registers, and the softmax of one tile runs beside the other's
+// products. fp8 KV and ROPE_LLAMA take the same mainloop: their shared-memory passes write that layout.
 //
 // Scheduling is on the device: grid x is an upper bound of the number of row tiles over the batch (it depends
 // only on shapes: total query tokens, batch, group); each block finds its (request, tile) by a warp scan of
@@ -17,7 +22,8 @@
 // KV splits (grid z): when the row tiles alone cannot fill the GPU (few query tokens against a long KV: chunked
 // prefill, a prefix-cached append), the launcher cuts every tile's KV range into num_splits runs of whole tiles,
 // the count chosen from shapes only. Each split block writes its rows' normalised partial and log2-sum-exp to a
-// workspace, and merge_kernel, launched next, combines them into out and lse, a warp per row over the whole GPU.
+// workspace, and merge_kernel (prefill_merge.cuh), launched next, combines them into out and lse, a warp per row over
+// the whole GPU.
 // (Merging in the last split block of each tile, as decode does, left a tail of 30-60 us: 128 rows merged by one
 // block while the rest of the GPU idles.)
 #pragma once
@@ -34,6 +40,7 @@
 #include "common/pdl.cuh"
 #include "common/rotary.cuh"
 #include "common/vec.cuh"
+#include "prefill_merge.cuh"
 #include "prefill_params.cuh"
 
 namespace flashinfer {
@@ -41,23 +48,6 @@ namespace prefill {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLazyMax = 8.f;  // log2 units the running max may lag the true one (see the softmax)
-
-// Request b's KV length and first page entry (paged) or row (ragged), with every table read guarded.
-template <bool kRagged>
-__device__ __forceinline__ void kv_extent(const Params& p, int b, int64_t& start, int64_t& len) {
-  start = max((int64_t)p.kv_indptr[b], (int64_t)0);
-  const int64_t end = min((int64_t)p.kv_indptr[b + 1], p.num_indices);
-  const int64_t n = end - start;
-  if constexpr (kRagged) {
-    len = max(n, (int64_t)0);
-  } else {
-    len = n > 0 ? min(max((n - 1) * p.page_size + p.last_page_len[b], (int64_t)0), n * p.page_size) : 0;
-  }
-}
-
-__device__ __forceinline__ int64_t qo_start(const Params& p, int b) {
-  return min(max((int64_t)p.qo_indptr[b], (int64_t)0), p.total_q);
-}
 
 // Calls f(mi, nt, i) for every score a thread holds: row tile mi, n-tile nt, fragment element i (its row is i / 2
 // of the thread's two, its token 2 * (lane % 4) + i % 2 of the n-tile). Unrolled: each pass of the softmax is one
@@ -72,29 +62,6 @@ __device__ __forceinline__ void for_each_score(F&& f) {
       for (int i = 0; i < 4; ++i) f(mi, nt, i);
 }
 
-// Bits 0 .. n - 1 set (none for n <= 0, all for n >= 64).
-__device__ __forceinline__ uint64_t low_bits(int64_t n) {
-  return n <= 0 ? 0ull : n >= 64 ? ~0ull : (1ull << n) - 1;
-}
-
-// The custom-mask bits of kTile consecutive keys from bit `start` of the packed mask, bit k of the result for key
-// k: kTile / 8 + 1 byte loads per query row and tile, in place of one load and a 64-bit index per score. Bytes past
-// mask_bytes read as zero (masked).
-template <int kTile>
-__device__ __forceinline__ uint64_t mask_window(const Params& p, int64_t start) {
-  const int64_t byte0 = start >> 3;
-  const int sh = (int)(start & 7);
-  uint64_t w = 0;
-#pragma unroll
-  for (int k = 0; k <= kTile / 8; ++k) {
-    const int64_t idx = byte0 + k;
-    const uint64_t byte = idx < p.mask_bytes ? p.mask[idx] : 0;
-    if (k < kTile / 8) w |= byte << (8 * k);
-    else if (sh) w = (w >> sh) | byte << (kTile - sh);
-  }
-  return w;
-}
-
 // T: q and out; KV: the cache, T or fp8. Each staged fp8 tile is converted to T in shared memory, once per block,
 // before the mma read it: every warp reads the whole tile, so converting in registers (as decode_tc.cuh does, where
 // each warp owns its own tokens) would convert each element once per warp. kRope: ROPE_LLAMA, a pass over the
@@ -107,7 +74,14 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   constexpr int kNT = D / 8;      // n-tiles of the output
   constexpr int kSN = kTile / 8;  // n-tiles of S
   constexpr bool kConvert = !std::is_same_v<T, KV>;
-  extern __shared__ __align__(128) unsigned char smem[];
+  // sm_90a: the two products on wgmma, the tiles (fp8 KV: the converted ones) in its swizzled layout (swizzle_wg).
+#if defined(FLASHINFER_WGMMA) && !defined(FLASHINFER_PREFILL_MMA_SYNC)  // the latter: to measure mma.sync on sm_90a
+  constexpr bool kWg = true;
+#else
+  constexpr bool kWg = false;
+#endif
+  // 1024 bytes: where wgmma's swizzle atoms start (every tile below is a multiple of 1024 bytes).
+  extern __shared__ __align__(1024) unsigned char smem[];
   KV* k_s = reinterpret_cast<KV*>(smem);                       // [kStages][kTile][D], swizzled when 16-bit
   KV* v_s = k_s + kStages * kTile * D;
   T* kc_s = reinterpret_cast<T*>(v_s + kStages * kTile * D);   // fp8 KV: the converted tiles [kTile][D], swizzled
@@ -118,6 +92,9 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   __shared__ int64_t extent[4];  // the request's first query row, query rows, first KV index, KV length
 
   BLOCK_TRACE_ENTRY();
+  if constexpr (kWg) {
+    if ((uint32_t)__cvta_generic_to_shared(smem) % 1024 != 0) __trap();  // the layout would read the wrong elements
+  }
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t lin = blockIdx.x + (int64_t)blockIdx.y * gridDim.x;  // launch order within a split
   const int kvh = (int)(lin % p.hkv), group = p.hq / p.hkv;
@@ -190,7 +167,8 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 #pragma unroll
     for (int k = 0; k < kRows / kQStep; ++k) {
       const bool in = i < q_rows;
-      cp_async<16>(q_s + swizzle<D>(r1 + k * kQStep, ch), q + (in ? off : 0), in);
+      const int r = r1 + k * kQStep;
+      cp_async<16>(q_s + (kWg ? swizzle_wg<D, kRows>(r, ch) : swizzle<D>(r, ch)), q + (in ? off : 0), in);
       i += step_i, h += step_h, off += step;
       if (h >= (uint32_t)group) h -= group, ++i, off += carry;
     }
@@ -213,7 +191,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 
   // One page lookup per token row, shared across the warp (common/kv_tile.cuh): fewer registers and loader
   // instructions at every head dim.
-  TileLoader<Params, KV, D, kTile, kBlockThreads, !kConvert, kRagged, true> loader(p, sl, kvh);
+  TileLoader<Params, KV, D, kTile, kBlockThreads, !kConvert, kRagged, true, kWg && !kConvert> loader(p, sl, kvh);
   loader.prologue<kStages>(k_s, v_s, valid_s);
 
   // Scores to the log2 domain. The common case folds the scale into the exponent (exp2(x * e_scale - m), one
@@ -225,8 +203,12 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   const float e_scale = pre ? 1.f : qk_scale;
   const float cap_scale = p.logits_soft_cap * kLog2e;
   const float tanh_scale = cap ? p.sm_scale * p.k_scale / p.logits_soft_cap : 0.f;
-  // This warp's rows: tile mi holds rows wrow + 16 mi .. + 16; a thread owns two of each (lane / 4 and lane / 4 + 8).
-  const int wrow = warp * 16 * kM;
+  // This warp's rows: tile mi holds rows wrow + kMStep mi .. + 16; a thread owns two of each (lane / 4 and lane / 4
+  // + 8). mma.sync: a warp's kM tiles are adjacent; wgmma: its 16 rows of each of its warpgroup's kM 64-row tiles
+  // (warpgroup g holds tiles g kM .. g kM + kM - 1 of the block's rows).
+  constexpr int kMStep = kWg ? 64 : 16;
+  const int wgroup = kBlockThreads > 128 ? warp / 4 : 0;  // this warp's warpgroup
+  const int wrow = kWg ? 64 * kM * wgroup + 16 * (warp % 4) : warp * 16 * kM;
   // 32-bit positions from here on: query and KV positions are < 2^31 (checked by the adapter).
   int qi[kM][2];
   bool row_ok[kM][2];
@@ -234,7 +216,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   for (int mi = 0; mi < kM; ++mi)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      qi[mi][r] = (int)p.group_div.div((uint32_t)(row0 + wrow + 16 * mi + lane / 4 + 8 * r));
+      qi[mi][r] = (int)p.group_div.div((uint32_t)(row0 + wrow + kMStep * mi + lane / 4 + 8 * r));
       row_ok[mi][r] = qi[mi][r] < qo_len;
     }
   int64_t mask_bit0 = 0;
@@ -248,13 +230,15 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 #pragma unroll
   for (int mi = 0; mi < kM; ++mi) m[mi][0] = m[mi][1] = -INFINITY, l[mi][0] = l[mi][1] = 0.f;
   // Query fragments stay in registers when they fit in 32; otherwise they are read from shared memory per tile.
-  constexpr bool kQInRegs = kM * D / 16 * 4 <= 32;
+  constexpr bool kQInRegs = !kWg && kM * D / 16 * 4 <= 32;
   uint32_t qa[kQInRegs ? kM : 1][kQInRegs ? D / 16 : 1][4];
   cp_async_wait<kStages - 2>();  // the first group: the query tile and the first K/V stage
+  if constexpr (kWg) fence_async_shared();
   __syncthreads();
   if constexpr (kRope) {
-    rope_tile<T, D, kRows, kBlockThreads>(p.rope_rcp_scale, p.rope_log2_theta, q_s,
-                                          [&](int r) { return j_off + p.group_div.div((uint32_t)(row0 + r)); });
+    rope_tile<T, D, kRows, kBlockThreads, kWg>(p.rope_rcp_scale, p.rope_log2_theta, q_s,
+                                               [&](int r) { return j_off + p.group_div.div((uint32_t)(row0 + r)); });
+    if constexpr (kWg) fence_async_shared();
     __syncthreads();
   }
   // Fragment addresses: K as the B operand (tokens x chunks), V transposed, Q as the A operand.
@@ -269,10 +253,11 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   }
   // The first and last query token of this warp's rows: a tile every row sees whole needs no per-element mask.
   const int64_t warp_i0 = p.group_div.div((uint32_t)(row0 + wrow)),
-                warp_i1 = p.group_div.div((uint32_t)(row0 + wrow + 16 * kM - 1));
+                warp_i1 = p.group_div.div((uint32_t)(row0 + wrow + kMStep * (kM - 1) + 15));
 
   for (int tile = 0; tile < sl.ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
+    if constexpr (kWg) fence_async_shared();  // the copies landed through the generic proxy; wgmma reads them
     __syncthreads();
     if (tile == 0) BLOCK_TRACE(4);  // the first tile has landed
     // Every token of the tile on a readable page and inside the slice (the common case)? The flags were written
@@ -291,8 +276,9 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
     // finished reading the previous converted tile before the barrier above.
     int mrow = srow;
     if constexpr (kConvert) {
-      convert_tile<T, KV, D, kTile, kBlockThreads>(k_s + srow * D, kc_s);
-      convert_tile<T, KV, D, kTile, kBlockThreads>(v_s + srow * D, vc_s);
+      convert_tile<T, KV, D, kTile, kBlockThreads, kWg>(k_s + srow * D, kc_s);
+      convert_tile<T, KV, D, kTile, kBlockThreads, kWg>(v_s + srow * D, vc_s);
+      if constexpr (kWg) fence_async_shared();
       __syncthreads();
       mrow = 0;
     }
@@ -300,7 +286,9 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       // K rotated where the mma reads it, in place: the stage is refilled only after the next loop barrier.
       T* kt;
       if constexpr (kConvert) kt = kc_s; else kt = k_s + srow * D;
-      rope_tile<T, D, kTile, kBlockThreads>(p.rope_rcp_scale, p.rope_log2_theta, kt, [&](int r) { return j0 + r; });
+      rope_tile<T, D, kTile, kBlockThreads, kWg>(p.rope_rcp_scale, p.rope_log2_theta, kt,
+                                                 [&](int r) { return j0 + r; });
+      if constexpr (kWg) fence_async_shared();
       __syncthreads();
     }
 
@@ -316,139 +304,199 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
                                             (2 * (lane % 4))
                                       : 0;
     }
-    // S = Q K^T: each K fragment serves the warp's kM row tiles.
-    float s[kM][kSN][4];
-    for_each_score<kM, kSN>([&](int mi, int nt, int i) { s[mi][nt][i] = 0.f; });
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t bk[kTile / 16][4];
-#pragma unroll
-      for (int nb = 0; nb < kTile / 16; ++nb)
-        ldmatrix_x4(bk[nb], k_lane.at(mrow + nb * 16, kk * 2));
-#pragma unroll
-      for (int mi = 0; mi < kM; ++mi) {
-        uint32_t a_smem[4];
-        if constexpr (!kQInRegs) ldmatrix_x4(a_smem, q_lane.at(wrow + 16 * mi, kk * 2));
-        const uint32_t(&a)[4] = kQInRegs ? qa[kQInRegs ? mi : 0][kQInRegs ? kk : 0] : a_smem;
-#pragma unroll
-        for (int nb = 0; nb < kTile / 16; ++nb) {
-          mma_16816<T>(s[mi][2 * nb], a, bk[nb][0], bk[nb][1]);
-          mma_16816<T>(s[mi][2 * nb + 1], a, bk[nb][2], bk[nb][3]);
-        }
-      }
-    }
     // Per-element masks only where some element of the warp's rows x tile can be masked out; rows past the
     // request are never written, so they need no mask.
     const bool whole = all_valid && !kMask && (!p.causal || j0 + kTile - 1 <= j_off + warp_i0) &&
                        (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
-    // Each uniform condition is tested once per tile, around a whole pass over the fragments.
-    if (pre) {
-      for_each_score<kM, kSN>([&](int mi, int nt, int i) {
-        const float x = s[mi][nt][i];
-        s[mi][nt][i] = cap ? cap_scale * tanhf(x * tanh_scale) : x * qk_scale;
-      });
-    }
-    if (!whole) {
-      // One keep word per row, bit 8 nt + e for the score of token 8 nt + c + e (c = 2 (lane % 4)): every condition
-      // is a handful of word operations per row and tile, and each score a bit test and a select.
-      const int c = 2 * (lane % 4);
-      uint64_t valid_bits = ~0ull;
-      if (!all_valid) {
-        valid_bits = 0;
+    float s[kM][kSN][4];
+    // The online softmax of row tiles m0 .. m1 - 1, in place on s. Each uniform condition is tested once per call,
+    // around a whole pass over the fragments. (The mma.sync path takes all tiles at once: one vote on the rescale.)
+    auto softmax = [&](int m0, int m1) {
+      if (pre) {
 #pragma unroll
-        for (int nt = 0; nt < kSN; ++nt)
+        for (int mi = m0; mi < m1; ++mi)
 #pragma unroll
-          for (int e = 0; e < 2; ++e)
-            valid_bits |= (uint64_t)(valid_s[srow + nt * 8 + c + e] != 0) << (nt * 8 + e);
+          for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const float x = s[mi][nt][i];
+              s[mi][nt][i] = cap ? cap_scale * tanhf(x * tanh_scale) : x * qk_scale;
+            }
       }
-#pragma unroll
-      for (int mi = 0; mi < kM; ++mi)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          // Key token t of the tile sits at bit t - c; the limits below are in tokens of the tile.
-          const int64_t diag = j_off + qi[mi][r] - j0;  // the last key the row sees under causal
-          uint64_t keep = row_ok[mi][r] ? valid_bits : 0;
-          if (p.causal) keep &= low_bits(diag + 1 - c);
-          if (p.window_left >= 0) keep &= ~low_bits(diag - p.window_left - c);
-          if constexpr (kMask) keep &= mwin[mi][r];
+      if (!whole) {
+        // One keep word per row, bit 8 nt + e for the score of token 8 nt + c + e (c = 2 (lane % 4)): every
+        // condition is a handful of word operations per row and tile, and each score a bit test and a select.
+        const int c = 2 * (lane % 4);
+        uint64_t valid_bits = ~0ull;
+        if (!all_valid) {
+          valid_bits = 0;
 #pragma unroll
           for (int nt = 0; nt < kSN; ++nt)
 #pragma unroll
             for (int e = 0; e < 2; ++e)
-              if (!((keep >> (nt * 8 + e)) & 1)) s[mi][nt][2 * r + e] = -INFINITY;
+              valid_bits |= (uint64_t)(valid_s[srow + nt * 8 + c + e] != 0) << (nt * 8 + e);
         }
-    }
-    float mx[kM][2];
 #pragma unroll
-    for (int mi = 0; mi < kM; ++mi) mx[mi][0] = mx[mi][1] = -INFINITY;
-    for_each_score<kM, kSN>([&](int mi, int nt, int i) { mx[mi][i / 2] = fmaxf(mx[mi][i / 2], s[mi][nt][i]); });
-    // Row maxima in the log2 domain; the running max m moves only when a tile's max passes it by more than
-    // kLazyMax, so most tiles skip the rescale of o. exp2(x - m) then stays <= 2^kLazyMax: exact enough in 16-bit
-    // P and far from fp32 overflow in l and o.
-    bool grow = false;
+        for (int mi = m0; mi < m1; ++mi)
 #pragma unroll
-    for (int mi = 0; mi < kM; ++mi)
+          for (int r = 0; r < 2; ++r) {
+            // Key token t of the tile sits at bit t - c; the limits below are in tokens of the tile.
+            const int64_t diag = j_off + qi[mi][r] - j0;  // the last key the row sees under causal
+            uint64_t keep = row_ok[mi][r] ? valid_bits : 0;
+            if (p.causal) keep &= low_bits(diag + 1 - c);
+            if (p.window_left >= 0) keep &= ~low_bits(diag - p.window_left - c);
+            if constexpr (kMask) keep &= mwin[mi][r];
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float v = mx[mi][r];
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-        mx[mi][r] = v * e_scale;  // -inf stays -inf: e_scale > 0
-        grow |= mx[mi][r] > m[mi][r] + kLazyMax;
+            for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e)
+                if (!((keep >> (nt * 8 + e)) & 1)) s[mi][nt][2 * r + e] = -INFINITY;
+          }
       }
-    if (__any_sync(0xffffffffu, grow)) {
+      // Row maxima in the log2 domain; the running max m moves only when a tile's max passes it by more than
+      // kLazyMax, so most tiles skip the rescale of o. exp2(x - m) then stays <= 2^kLazyMax: exact enough in 16-bit
+      // P and far from fp32 overflow in l and o.
+      float mx[kM][2];
+      bool grow = false;
 #pragma unroll
-      for (int mi = 0; mi < kM; ++mi) {
-        float scale[2];
+      for (int mi = m0; mi < m1; ++mi) {
+        mx[mi][0] = mx[mi][1] = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) mx[mi][i / 2] = fmaxf(mx[mi][i / 2], s[mi][nt][i]);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const float m_new = fmaxf(m[mi][r], mx[mi][r]);
-          scale[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[mi][r] - m_new);
-          m[mi][r] = m_new;
-          l[mi][r] *= scale[r];
-        }
-#pragma unroll
-        for (int n = 0; n < kNT; ++n) {
-          o[mi][n][0] *= scale[0], o[mi][n][1] *= scale[0];
-          o[mi][n][2] *= scale[1], o[mi][n][3] *= scale[1];
+          float v = mx[mi][r];
+          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+          mx[mi][r] = v * e_scale;  // -inf stays -inf: e_scale > 0
+          grow |= mx[mi][r] > m[mi][r] + kLazyMax;
         }
       }
-    }
-    // A row with nothing seen yet has m = -inf and only -inf scores: subtracting 0 keeps exp2 at 0.
-    float m_use[kM][2];
+      if (__any_sync(0xffffffffu, grow)) {
 #pragma unroll
-    for (int mi = 0; mi < kM; ++mi)
+        for (int mi = m0; mi < m1; ++mi) {
+          float scale[2];
 #pragma unroll
-      for (int r = 0; r < 2; ++r) m_use[mi][r] = m[mi][r] == -INFINITY ? 0.f : m[mi][r];
-    for_each_score<kM, kSN>([&](int mi, int nt, int i) {
-      s[mi][nt][i] = fast_exp2(fmaf(s[mi][nt][i], e_scale, -m_use[mi][i / 2]));
-      l[mi][i / 2] += s[mi][nt][i];
-    });
-    // O += P V: P straight from the S fragments (the mma C layout is the A layout of the next), each V fragment
-    // serving the kM row tiles.
+          for (int r = 0; r < 2; ++r) {
+            const float m_new = fmaxf(m[mi][r], mx[mi][r]);
+            scale[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[mi][r] - m_new);
+            m[mi][r] = m_new;
+            l[mi][r] *= scale[r];
+          }
 #pragma unroll
-    for (int kt2 = 0; kt2 < kTile / 16; ++kt2) {
-      uint32_t pa[kM][4];
+          for (int n = 0; n < kNT; ++n) {
+            o[mi][n][0] *= scale[0], o[mi][n][1] *= scale[0];
+            o[mi][n][2] *= scale[1], o[mi][n][3] *= scale[1];
+          }
+        }
+      }
+      // A row with nothing seen yet has m = -inf and only -inf scores: subtracting 0 keeps exp2 at 0.
+#pragma unroll
+      for (int mi = m0; mi < m1; ++mi) {
+        const float m_use[2] = {m[mi][0] == -INFINITY ? 0.f : m[mi][0], m[mi][1] == -INFINITY ? 0.f : m[mi][1]};
+#pragma unroll
+        for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            s[mi][nt][i] = fast_exp2(fmaf(s[mi][nt][i], e_scale, -m_use[i / 2]));
+            l[mi][i / 2] += s[mi][nt][i];
+          }
+      }
+    };
+    // P of row tile mi, k step kt2 (16 tokens), as the A fragment of the next product: the mma C layout of S is the
+    // A layout of P.
+    auto p_frag = [&](int mi, int kt2, uint32_t (&a)[4]) {
+      a[0] = pack2<T>(s[mi][2 * kt2][0], s[mi][2 * kt2][1]);
+      a[1] = pack2<T>(s[mi][2 * kt2][2], s[mi][2 * kt2][3]);
+      a[2] = pack2<T>(s[mi][2 * kt2 + 1][0], s[mi][2 * kt2 + 1][1]);
+      a[3] = pack2<T>(s[mi][2 * kt2 + 1][2], s[mi][2 * kt2 + 1][3]);
+    };
+    if constexpr (kWg) {
+      // The warpgroup's 64-row tiles in turn, so the tensor cores work on one while the softmax runs on another: S
+      // of each issued as its own group; tile mi's softmax once its group is done, then its P V (one more group)
+      // beside the next tile's softmax. (head_dim 256: one tile a warpgroup, two warpgroups a block.) wgmma reads its
+      // A registers asynchronously: a tile's P is packed whole before its products are issued, and nothing touches
+      // it, its S or its o until the waits.
+      const uint32_t q_addr = (uint32_t)__cvta_generic_to_shared(q_s) + wgroup * kM * 64 * 128;
+      // The stage, or the converted copy of an fp8 stage (mrow is then 0 and the copies are kc_s / vc_s).
+      const uint32_t k_addr = (uint32_t)__cvta_generic_to_shared(kConvert ? (void*)kc_s : (void*)(k_s + mrow * D));
+      const uint32_t v_addr = (uint32_t)__cvta_generic_to_shared(kConvert ? (void*)vc_s : (void*)(v_s + mrow * D));
+      wg_fence();
 #pragma unroll
       for (int mi = 0; mi < kM; ++mi) {
-        pa[mi][0] = pack2<T>(s[mi][2 * kt2][0], s[mi][2 * kt2][1]);
-        pa[mi][1] = pack2<T>(s[mi][2 * kt2][2], s[mi][2 * kt2][3]);
-        pa[mi][2] = pack2<T>(s[mi][2 * kt2 + 1][0], s[mi][2 * kt2 + 1][1]);
-        pa[mi][3] = pack2<T>(s[mi][2 * kt2 + 1][2], s[mi][2 * kt2 + 1][3]);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          // k step kk: slab kk / 4 (64 columns of 128-byte rows), 32 bytes further per step inside it.
+          const uint32_t q_off = (kk / 4) * kRows * 128 + (kk % 4) * 32 + mi * 64 * 128;
+          const uint32_t k_off = (kk / 4) * kTile * 128 + (kk % 4) * 32;
+          wgmma_ss_n64<T>(s[mi], wg_desc(q_addr + q_off, 16, 1024), wg_desc(k_addr + k_off, 16, 1024), kk > 0);
+        }
+        wg_commit();
       }
 #pragma unroll
-      for (int n = 0; n < kNT; n += 2) {
-        uint32_t bv[4];
-        ldmatrix_x4_trans(bv, v_lane.at(mrow + kt2 * 16, n));
+      for (int mi = 0; mi < kM; ++mi) {
+        // Pending: S of tiles mi .. kM - 1, P V of tiles 0 .. mi - 1; the oldest, S of tile mi, must be done.
+        wg_wait<kM - 1>();
+        wg_keep(s[mi]);
+        softmax(mi, mi + 1);
+        uint32_t pa[kTile / 16][4];
+#pragma unroll
+        for (int kt2 = 0; kt2 < kTile / 16; ++kt2) p_frag(mi, kt2, pa[kt2]);
+        wg_fence();
+#pragma unroll
+        for (int kt2 = 0; kt2 < kTile / 16; ++kt2)  // 16 tokens = two 8-row groups further; slabs kTile rows apart
+          wgmma_rs<D, T>(o[mi], pa[kt2], wg_desc(v_addr + kt2 * 16 * 128, kTile * 128, 1024));
+        wg_commit();
+      }
+      wg_wait<0>();
+#pragma unroll
+      for (int mi = 0; mi < kM; ++mi) wg_keep(o[mi]);
+    }
+    if constexpr (!kWg) {
+      // S = Q K^T: each K fragment serves the warp's kM row tiles.
+      for_each_score<kM, kSN>([&](int mi, int nt, int i) { s[mi][nt][i] = 0.f; });
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t bk[kTile / 16][4];
+#pragma unroll
+        for (int nb = 0; nb < kTile / 16; ++nb) ldmatrix_x4(bk[nb], k_lane.at(mrow + nb * 16, kk * 2));
 #pragma unroll
         for (int mi = 0; mi < kM; ++mi) {
-          mma_16816<T>(o[mi][n], pa[mi], bv[0], bv[1]);
-          mma_16816<T>(o[mi][n + 1], pa[mi], bv[2], bv[3]);
+          uint32_t a_smem[4];
+          if constexpr (!kQInRegs) ldmatrix_x4(a_smem, q_lane.at(wrow + 16 * mi, kk * 2));
+          const uint32_t(&a)[4] = kQInRegs ? qa[kQInRegs ? mi : 0][kQInRegs ? kk : 0] : a_smem;
+#pragma unroll
+          for (int nb = 0; nb < kTile / 16; ++nb) {
+            mma_16816<T>(s[mi][2 * nb], a, bk[nb][0], bk[nb][1]);
+            mma_16816<T>(s[mi][2 * nb + 1], a, bk[nb][2], bk[nb][3]);
+          }
+        }
+      }
+      softmax(0, kM);
+      // O += P V: each V fragment serves the kM row tiles.
+#pragma unroll
+      for (int kt2 = 0; kt2 < kTile / 16; ++kt2) {
+        uint32_t pa[kM][4];
+#pragma unroll
+        for (int mi = 0; mi < kM; ++mi) p_frag(mi, kt2, pa[mi]);
+#pragma unroll
+        for (int n = 0; n < kNT; n += 2) {
+          uint32_t bv[4];
+          ldmatrix_x4_trans(bv, v_lane.at(mrow + kt2 * 16, n));
+#pragma unroll
+          for (int mi = 0; mi < kM; ++mi) {
+            mma_16816<T>(o[mi][n], pa[mi], bv[0], bv[1]);
+            mma_16816<T>(o[mi][n + 1], pa[mi], bv[2], bv[3]);
+          }
         }
       }
     }
   }
   cp_async_wait<0>();
+  // wgmma: the output is staged over q_s, which the warpgroup's last products read.
+  if constexpr (kWg) __syncthreads();
   BLOCK_TRACE(5);
 
   // Each row is complete in its warp: normalise and write (a split writes its partial in fp32). The unsplit output is
@@ -462,7 +510,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       float sum = l[mi][r];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const int row = wrow + 16 * mi + lane / 4 + 8 * r;
+      const int row = wrow + kMStep * mi + lane / 4 + 8 * r;
       const int64_t pr = row0 + row;
       orow[mi][r] = (q0 + qi[mi][r]) * p.hq + kvh * group + (int)p.group_div.mod((uint32_t)pr, qi[mi][r]);
       const float inv = sum > 0.f ? p.v_scale / sum : 0.f;
@@ -493,7 +541,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         if (!row_ok[mi][r]) continue;
-        const int row = wrow + 16 * mi + lane / 4 + 8 * r;
+        const int row = wrow + kMStep * mi + lane / 4 + 8 * r;
         T* dst = static_cast<T*>(p.out) + orow[mi][r] * D;
 #pragma unroll
         for (int j = 0; j < kRuns; ++j) {
@@ -504,43 +552,6 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       }
   }
   BLOCK_TRACE_EXIT();
-}
-
-// Combines the num_splits partials of each output row (a warp per row; lane s < num_splits first reads split s's
-// lse) into out and lse. Rows of tokens past qo_indptr[batch], which no split block wrote, are left alone, as the
-// unsplit kernel leaves them.
-constexpr int kMergeWarps = 4, kMergeThreads = 32 * kMergeWarps;  // a warp per output row
-template <typename T, int D>
-__global__ void __launch_bounds__(kMergeThreads) merge_kernel(Params p) {
-  static_assert(D % 32 == 0, "a lane owns D / 32 consecutive elements");
-  constexpr int kPer = D / 32;
-  const int lane = threadIdx.x % 32, ns = p.num_splits;
-  const int64_t row = (int64_t)blockIdx.x * kMergeWarps + threadIdx.x / 32;
-  pdl_enter();
-  const int64_t rows = min(max((int64_t)p.qo_indptr[p.batch], (int64_t)0), p.total_q) * p.hq;
-  if (row >= rows || row < max((int64_t)p.qo_indptr[0], (int64_t)0) * p.hq) return;
-  const int64_t split_rows = p.total_q * p.hq;
-  float mx = -INFINITY;
-  for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, __ldg(p.tmp_lse + s * split_rows + row));
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  float acc[kPer] = {}, den = 0.f;
-  const float* src = p.tmp_o + row * D + lane * kPer;
-#pragma unroll 4
-  for (int s = 0; s < ns; ++s) {
-    const float l = __ldg(p.tmp_lse + s * split_rows + row);
-    const float w = mx == -INFINITY ? 0.f : exp2f(l - mx);
-    den += w;
-    const Vec<float, kPer> x = Vec<float, kPer>::load(src + s * split_rows * D);
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) acc[j] = fmaf(w, x.v[j], acc[j]);
-  }
-  const float inv = den > 0.f ? 1.f / den : 0.f;
-  Vec<T, kPer> ov;
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) ov.v[j] = from_float<T>(acc[j] * inv);
-  ov.store(static_cast<T*>(p.out) + row * D + lane * kPer);
-  if (lane == 0) p.lse[row] = den > 0.f ? mx + log2f(den) : -INFINITY;
 }
 
 // Fills in the split count (from shapes and the device only), asks env.alloc_tmp(p) for the split workspace when

@@ -1,5 +1,6 @@
 // Parameters and launch geometry of the batch prefill kernel (prefill.cuh): the Params a launch fills in, the tile
-// shape and shared memory per head_dim, the grid bound and the KV split count, all from shapes alone. Torch-free.
+// shape and shared memory per head_dim, the grid bound and the KV split count, all from shapes alone; and the
+// kernel's guarded readers of the request tables and the packed mask. Torch-free.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -45,7 +46,8 @@ struct Params {
 constexpr int kWarps = 4;  // a block's warps (eight at head_dim 256: warps())
 
 // mma M tiles (16 rows each) per warp. Two halve the shared-memory reads per mma; head_dim 256 keeps one, since
-// its output accumulators alone would fill the register file at two.
+// its output accumulators alone would fill the register file at two. (wgmma: a warp's 16 rows of each of its
+// warpgroup's m_tiles 64-row tiles; the same count of rows and accumulators.)
 __host__ __device__ constexpr int m_tiles(int head_dim) { return head_dim == 256 ? 1 : 2; }
 // Warps per block: eight at head_dim 256, where a warp holds one row tile, so a block still covers 128 rows and
 // each K/V tile it loads serves as many queries as at head_dim 128 (with 64-token tiles, 2-8% faster than four
@@ -81,6 +83,46 @@ inline int choose_splits(int64_t blocks, int64_t resident, int64_t kv_per_reques
   if (blocks <= 0 || blocks * 2 > resident) return 1;
   const int64_t most = std::min<int64_t>(kMaxSplits, kv_per_request / kMinSplitTokens);
   return (int)std::max<int64_t>(1, std::min<int64_t>(most, resident / blocks));
+}
+
+// Request b's KV length and first page entry (paged) or row (ragged), with every table read guarded.
+template <bool kRagged>
+__device__ __forceinline__ void kv_extent(const Params& p, int b, int64_t& start, int64_t& len) {
+  start = max((int64_t)p.kv_indptr[b], (int64_t)0);
+  const int64_t end = min((int64_t)p.kv_indptr[b + 1], p.num_indices);
+  const int64_t n = end - start;
+  if constexpr (kRagged) {
+    len = max(n, (int64_t)0);
+  } else {
+    len = n > 0 ? min(max((n - 1) * p.page_size + p.last_page_len[b], (int64_t)0), n * p.page_size) : 0;
+  }
+}
+
+__device__ __forceinline__ int64_t qo_start(const Params& p, int b) {
+  return min(max((int64_t)p.qo_indptr[b], (int64_t)0), p.total_q);
+}
+
+// Bits 0 .. n - 1 set (none for n <= 0, all for n >= 64).
+__device__ __forceinline__ uint64_t low_bits(int64_t n) {
+  return n <= 0 ? 0ull : n >= 64 ? ~0ull : (1ull << n) - 1;
+}
+
+// The custom-mask bits of kTile consecutive keys from bit `start` of the packed mask, bit k of the result for key
+// k: kTile / 8 + 1 byte loads per query row and tile, in place of one load and a 64-bit index per score. Bytes past
+// mask_bytes read as zero (masked).
+template <int kTile>
+__device__ __forceinline__ uint64_t mask_window(const Params& p, int64_t start) {
+  const int64_t byte0 = start >> 3;
+  const int sh = (int)(start & 7);
+  uint64_t w = 0;
+#pragma unroll
+  for (int k = 0; k <= kTile / 8; ++k) {
+    const int64_t idx = byte0 + k;
+    const uint64_t byte = idx < p.mask_bytes ? p.mask[idx] : 0;
+    if (k < kTile / 8) w |= byte << (8 * k);
+    else if (sh) w = (w >> sh) | byte << (kTile - sh);
+  }
+  return w;
 }
 
 }  // namespace prefill

@@ -10,6 +10,7 @@
 #include "cp_async.cuh"
 #include "mma.cuh"
 #include "vec.cuh"
+#include "wgmma.cuh"
 
 namespace flashinfer {
 
@@ -24,14 +25,15 @@ struct Slice {
 
 // Streams K and V tiles of kTile tokens of one kv head into shared memory with cp.async, 16 bytes per copy (8 16-bit
 // or 16 fp8 elements: fp8 tiles take half the copies and page lookups per byte that 8-element copies would). Thread
-// tid copies chunk tid % kChunks of token rows tid / kChunks + i * kRowsPerStep, i < kLoads. A load is two steps, one
-// pipeline iteration apart, so the page-table reads of the next tile overlap the compute of this one: find() starts
-// reading pages into registers, issue() checks them and starts the copies. Tokens past the slice or on a page outside
-// the cache are zero-filled and flagged invalid, so no read ever leaves the cache. Positions are 32-bit: t < len <=
-// num_indices * page_size < 2^31 (checked by the adapter). kSwizzle lays rows out for ldmatrix (swizzle(), or
-// swizzle_fp8() for 1-byte KV, in common/mma.cuh). kRagged reads a contiguous KV tensor instead of pages: token t of
-// the slice is row s.start + t (p.k_stride_page is then unused). The page and entry strides are below 2^31 (checked
-// by the adapter), so each offset is two 32 x 32 -> 64-bit multiply-adds.
+// tid copies chunk tid % kChunks of token rows tid / kChunks + i * kRowsPerStep, i < kLoads. A load is two steps,
+// one pipeline iteration apart, so the page-table reads of the next tile overlap the compute of this one: find()
+// starts reading pages into registers, issue() checks them and starts the copies. Tokens past the slice or on a page
+// outside the cache are zero-filled and flagged invalid, so no read ever leaves the cache. Positions are 32-bit: t <
+// len <= num_indices * page_size < 2^31 (checked by the adapter). kSwizzle lays rows out for ldmatrix (swizzle(), or
+// swizzle_fp8() for 1-byte KV, in common/mma.cuh; with kWgLayout as wgmma reads it, swizzle_wg() in
+// common/wgmma.cuh). kRagged reads a contiguous KV tensor instead of pages: token t of the slice is row s.start + t
+// (p.k_stride_page is then unused). The page and entry strides are below 2^31 (checked by the adapter), so each
+// offset is two 32 x 32 -> 64-bit multiply-adds.
 //
 // Who looks up a row's page: without kShareLookups every thread looks up each of its kLoads rows, so the kChunks
 // threads of a row repeat the same page-table read, division and offset products. With it, each lane of a warp looks
@@ -39,7 +41,7 @@ struct Slice {
 // and kLoads - 1 fewer live lookups per thread (bf16 D 128 decode: 224 -> 176 registers). Each kernel picks the form
 // its benchmarks favour.
 template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false,
-          bool kShareLookups = false>
+          bool kShareLookups = false, bool kWgLayout = false>
 struct TileLoader {
   static constexpr int kElems = 16 / sizeof(KV);  // elements per copy
   static constexpr int kChunks = D / kElems;       // copies per token row
@@ -57,8 +59,12 @@ struct TileLoader {
   int dst0;  // this thread's shared-memory offset (elements) in its first row of a stage
   int page_of[kLookups], entry_of[kLookups];  // page (-1: nothing to read) and entry, or the row (ragged)
 
+  static_assert(!kWgLayout || (kSwizzle && sizeof(KV) == 2), "the wgmma layout is a 16-bit swizzled one");
+  static constexpr int kRowStride = kWgLayout ? 64 : D;  // elements from a row to the next (within a slab)
+
   __device__ __forceinline__ static int tile_offset(int tok, int ch) {
-    if constexpr (!kSwizzle) return tok * D + ch * kElems;
+    if constexpr (kWgLayout) return swizzle_wg<D, kTile>(tok, ch);
+    else if constexpr (!kSwizzle) return tok * D + ch * kElems;
     else if constexpr (sizeof(KV) == 1) return swizzle_fp8<D>(tok, ch);
     else return swizzle<D>(tok, ch);
   }
@@ -153,7 +159,7 @@ struct TileLoader {
       // Rows kRowsPerStep apart share their swizzle when that is a multiple of its 8-row period.
       const int dst = stage * kTile * D +
                       (kRowsPerStep % 8 == 0 || !kSwizzle
-                           ? dst0 + i * kRowsPerStep * D
+                           ? dst0 + i * kRowsPerStep * kRowStride
                            : tile_offset((int)threadIdx.x / kChunks + i * kRowsPerStep, threadIdx.x % kChunks));
       cp_async<16>(k_s + dst, k_base + ko, rok);
       cp_async<16>(v_s + dst, v_base + vo, rok);
@@ -173,10 +179,10 @@ __device__ __forceinline__ __half2_raw fp8x2_to_f16x2(uint32_t x) {
   return __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(x & 0xffffu), kind);
 }
 
-// One staged fp8 tile of kTile tokens (rows of D, unswizzled) to 16-bit rows laid out for ldmatrix, by a block of
-// kThreads threads. fp8 -> half is exact (fp8x2_to_f16x2), and so is half -> bf16 for these values; the scales
-// stay out of the conversion (k_scale goes into the scores, v_scale into the output).
-template <typename T, typename KV, int D, int kTile, int kThreads>
+// One staged fp8 tile of kTile tokens (rows of D, unswizzled) to 16-bit rows laid out for ldmatrix (or, kWgLayout,
+// for wgmma), by a block of kThreads threads. fp8 -> half is exact (fp8x2_to_f16x2), and so is half -> bf16 for
+// these values; the scales stay out of the conversion (k_scale goes into the scores, v_scale into the output).
+template <typename T, typename KV, int D, int kTile, int kThreads, bool kWgLayout = false>
 __device__ __forceinline__ void convert_tile(const KV* src, T* dst) {
   for (int c = threadIdx.x; c < kTile * (D / 8); c += kThreads) {
     const int tok = c / (D / 8), ch = c % (D / 8);
@@ -193,7 +199,7 @@ __device__ __forceinline__ void convert_tile(const KV* src, T* dst) {
         out.v[2 * i] = __float2bfloat16_rn(f.x), out.v[2 * i + 1] = __float2bfloat16_rn(f.y);
       }
     }
-    out.store(dst + swizzle<D>(tok, ch));
+    out.store(dst + (kWgLayout ? swizzle_wg<D, kTile>(tok, ch) : swizzle<D>(tok, ch)));
   }
 }
 
