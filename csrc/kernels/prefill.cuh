@@ -95,6 +95,12 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   if constexpr (kWg) {
     if ((uint32_t)__cvta_generic_to_shared(smem) % 1024 != 0) __trap();  // the layout would read the wrong elements
   }
+  // Publishes the block's shared-memory writes (cp.async copies, the fp8 conversion and RoPE passes) to every warp,
+  // and on wgmma also to the async proxy its operand reads go through.
+  auto publish = [] {
+    if constexpr (kWg) fence_async_shared();
+    __syncthreads();
+  };
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t lin = blockIdx.x + (int64_t)blockIdx.y * gridDim.x;  // launch order within a split
   const int kvh = (int)(lin % p.hkv), group = p.hq / p.hkv;
@@ -233,13 +239,11 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   constexpr bool kQInRegs = !kWg && kM * D / 16 * 4 <= 32;
   uint32_t qa[kQInRegs ? kM : 1][kQInRegs ? D / 16 : 1][4];
   cp_async_wait<kStages - 2>();  // the first group: the query tile and the first K/V stage
-  if constexpr (kWg) fence_async_shared();
-  __syncthreads();
+  publish();
   if constexpr (kRope) {
     rope_tile<T, D, kRows, kBlockThreads, kWg>(p.rope_rcp_scale, p.rope_log2_theta, q_s,
                                                [&](int r) { return j_off + p.group_div.div((uint32_t)(row0 + r)); });
-    if constexpr (kWg) fence_async_shared();
-    __syncthreads();
+    publish();
   }
   // Fragment addresses: K as the B operand (tokens x chunks), V transposed, Q as the A operand.
   const SwizzledLane<D> k_lane(kConvert ? (void*)kc_s : k_s, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
@@ -257,8 +261,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 
   for (int tile = 0; tile < sl.ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
-    if constexpr (kWg) fence_async_shared();  // the copies landed through the generic proxy; wgmma reads them
-    __syncthreads();
+    publish();
     if (tile == 0) BLOCK_TRACE(4);  // the first tile has landed
     // Every token of the tile on a readable page and inside the slice (the common case)? The flags were written
     // when the stage was issued, before the barrier above.
@@ -278,8 +281,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
     if constexpr (kConvert) {
       convert_tile<T, KV, D, kTile, kBlockThreads, kWg>(k_s + srow * D, kc_s);
       convert_tile<T, KV, D, kTile, kBlockThreads, kWg>(v_s + srow * D, vc_s);
-      if constexpr (kWg) fence_async_shared();
-      __syncthreads();
+      publish();
       mrow = 0;
     }
     if constexpr (kRope) {
@@ -288,8 +290,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       if constexpr (kConvert) kt = kc_s; else kt = k_s + srow * D;
       rope_tile<T, D, kTile, kBlockThreads, kWg>(p.rope_rcp_scale, p.rope_log2_theta, kt,
                                                  [&](int r) { return j0 + r; });
-      if constexpr (kWg) fence_async_shared();
-      __syncthreads();
+      publish();
     }
 
     // This thread's custom-mask bits per row (bit 8 nt + e for its score of token 8 nt + 2 (lane % 4) + e), read
