@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
     for (int k = 0; k < kRows / kQStep; ++k) {
       const bool in = i < q_rows;
       const int r = r1 + k * kQStep;
-      cp_async<16>(q_s + (kWg ? swizzle_wg<D, kRows>(r, ch) : swizzle<D>(r, ch)), q + (in ? off : 0), in);
+      cp_async<16>(q_s + tile_swizzle<kWg, D, kRows>(r, ch), q + (in ? off : 0), in);
       i += step_i, h += step_h, off += step;
       if (h >= (uint32_t)group) h -= group, ++i, off += carry;
     }

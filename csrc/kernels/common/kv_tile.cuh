@@ -30,7 +30,7 @@ struct Slice {
 // starts reading pages into registers, issue() checks them and starts the copies. Tokens past the slice or on a page
 // outside the cache are zero-filled and flagged invalid, so no read ever leaves the cache. Positions are 32-bit: t <
 // len <= num_indices * page_size < 2^31 (checked by the adapter). kSwizzle lays rows out for ldmatrix (swizzle(), or
-// swizzle_fp8() for 1-byte KV, in common/mma.cuh; with kWgLayout as wgmma reads it, swizzle_wg() in
+// swizzle_fp8() for 1-byte KV, in common/mma.cuh; with kWgLayout as wgmma reads it: tile_swizzle() in
 // common/wgmma.cuh). kRagged reads a contiguous KV tensor instead of pages: token t of the slice is row s.start + t
 // (p.k_stride_page is then unused). The page and entry strides are below 2^31 (checked by the adapter), so each
 // offset is two 32 x 32 -> 64-bit multiply-adds.
@@ -63,10 +63,9 @@ struct TileLoader {
   static constexpr int kRowStride = kWgLayout ? 64 : D;  // elements from a row to the next (within a slab)
 
   __device__ __forceinline__ static int tile_offset(int tok, int ch) {
-    if constexpr (kWgLayout) return swizzle_wg<D, kTile>(tok, ch);
-    else if constexpr (!kSwizzle) return tok * D + ch * kElems;
+    if constexpr (!kSwizzle) return tok * D + ch * kElems;
     else if constexpr (sizeof(KV) == 1) return swizzle_fp8<D>(tok, ch);
-    else return swizzle<D>(tok, ch);
+    else return tile_swizzle<kWgLayout, D, kTile>(tok, ch);
   }
 
   // Tile row of lookup j of this thread. Shared: lane l of a warp takes row l % kWarpRows of the warp's step
@@ -199,7 +198,7 @@ __device__ __forceinline__ void convert_tile(const KV* src, T* dst) {
         out.v[2 * i] = __float2bfloat16_rn(f.x), out.v[2 * i + 1] = __float2bfloat16_rn(f.y);
       }
     }
-    out.store(dst + (kWgLayout ? swizzle_wg<D, kTile>(tok, ch) : swizzle<D>(tok, ch)));
+    out.store(dst + tile_swizzle<kWgLayout, D, kTile>(tok, ch));
   }
 }
 

@@ -2,7 +2,6 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include "mma.cuh"
 #include "vec.cuh"
 #include "wgmma.cuh"
 
@@ -14,7 +13,7 @@ __device__ __forceinline__ float rope_inv_freq(float rcp_scale, float log2_theta
   return rcp_scale * exp2f(-2.f * i / head_dim * log2_theta);
 }
 
-// ROPE_LLAMA on a swizzled (swizzle(), or swizzle_wg() with kWgLayout) [kRows][D] tile in shared memory, in place,
+// ROPE_LLAMA on a swizzled (tile_swizzle(), common/wgmma.cuh) [kRows][D] tile in shared memory, in place,
 // by a block of kThreads threads: row r is rotated to position pos(r), element e < D / 2 paired with e + D / 2 (the
 // NeoX halves); the rotated rows are rounded to T, the operand type of the mma that reads them. A thread takes an
 // 8-element chunk of the first half and its partner. The fast __sincosf: the fp32 angle pos * freq already carries
@@ -25,8 +24,8 @@ __device__ __forceinline__ void rope_tile(float rcp_scale, float log2_theta, T* 
   constexpr int kHalf = D / 16;  // chunks per half row
   for (int c = threadIdx.x; c < kRows * kHalf; c += kThreads) {
     const int r = c / kHalf, ch = c % kHalf;
-    T* lo = tile + (kWgLayout ? swizzle_wg<D, kRows>(r, ch) : swizzle<D>(r, ch));
-    T* hi = tile + (kWgLayout ? swizzle_wg<D, kRows>(r, ch + kHalf) : swizzle<D>(r, ch + kHalf));
+    T* lo = tile + tile_swizzle<kWgLayout, D, kRows>(r, ch);
+    T* hi = tile + tile_swizzle<kWgLayout, D, kRows>(r, ch + kHalf);
     Vec<T, 8> a = Vec<T, 8>::load(lo), b = Vec<T, 8>::load(hi);
     const float x = (float)pos(r);
 #pragma unroll

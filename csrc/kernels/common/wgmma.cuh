@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "mma.cuh"
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FLASHINFER_WGMMA 1
 #endif
@@ -28,6 +30,14 @@ template <int D, int kRows>
 __host__ __device__ constexpr int swizzle_wg(int row, int chunk) {
   static_assert(D % 64 == 0 && kRows % 8 == 0, "whole 8 x 128-byte swizzle atoms");
   return (chunk >> 3) * (kRows * 64) + row * 64 + (((chunk & 7) ^ (row & 7)) << 3);
+}
+
+// The same chunk in the 16-bit tile layout a mainloop reads: wgmma's (kWg) or ldmatrix's (swizzle(), common/mma.cuh).
+// Every writer of a tile (the copies, the fp8 conversion, the RoPE pass) goes through it.
+template <bool kWg, int D, int kRows>
+__device__ __forceinline__ int tile_swizzle(int row, int chunk) {
+  if constexpr (kWg) return swizzle_wg<D, kRows>(row, chunk);
+  else return swizzle<D>(row, chunk);
 }
 
 // Descriptor of an operand in a swizzle_wg tile: `addr` the .shared byte address of its first element (an atom's
