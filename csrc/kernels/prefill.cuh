@@ -10,8 +10,9 @@
 // (log2 domain). Each warp owns its rows over the whole KV range, so there is no cross-warp merge. On wgmma every
 // four warps are a warpgroup: each of its 64-row tiles gives a warp 16 rows (two tiles a warpgroup at head_dim 64
 // and 128; at 256 one, and two warpgroups a block), both products read Q, K and V from shared memory in the 128-byte
-// swizzled layout (common/wgmma.cuh), P comes from registers, and the softmax of one tile runs beside the other's
-// products. fp8 KV and ROPE_LLAMA take the same mainloop: their shared-memory passes write that layout.
+// swizzled layout (common/wgmma.cuh), P comes from registers, and the softmax between them is the mma.sync one (the
+// accumulator layouts agree). fp8 KV and ROPE_LLAMA take the same mainloop: their shared-memory passes write that
+// layout.
 //
 // Scheduling is on the device: grid x is an upper bound of the number of row tiles over the batch (it depends
 // only on shapes: total query tokens, batch, group); each block finds its (request, tile) by a warp scan of
@@ -305,128 +306,15 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
                                             (2 * (lane % 4))
                                       : 0;
     }
-    // Per-element masks only where some element of the warp's rows x tile can be masked out; rows past the
-    // request are never written, so they need no mask.
-    const bool whole = all_valid && !kMask && (!p.causal || j0 + kTile - 1 <= j_off + warp_i0) &&
-                       (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
+    // S = Q K^T: each K fragment serves the warp's kM row tiles (wgmma: the warpgroup's, straight from shared memory).
     float s[kM][kSN][4];
-    // The online softmax of row tiles m0 .. m1 - 1, in place on s. Each uniform condition is tested once per call,
-    // around a whole pass over the fragments. (The mma.sync path takes all tiles at once: one vote on the rescale.)
-    auto softmax = [&](int m0, int m1) {
-      if (pre) {
-#pragma unroll
-        for (int mi = m0; mi < m1; ++mi)
-#pragma unroll
-          for (int nt = 0; nt < kSN; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              const float x = s[mi][nt][i];
-              s[mi][nt][i] = cap ? cap_scale * tanhf(x * tanh_scale) : x * qk_scale;
-            }
-      }
-      if (!whole) {
-        // One keep word per row, bit 8 nt + e for the score of token 8 nt + c + e (c = 2 (lane % 4)): every
-        // condition is a handful of word operations per row and tile, and each score a bit test and a select.
-        const int c = 2 * (lane % 4);
-        uint64_t valid_bits = ~0ull;
-        if (!all_valid) {
-          valid_bits = 0;
-#pragma unroll
-          for (int nt = 0; nt < kSN; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-              valid_bits |= (uint64_t)(valid_s[srow + nt * 8 + c + e] != 0) << (nt * 8 + e);
-        }
-#pragma unroll
-        for (int mi = m0; mi < m1; ++mi)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            // Key token t of the tile sits at bit t - c; the limits below are in tokens of the tile.
-            const int64_t diag = j_off + qi[mi][r] - j0;  // the last key the row sees under causal
-            uint64_t keep = row_ok[mi][r] ? valid_bits : 0;
-            if (p.causal) keep &= low_bits(diag + 1 - c);
-            if (p.window_left >= 0) keep &= ~low_bits(diag - p.window_left - c);
-            if constexpr (kMask) keep &= mwin[mi][r];
-#pragma unroll
-            for (int nt = 0; nt < kSN; ++nt)
-#pragma unroll
-              for (int e = 0; e < 2; ++e)
-                if (!((keep >> (nt * 8 + e)) & 1)) s[mi][nt][2 * r + e] = -INFINITY;
-          }
-      }
-      // Row maxima in the log2 domain; the running max m moves only when a tile's max passes it by more than
-      // kLazyMax, so most tiles skip the rescale of o. exp2(x - m) then stays <= 2^kLazyMax: exact enough in 16-bit
-      // P and far from fp32 overflow in l and o.
-      float mx[kM][2];
-      bool grow = false;
-#pragma unroll
-      for (int mi = m0; mi < m1; ++mi) {
-        mx[mi][0] = mx[mi][1] = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < kSN; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) mx[mi][i / 2] = fmaxf(mx[mi][i / 2], s[mi][nt][i]);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float v = mx[mi][r];
-          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-          mx[mi][r] = v * e_scale;  // -inf stays -inf: e_scale > 0
-          grow |= mx[mi][r] > m[mi][r] + kLazyMax;
-        }
-      }
-      if (__any_sync(0xffffffffu, grow)) {
-#pragma unroll
-        for (int mi = m0; mi < m1; ++mi) {
-          float scale[2];
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const float m_new = fmaxf(m[mi][r], mx[mi][r]);
-            scale[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[mi][r] - m_new);
-            m[mi][r] = m_new;
-            l[mi][r] *= scale[r];
-          }
-#pragma unroll
-          for (int n = 0; n < kNT; ++n) {
-            o[mi][n][0] *= scale[0], o[mi][n][1] *= scale[0];
-            o[mi][n][2] *= scale[1], o[mi][n][3] *= scale[1];
-          }
-        }
-      }
-      // A row with nothing seen yet has m = -inf and only -inf scores: subtracting 0 keeps exp2 at 0.
-#pragma unroll
-      for (int mi = m0; mi < m1; ++mi) {
-        const float m_use[2] = {m[mi][0] == -INFINITY ? 0.f : m[mi][0], m[mi][1] == -INFINITY ? 0.f : m[mi][1]};
-#pragma unroll
-        for (int nt = 0; nt < kSN; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            s[mi][nt][i] = fast_exp2(fmaf(s[mi][nt][i], e_scale, -m_use[i / 2]));
-            l[mi][i / 2] += s[mi][nt][i];
-          }
-      }
-    };
-    // P of row tile mi, k step kt2 (16 tokens), as the A fragment of the next product: the mma C layout of S is the
-    // A layout of P.
-    auto p_frag = [&](int mi, int kt2, uint32_t (&a)[4]) {
-      a[0] = pack2<T>(s[mi][2 * kt2][0], s[mi][2 * kt2][1]);
-      a[1] = pack2<T>(s[mi][2 * kt2][2], s[mi][2 * kt2][3]);
-      a[2] = pack2<T>(s[mi][2 * kt2 + 1][0], s[mi][2 * kt2 + 1][1]);
-      a[3] = pack2<T>(s[mi][2 * kt2 + 1][2], s[mi][2 * kt2 + 1][3]);
-    };
     if constexpr (kWg) {
-      // The warpgroup's 64-row tiles in turn, so the tensor cores work on one while the softmax runs on another: S
-      // of each issued as its own group; tile mi's softmax once its group is done, then its P V (one more group)
-      // beside the next tile's softmax. (head_dim 256: one tile a warpgroup, two warpgroups a block.) wgmma reads its
-      // A registers asynchronously: a tile's P is packed whole before its products are issued, and nothing touches
-      // it, its S or its o until the waits.
+      // This warpgroup's tiles of q_s; the stage, or the converted copy of an fp8 stage (mrow 0: kc_s / vc_s).
       const uint32_t q_addr = (uint32_t)__cvta_generic_to_shared(q_s) + wgroup * kM * 64 * 128;
-      // The stage, or the converted copy of an fp8 stage (mrow is then 0 and the copies are kc_s / vc_s).
       const uint32_t k_addr = (uint32_t)__cvta_generic_to_shared(kConvert ? (void*)kc_s : (void*)(k_s + mrow * D));
-      const uint32_t v_addr = (uint32_t)__cvta_generic_to_shared(kConvert ? (void*)vc_s : (void*)(v_s + mrow * D));
       wg_fence();
 #pragma unroll
-      for (int mi = 0; mi < kM; ++mi) {
+      for (int mi = 0; mi < kM; ++mi)
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
           // k step kk: slab kk / 4 (64 columns of 128-byte rows), 32 bytes further per step inside it.
@@ -434,63 +322,161 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
           const uint32_t k_off = (kk / 4) * kTile * 128 + (kk % 4) * 32;
           wgmma_ss_n64<T>(s[mi], wg_desc(q_addr + q_off, 16, 1024), wg_desc(k_addr + k_off, 16, 1024), kk > 0);
         }
-        wg_commit();
-      }
+      wg_commit();
+      wg_wait<0>();
+#pragma unroll
+      for (int mi = 0; mi < kM; ++mi) wg_keep(s[mi]);
+    }
+    if constexpr (!kWg) for_each_score<kM, kSN>([&](int mi, int nt, int i) { s[mi][nt][i] = 0.f; });
+#pragma unroll
+    for (int kk = 0; kk < (kWg ? 0 : D / 16); ++kk) {
+      uint32_t bk[kTile / 16][4];
+#pragma unroll
+      for (int nb = 0; nb < kTile / 16; ++nb)
+        ldmatrix_x4(bk[nb], k_lane.at(mrow + nb * 16, kk * 2));
 #pragma unroll
       for (int mi = 0; mi < kM; ++mi) {
-        // Pending: S of tiles mi .. kM - 1, P V of tiles 0 .. mi - 1; the oldest, S of tile mi, must be done.
-        wg_wait<kM - 1>();
-        wg_keep(s[mi]);
-        softmax(mi, mi + 1);
-        uint32_t pa[kTile / 16][4];
+        uint32_t a_smem[4];
+        if constexpr (!kQInRegs) ldmatrix_x4(a_smem, q_lane.at(wrow + 16 * mi, kk * 2));
+        const uint32_t(&a)[4] = kQInRegs ? qa[kQInRegs ? mi : 0][kQInRegs ? kk : 0] : a_smem;
 #pragma unroll
-        for (int kt2 = 0; kt2 < kTile / 16; ++kt2) p_frag(mi, kt2, pa[kt2]);
-        wg_fence();
-#pragma unroll
-        for (int kt2 = 0; kt2 < kTile / 16; ++kt2)  // 16 tokens = two 8-row groups further; slabs kTile rows apart
-          wgmma_rs<D, T>(o[mi], pa[kt2], wg_desc(v_addr + kt2 * 16 * 128, kTile * 128, 1024));
-        wg_commit();
+        for (int nb = 0; nb < kTile / 16; ++nb) {
+          mma_16816<T>(s[mi][2 * nb], a, bk[nb][0], bk[nb][1]);
+          mma_16816<T>(s[mi][2 * nb + 1], a, bk[nb][2], bk[nb][3]);
+        }
       }
+    }
+    // Per-element masks only where some element of the warp's rows x tile can be masked out; rows past the
+    // request are never written, so they need no mask.
+    const bool whole = all_valid && !kMask && (!p.causal || j0 + kTile - 1 <= j_off + warp_i0) &&
+                       (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
+    // Each uniform condition is tested once per tile, around a whole pass over the fragments.
+    if (pre) {
+      for_each_score<kM, kSN>([&](int mi, int nt, int i) {
+        const float x = s[mi][nt][i];
+        s[mi][nt][i] = cap ? cap_scale * tanhf(x * tanh_scale) : x * qk_scale;
+      });
+    }
+    if (!whole) {
+      // One keep word per row, bit 8 nt + e for the score of token 8 nt + c + e (c = 2 (lane % 4)): every condition
+      // is a handful of word operations per row and tile, and each score a bit test and a select.
+      const int c = 2 * (lane % 4);
+      uint64_t valid_bits = ~0ull;
+      if (!all_valid) {
+        valid_bits = 0;
+#pragma unroll
+        for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            valid_bits |= (uint64_t)(valid_s[srow + nt * 8 + c + e] != 0) << (nt * 8 + e);
+      }
+#pragma unroll
+      for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          // Key token t of the tile sits at bit t - c; the limits below are in tokens of the tile.
+          const int64_t diag = j_off + qi[mi][r] - j0;  // the last key the row sees under causal
+          uint64_t keep = row_ok[mi][r] ? valid_bits : 0;
+          if (p.causal) keep &= low_bits(diag + 1 - c);
+          if (p.window_left >= 0) keep &= ~low_bits(diag - p.window_left - c);
+          if constexpr (kMask) keep &= mwin[mi][r];
+#pragma unroll
+          for (int nt = 0; nt < kSN; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              if (!((keep >> (nt * 8 + e)) & 1)) s[mi][nt][2 * r + e] = -INFINITY;
+        }
+    }
+    float mx[kM][2];
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi) mx[mi][0] = mx[mi][1] = -INFINITY;
+    for_each_score<kM, kSN>([&](int mi, int nt, int i) { mx[mi][i / 2] = fmaxf(mx[mi][i / 2], s[mi][nt][i]); });
+    // Row maxima in the log2 domain; the running max m moves only when a tile's max passes it by more than
+    // kLazyMax, so most tiles skip the rescale of o. exp2(x - m) then stays <= 2^kLazyMax: exact enough in 16-bit
+    // P and far from fp32 overflow in l and o.
+    bool grow = false;
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float v = mx[mi][r];
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+        mx[mi][r] = v * e_scale;  // -inf stays -inf: e_scale > 0
+        grow |= mx[mi][r] > m[mi][r] + kLazyMax;
+      }
+    if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+      for (int mi = 0; mi < kM; ++mi) {
+        float scale[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float m_new = fmaxf(m[mi][r], mx[mi][r]);
+          scale[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[mi][r] - m_new);
+          m[mi][r] = m_new;
+          l[mi][r] *= scale[r];
+        }
+#pragma unroll
+        for (int n = 0; n < kNT; ++n) {
+          o[mi][n][0] *= scale[0], o[mi][n][1] *= scale[0];
+          o[mi][n][2] *= scale[1], o[mi][n][3] *= scale[1];
+        }
+      }
+    }
+    // A row with nothing seen yet has m = -inf and only -inf scores: subtracting 0 keeps exp2 at 0.
+    float m_use[kM][2];
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) m_use[mi][r] = m[mi][r] == -INFINITY ? 0.f : m[mi][r];
+    for_each_score<kM, kSN>([&](int mi, int nt, int i) {
+      s[mi][nt][i] = fast_exp2(fmaf(s[mi][nt][i], e_scale, -m_use[mi][i / 2]));
+      l[mi][i / 2] += s[mi][nt][i];
+    });
+    // O += P V: P straight from the S fragments (the mma C layout is the A layout of the next), each V fragment
+    // serving the kM row tiles. wgmma reads its A registers asynchronously: all of P is packed first, and nothing
+    // touches it or o until the wait.
+    if constexpr (kWg) {
+      uint32_t pa[kTile / 16][kM][4];
+#pragma unroll
+      for (int kt2 = 0; kt2 < kTile / 16; ++kt2)
+#pragma unroll
+        for (int mi = 0; mi < kM; ++mi) {
+          pa[kt2][mi][0] = pack2<T>(s[mi][2 * kt2][0], s[mi][2 * kt2][1]);
+          pa[kt2][mi][1] = pack2<T>(s[mi][2 * kt2][2], s[mi][2 * kt2][3]);
+          pa[kt2][mi][2] = pack2<T>(s[mi][2 * kt2 + 1][0], s[mi][2 * kt2 + 1][1]);
+          pa[kt2][mi][3] = pack2<T>(s[mi][2 * kt2 + 1][2], s[mi][2 * kt2 + 1][3]);
+        }
+      const uint32_t v_addr = (uint32_t)__cvta_generic_to_shared(kConvert ? (void*)vc_s : (void*)(v_s + mrow * D));
+      wg_fence();
+#pragma unroll
+      for (int kt2 = 0; kt2 < kTile / 16; ++kt2)
+#pragma unroll
+        for (int mi = 0; mi < kM; ++mi)  // 16 tokens = two 8-row groups further; the slabs kTile rows apart
+          wgmma_rs<D, T>(o[mi], pa[kt2][mi], wg_desc(v_addr + kt2 * 16 * 128, kTile * 128, 1024));
+      wg_commit();
       wg_wait<0>();
 #pragma unroll
       for (int mi = 0; mi < kM; ++mi) wg_keep(o[mi]);
     }
-    if constexpr (!kWg) {
-      // S = Q K^T: each K fragment serves the warp's kM row tiles.
-      for_each_score<kM, kSN>([&](int mi, int nt, int i) { s[mi][nt][i] = 0.f; });
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t bk[kTile / 16][4];
+    for (int kt2 = 0; kt2 < (kWg ? 0 : kTile / 16); ++kt2) {
+      uint32_t pa[kM][4];
 #pragma unroll
-        for (int nb = 0; nb < kTile / 16; ++nb) ldmatrix_x4(bk[nb], k_lane.at(mrow + nb * 16, kk * 2));
+      for (int mi = 0; mi < kM; ++mi) {
+        pa[mi][0] = pack2<T>(s[mi][2 * kt2][0], s[mi][2 * kt2][1]);
+        pa[mi][1] = pack2<T>(s[mi][2 * kt2][2], s[mi][2 * kt2][3]);
+        pa[mi][2] = pack2<T>(s[mi][2 * kt2 + 1][0], s[mi][2 * kt2 + 1][1]);
+        pa[mi][3] = pack2<T>(s[mi][2 * kt2 + 1][2], s[mi][2 * kt2 + 1][3]);
+      }
+#pragma unroll
+      for (int n = 0; n < kNT; n += 2) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, v_lane.at(mrow + kt2 * 16, n));
 #pragma unroll
         for (int mi = 0; mi < kM; ++mi) {
-          uint32_t a_smem[4];
-          if constexpr (!kQInRegs) ldmatrix_x4(a_smem, q_lane.at(wrow + 16 * mi, kk * 2));
-          const uint32_t(&a)[4] = kQInRegs ? qa[kQInRegs ? mi : 0][kQInRegs ? kk : 0] : a_smem;
-#pragma unroll
-          for (int nb = 0; nb < kTile / 16; ++nb) {
-            mma_16816<T>(s[mi][2 * nb], a, bk[nb][0], bk[nb][1]);
-            mma_16816<T>(s[mi][2 * nb + 1], a, bk[nb][2], bk[nb][3]);
-          }
-        }
-      }
-      softmax(0, kM);
-      // O += P V: each V fragment serves the kM row tiles.
-#pragma unroll
-      for (int kt2 = 0; kt2 < kTile / 16; ++kt2) {
-        uint32_t pa[kM][4];
-#pragma unroll
-        for (int mi = 0; mi < kM; ++mi) p_frag(mi, kt2, pa[mi]);
-#pragma unroll
-        for (int n = 0; n < kNT; n += 2) {
-          uint32_t bv[4];
-          ldmatrix_x4_trans(bv, v_lane.at(mrow + kt2 * 16, n));
-#pragma unroll
-          for (int mi = 0; mi < kM; ++mi) {
-            mma_16816<T>(o[mi][n], pa[mi], bv[0], bv[1]);
-            mma_16816<T>(o[mi][n + 1], pa[mi], bv[2], bv[3]);
-          }
+          mma_16816<T>(o[mi][n], pa[mi], bv[0], bv[1]);
+          mma_16816<T>(o[mi][n + 1], pa[mi], bv[2], bv[3]);
         }
       }
     }
