@@ -89,8 +89,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   T* vc_s = kc_s + (kConvert ? kTile * D : 0);
   T* q_s = vc_s + (kConvert ? kTile * D : 0);                   // [kRows][D], swizzled
   int* valid_s = reinterpret_cast<int*>(q_s + kRows * D);       // [kStages][kTile]
-  __shared__ int sched[2];
-  __shared__ int64_t extent[4];  // the request's first query row, query rows, first KV index, KV length
+  BlockTile* sched = reinterpret_cast<BlockTile*>(valid_s + kStages * kTile);
 
   BLOCK_TRACE_ENTRY();
   if constexpr (kWg) {
@@ -137,19 +136,19 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
         found_t = (int)(count - 1 - (remaining - before));  // last tiles (most KV under causal) first
         q_begin = __shfl_sync(0xffffffffu, q_begin, l), q_len = __shfl_sync(0xffffffffu, q_len, l);
         k_begin = __shfl_sync(0xffffffffu, k_begin, l), k_len = __shfl_sync(0xffffffffu, k_len, l);
-        if (lane == 0) extent[0] = q_begin, extent[1] = q_len, extent[2] = k_begin, extent[3] = k_len;
+        if (lane == 0) *sched = BlockTile{q_begin, q_len, k_begin, k_len, found_b, found_t};
       } else {
         remaining -= __shfl_sync(0xffffffffu, incl, 31);
       }
     }
-    if (lane == 0) sched[0] = found_b, sched[1] = found_t;
+    if (lane == 0 && found_b < 0) sched->b = -1;  // past the last tile (the grid is an upper bound)
   }
   __syncthreads();
-  const int b = sched[0], tile_q = sched[1];
+  const int b = sched->b, tile_q = sched->tile;
   if (b < 0) return;
   BLOCK_TRACE(3);  // scheduled
 
-  const int64_t q0 = extent[0], qo_len = extent[1], kv_start = extent[2], kv_len = extent[3];
+  const int64_t q0 = sched->q_begin, qo_len = sched->q_len, kv_start = sched->kv_begin, kv_len = sched->kv_len;
   const int64_t row0 = (int64_t)tile_q * kRows;
 
   // The query tile: packed row r -> token i = (row0 + r) / group, head kvh * group + (row0 + r) % group. Its copies

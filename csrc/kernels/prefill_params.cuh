@@ -60,12 +60,21 @@ __host__ __device__ constexpr int block_rows(int head_dim) { return warps(head_d
 // at D 256 with eight warps, 64 beat 32 by 6-8% on long requests.
 __host__ __device__ constexpr int kv_tile(int head_dim) { return 64; }
 __host__ __device__ constexpr int stages(int head_dim) { return head_dim == 64 ? 3 : 2; }
+// What the block's scheduling scan hands every warp: its request and row tile (b < 0: no tile), and the
+// request's extents.
+struct BlockTile {
+  int64_t q_begin, q_len, kv_begin, kv_len;
+  int b, tile;
+};
 // The K/V stages (kv_bytes per element), for fp8 KV the 16-bit K and V tile each stage is converted into, the
-// query tile, token validity per stage.
+// query tile, token validity per stage, the BlockTile. Nothing is static: a static variable would sit in front of
+// the dynamic region, which wgmma needs 1024-aligned, and the padding would push a head_dim 128 block past what
+// two fit in the 196 KiB shared-memory carveout (H100/H200); the next one leaves L1 28 KiB instead of 60.
 __host__ __device__ constexpr size_t smem_bytes(int head_dim, int kv_bytes) {
   return (size_t)stages(head_dim) * 2 * kv_tile(head_dim) * head_dim * kv_bytes +
          (kv_bytes == 2 ? 0 : (size_t)2 * kv_tile(head_dim) * head_dim * 2) +
-         (size_t)block_rows(head_dim) * head_dim * 2 + (size_t)stages(head_dim) * kv_tile(head_dim) * 4;
+         (size_t)block_rows(head_dim) * head_dim * 2 + (size_t)stages(head_dim) * kv_tile(head_dim) * 4 +
+         sizeof(BlockTile);
 }
 // Upper bound of sum_b ceil(qo_len_b * group / rows) from shapes alone.
 inline int64_t max_row_tiles(int64_t total_q, int64_t batch, int64_t group, int rows) {
