@@ -65,11 +65,13 @@ TORCH_LIBRARY(flashinfer, m) {
   // ---- page: paged KV cache, one 5-D [P, 2, page, Hkv, D] (NHD) / [P, 2, Hkv, page, D] (HND) tensor, or K and
   // V as two 4-D tensors (then paged_v_cache is given). int32 page tables; out-of-range entries are skipped. ----
   // Writes append_key/value [nnz, Hkv, D]: token i to request batch_indices[i] at position positions[i].
+  // flexible_layout: it takes any strides, and Inductor then realizes an input once for all its users instead of
+  // copying it into an exact-stride buffer per call (a decode step's arange(batch) before every layer's append).
   m.def(
       "append_paged_kv_cache(Tensor append_key, Tensor append_value, Tensor batch_indices, Tensor positions, "
       "Tensor(a!) paged_k_cache, Tensor(b!)? paged_v_cache, Tensor kv_indices, Tensor kv_indptr, "
       "Tensor kv_last_page_len, str kv_layout) -> ()",
-      tags);
+      {at::Tag::pt2_compliant_tag, at::Tag::flexible_layout});
   // (request, position) of each of nnz appended tokens; -1, -1 for tokens past append_indptr[-1].
   m.def("get_batch_indices_positions(Tensor append_indptr, Tensor seq_lens, int nnz) -> (Tensor, Tensor)", tags);
   // KV length of each request: page_size * (pages - 1) + last_page_len.

@@ -78,6 +78,24 @@ def _assert_caches_written_in_place(codes, op, layers):
         assert copy not in code, f"generated code holds a {copy} (of a cache?)"
 
 
+def _call_args(code, op):
+    """The top-level argument strings of every call of torch.ops.flashinfer.<op> in generated code."""
+    calls, head = [], f"torch.ops.flashinfer.{op}.default("
+    for start in (i for i in range(len(code)) if code.startswith(head, i)):
+        args, depth, cur = [], 0, ""
+        for ch in code[start + len(head):]:
+            if ch == ")" and depth == 0:
+                break
+            if ch == "," and depth == 0:
+                args.append(cur.strip())
+                cur = ""
+                continue
+            depth += (ch in "([") - (ch in ")]")
+            cur += ch
+        calls.append(args + [cur.strip()])
+    return calls
+
+
 def test_eager_matches_plain_pytorch(device):
     model = make_model(device)
     steps = 20  # the third prompt crosses pages 2 and 3
@@ -112,6 +130,9 @@ def test_decode_step_compiles_once_for_every_batch_and_step(device):
             *pages.tables([4, 15]), pages.caches)
     _, codes = run_and_get_code(compiled, *args)
     _assert_caches_written_in_place(codes, "append_paged_kv_cache", model.cfg.layers)
+    # The step's arange(batch) is one buffer that every layer's append reads, not a copy per layer.
+    batch_indices = {call[2] for call in _call_args("\n".join(codes), "append_paged_kv_cache")}
+    assert len(batch_indices) == 1, batch_indices
 
 
 def test_prefill_compiles_once_for_every_batch(device):
