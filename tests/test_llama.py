@@ -5,6 +5,7 @@ reduce-overhead; the decode step exported and run through AOTInductor in a fresh
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -80,10 +81,10 @@ def _assert_caches_written_in_place(codes, op, layers):
 
 def _call_args(code, op):
     """The top-level argument strings of every call of torch.ops.flashinfer.<op> in generated code."""
-    calls, head = [], f"torch.ops.flashinfer.{op}.default("
-    for start in (i for i in range(len(code)) if code.startswith(head, i)):
+    calls = []
+    for call in re.finditer(re.escape(f"torch.ops.flashinfer.{op}.default("), code):
         args, depth, cur = [], 0, ""
-        for ch in code[start + len(head):]:
+        for ch in code[call.end():]:
             if ch == ")" and depth == 0:
                 break
             if ch == "," and depth == 0:
