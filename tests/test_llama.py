@@ -129,7 +129,9 @@ def test_decode_step_compiles_once_for_every_batch_and_step(device):
     llama.prefill(model, pages, PROMPTS[:2])
     args = (torch.tensor([3, 4], device=device), torch.tensor([3, 14], dtype=torch.int32, device=device),
             *pages.tables([4, 15]), pages.caches)
-    _, codes = run_and_get_code(compiled, *args)
+    # Compiled afresh: Inductor's on-disk caches key on the graph, not on the ops' tags this checks.
+    with torch._inductor.config.patch(force_disable_caches=True):
+        _, codes = run_and_get_code(compiled, *args)
     _assert_caches_written_in_place(codes, "append_paged_kv_cache", model.cfg.layers)
     # The step's arange(batch) is one buffer that every layer's append reads, not a copy per layer.
     batch_indices = {call[2] for call in _call_args("\n".join(codes), "append_paged_kv_cache")}
