@@ -53,12 +53,7 @@ __global__ void __launch_bounds__(128, 1) unit(const T* q, const T* k, const T* 
     for (int i = 0; i < 4; ++i)
       s_out[(16 * warp + lane / 4 + 8 * (i / 2)) * 64 + 8 * j + 2 * (lane % 4) + i % 2] = s[j][i];
   uint32_t pa[4][4];
-  for (int kt = 0; kt < 4; ++kt) {
-    pa[kt][0] = pack2<T>(s[2 * kt][0], s[2 * kt][1]);
-    pa[kt][1] = pack2<T>(s[2 * kt][2], s[2 * kt][3]);
-    pa[kt][2] = pack2<T>(s[2 * kt + 1][0], s[2 * kt + 1][1]);
-    pa[kt][3] = pack2<T>(s[2 * kt + 1][2], s[2 * kt + 1][3]);
-  }
+  for (int kt = 0; kt < 4; ++kt) c_to_a<T>(s, kt, pa[kt]);
   wg_fence();
 #pragma unroll
   for (int kt = 0; kt < 4; ++kt) wgmma_rs<D, T>(o, pa[kt], wg_desc(va + kt * 16 * 128, 64 * 128, 1024));

@@ -241,8 +241,8 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     // O += P V: P's C fragments of a run are the A fragment of a 16x16 (rows x tokens) tile.
 #pragma unroll
     for (int u = 0; u < kSubs; ++u) {
-      const uint32_t pa[4] = {pack2<MT>(s[2 * u][0], s[2 * u][1]), pack2<MT>(s[2 * u][2], s[2 * u][3]),
-                              pack2<MT>(s[2 * u + 1][0], s[2 * u + 1][1]), pack2<MT>(s[2 * u + 1][2], s[2 * u + 1][3])};
+      uint32_t pa[4];
+      c_to_a<MT>(s, u, pa);
       const int tr = tok0 + 16 * u + (lane / 8) % 2 * 8 + lane % 8;  // this lane's ldmatrix row
       if constexpr (!kFp8) {
 #pragma unroll

@@ -440,12 +440,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 #pragma unroll
       for (int kt2 = 0; kt2 < kTile / 16; ++kt2)
 #pragma unroll
-        for (int mi = 0; mi < kM; ++mi) {
-          pa[kt2][mi][0] = pack2<T>(s[mi][2 * kt2][0], s[mi][2 * kt2][1]);
-          pa[kt2][mi][1] = pack2<T>(s[mi][2 * kt2][2], s[mi][2 * kt2][3]);
-          pa[kt2][mi][2] = pack2<T>(s[mi][2 * kt2 + 1][0], s[mi][2 * kt2 + 1][1]);
-          pa[kt2][mi][3] = pack2<T>(s[mi][2 * kt2 + 1][2], s[mi][2 * kt2 + 1][3]);
-        }
+        for (int mi = 0; mi < kM; ++mi) c_to_a<T>(s[mi], kt2, pa[kt2][mi]);
       const uint32_t v_addr = (uint32_t)__cvta_generic_to_shared(kConvert ? (void*)vc_s : (void*)(v_s + mrow * D));
       wg_fence();
 #pragma unroll
@@ -462,12 +457,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
     for (int kt2 = 0; kt2 < (kWg ? 0 : kTile / 16); ++kt2) {
       uint32_t pa[kM][4];
 #pragma unroll
-      for (int mi = 0; mi < kM; ++mi) {
-        pa[mi][0] = pack2<T>(s[mi][2 * kt2][0], s[mi][2 * kt2][1]);
-        pa[mi][1] = pack2<T>(s[mi][2 * kt2][2], s[mi][2 * kt2][3]);
-        pa[mi][2] = pack2<T>(s[mi][2 * kt2 + 1][0], s[mi][2 * kt2 + 1][1]);
-        pa[mi][3] = pack2<T>(s[mi][2 * kt2 + 1][2], s[mi][2 * kt2 + 1][3]);
-      }
+      for (int mi = 0; mi < kM; ++mi) c_to_a<T>(s[mi], kt2, pa[mi]);
 #pragma unroll
       for (int n = 0; n < kNT; n += 2) {
         uint32_t bv[4];

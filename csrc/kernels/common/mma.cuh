@@ -108,4 +108,15 @@ __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// The A fragment of k step kt (16 columns) from the C fragments c of the product before, rounded to T: the m16n8
+// C layout of n-tiles 2 kt and 2 kt + 1 is the m16n8k16 A layout (and, per warp, a register-A wgmma's), so P = S
+// feeds P V without a trip through shared memory.
+template <typename T, int N>
+__device__ __forceinline__ void c_to_a(const float (&c)[N][4], int kt, uint32_t (&a)[4]) {
+  a[0] = pack2<T>(c[2 * kt][0], c[2 * kt][1]);
+  a[1] = pack2<T>(c[2 * kt][2], c[2 * kt][3]);
+  a[2] = pack2<T>(c[2 * kt + 1][0], c[2 * kt + 1][1]);
+  a[3] = pack2<T>(c[2 * kt + 1][2], c[2 * kt + 1][3]);
+}
+
 }  // namespace flashinfer
