@@ -112,9 +112,11 @@ __device__ __forceinline__ void load_row(const KV* s, float (&x)[kVec]) {
 // Run by every thread of a split block once its partials are written. The last of the num_splits blocks of this
 // (request, kv head, head chunk) to arrive combines the partials of its heads into out and lse and sets the counter
 // back to zero, so a buffer of counters serves the next launch on the stream with no memset; the others return.
-// Ordering: each block's partials are made visible (fence) before its arrival is counted, and the last block
-// fences again and reads the partials through L2 (__ldcg), never from a stale L1 line. Every split block writes
-// its partial (an empty slice: zeros and lse = -inf), so none is ever uninitialised.
+// Ordering: the barrier orders every thread's partial stores before thread 0's fence, which makes them visible
+// (fences are cumulative) before the arrival is counted; the last block's thread 0 fences again before the barrier
+// that releases its threads to read the partials through L2 (__ldcg), never from a stale L1 line. One fence per
+// block instead of one per thread, as cooperative groups' grid barrier does it. Every split block writes its partial
+// (an empty slice: zeros and lse = -inf), so none is ever uninitialised.
 //
 // Shared memory (w_s, `cap` floats, the block's K/V stages, free by now) holds the split weights of as many heads
 // as fit; the partials are then read with no dependence between splits, so the loads overlap.
@@ -122,16 +124,18 @@ template <typename Q, int D>
 __device__ void merge_if_last_split(const Params& p, int b, int slot, int h_base, int nheads, float* w_s,
                                     size_t cap) {
   __shared__ int last;
-  __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
     int* counter = p.counters + (int64_t)b * gridDim.y + slot;  // slot: the (kv head, head chunk) index
+    __threadfence();
     last = atomicAdd(counter, 1) == p.num_splits - 1;
-    if (last) *counter = 0;  // every split has arrived: nothing of this launch reads it again
+    if (last) {
+      *counter = 0;  // every split has arrived: nothing of this launch reads it again
+      __threadfence();
+    }
   }
   __syncthreads();
   if (!last) return;
-  __threadfence();
   const int ns = p.num_splits, tid = threadIdx.x, nthreads = blockDim.x, lane = tid % 32, warp = tid / 32;
   const int per_round = max(1, min(nheads, (int)(cap / (ns + 2))));
   float* stat = w_s + per_round * ns;  // [per_round][2]: max, sum of weights

@@ -289,19 +289,20 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   float* row_lo = red_o + (warp * kTcRows + r0) * kRowF;
   float* row_hi = row_lo + 8 * kRowF;
   // Pairs of adjacent dims as one 8-byte store: within an n-tile for 16-bit KV; for fp8 the same column of the
-  // even-dim and the odd-dim tile of a chunk.
+  // even-dim and the odd-dim tile of a chunk. Rows past the group are zero and never read, so not stored (a GQA
+  // group of 4 stores a quarter of the tile).
 #pragma unroll
   for (int n = 0; n < kNT; n += 2)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       if constexpr (kFp8) {
         const int col = fp8_out_dim(n, t, j);
-        *reinterpret_cast<float2*>(row_lo + col) = make_float2(o[n][j], o[n + 1][j]);
-        *reinterpret_cast<float2*>(row_hi + col) = make_float2(o[n][2 + j], o[n + 1][2 + j]);
+        if (r0 < nheads) *reinterpret_cast<float2*>(row_lo + col) = make_float2(o[n][j], o[n + 1][j]);
+        if (r0 + 8 < nheads) *reinterpret_cast<float2*>(row_hi + col) = make_float2(o[n][2 + j], o[n + 1][2 + j]);
       } else {
         const int col = (n + j) * 8 + 2 * t;
-        *reinterpret_cast<float2*>(row_lo + col) = make_float2(o[n + j][0], o[n + j][1]);
-        *reinterpret_cast<float2*>(row_hi + col) = make_float2(o[n + j][2], o[n + j][3]);
+        if (r0 < nheads) *reinterpret_cast<float2*>(row_lo + col) = make_float2(o[n + j][0], o[n + j][1]);
+        if (r0 + 8 < nheads) *reinterpret_cast<float2*>(row_hi + col) = make_float2(o[n + j][2], o[n + j][3]);
       }
     }
   if (lane % 4 == 0) {
