@@ -81,6 +81,11 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 #else
   constexpr bool kWg = false;
 #endif
+  // Whether the full-tile test runs before the S product (else after it). At head_dim 256 on wgmma, where the
+  // accumulators fill the register file, its inputs then die before S's registers come live: 5-6% faster there with
+  // 16-bit KV on an H200 (benchmarks/micro); 1-2% slower at head_dim 128 and 8% slower on mma.sync at 256. The test is
+  // written out at both places: as a lambda or helper it changed the code of every other instantiation.
+  constexpr bool kWholeEarly = kWg && D == 256;
   // 1024 bytes: where wgmma's swizzle atoms start (every tile below is a multiple of 1024 bytes).
   extern __shared__ __align__(1024) unsigned char smem[];
   KV* k_s = reinterpret_cast<KV*>(smem);                       // [kStages][kTile][D], swizzled when 16-bit
@@ -305,6 +310,10 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
                                             (2 * (lane % 4))
                                       : 0;
     }
+    bool whole_early = false;
+    if constexpr (kWholeEarly)
+      whole_early = all_valid && !kMask && (!p.causal || j0 + kTile - 1 <= j_off + warp_i0) &&
+                    (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
     // S = Q K^T: each K fragment serves the warp's kM row tiles (wgmma: the warpgroup's, straight from shared memory).
     float s[kM][kSN][4];
     if constexpr (kWg) {
@@ -347,8 +356,9 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
     }
     // Per-element masks only where some element of the warp's rows x tile can be masked out; rows past the
     // request are never written, so they need no mask.
-    const bool whole = all_valid && !kMask && (!p.causal || j0 + kTile - 1 <= j_off + warp_i0) &&
-                       (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
+    const bool whole = kWholeEarly ? whole_early
+                                   : all_valid && !kMask && (!p.causal || j0 + kTile - 1 <= j_off + warp_i0) &&
+                                         (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
     // Each uniform condition is tested once per tile, around a whole pass over the fragments.
     if (pre) {
       for_each_score<kM, kSN>([&](int mi, int nt, int i) {
