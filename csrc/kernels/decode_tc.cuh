@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   const int group = p.hq / p.hkv;
   const int h_base = kvh * group + chunk * kTcRows;
   const int nheads = min(group - chunk * kTcRows, kTcRows);
-  pdl_enter();
+  pdl_wait();
   BLOCK_TRACE(3);
 
   const Slice sl = request_slice(p, b, blockIdx.z, kTile);
@@ -273,6 +273,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   cp_async_wait<0>();
   __syncthreads();  // the stages become the merge buffers
   BLOCK_TRACE(5);
+  pdl_trigger();  // late, as in decode.cuh (see its header)
 
   // Merge the four warps' partial (m, l, O) per row.
 #pragma unroll
