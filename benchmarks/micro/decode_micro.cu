@@ -8,10 +8,13 @@
 //   decode_micro BATCH KV_LEN [HQ HKV HEAD_DIM PAGE KV_DTYPE]     KV_DTYPE: bf16 (default) or e4m3
 //
 // Prints one line: max error against a float64 host reference (first requests only), median time of one launch
-// in us and GB/s of KV read once; built with -DFLASHINFER_BLOCK_TRACE (run.sh: TRACE=1), also the phases of one
-// traced launch (common/block_trace.cuh). The launch is timed inside a CUDA graph that rotates over enough caches (each
-// with its own shuffled page table) that the KV comes from DRAM, not L2, as in a serving step.
+// in us (with CHAIN=n, of one of n back-to-back launches) and GB/s of KV read once; built with
+// -DFLASHINFER_BLOCK_TRACE (run.sh: TRACE=1), also the phases of one traced launch (common/block_trace.cuh). The
+// launch is timed inside a CUDA graph that rotates over enough caches (each with its own shuffled page table) that
+// the KV comes from DRAM, not L2, as in a serving step.
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -111,7 +114,11 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
       }
     }
 
-  const double us = micro::graph_time_us(sets, stream, launch);
+  // CHAIN=n: at least n launches back to back in the graph (cycling over the sets), as a serving step or
+  // bench_decode.py chains them; programmatic dependent launch lets each overlap the one before.
+  const char* chain_env = std::getenv("CHAIN");
+  const int chain = std::max(sets, chain_env ? std::atoi(chain_env) : 1);
+  const double us = micro::graph_time_us(chain, stream, [&](int s) { launch(s % sets); });
 #ifdef FLASHINFER_BLOCK_TRACE
   micro::block_trace_launch(launch, stream, {"entry -> pdl_enter done", "-> first tile landed", "-> tile loop done",
                                              "-> output or partial stored", "-> split merge done, exit"});
