@@ -120,7 +120,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   const int chain = std::max(sets, chain_env ? std::atoi(chain_env) : 1);
   const double us = micro::graph_time_us(chain, stream, [&](int s) { launch(s % sets); });
 #ifdef FLASHINFER_BLOCK_TRACE
-  micro::block_trace_launch(launch, stream, {"entry -> pdl_enter done", "-> first tile landed", "-> tile loop done",
+  micro::block_trace_launch(launch, stream, {"entry -> pdl_wait done", "-> first tile landed", "-> tile loop done",
                                              "-> output or partial stored", "-> split merge done, exit"});
 #endif
   // bf16 outputs: a few ulps of the largest output is right, more is a bug.

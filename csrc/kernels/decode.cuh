@@ -19,7 +19,8 @@
 // launch only once the block is past its tile loop (common/pdl.cuh issues both at entry). A launch that fits in
 // one wave triggers right away otherwise, and the next grid then sits resident beside it for its whole length:
 // on an H200, back-to-back bf16 32 x 32768 launches (256 blocks, 132 SMs) took 978 us each with the trigger at
-// entry and 965 with it here, as long as one launch alone; the other shapes measured level or up to 2% faster.
+// entry and 965 with it here, as long as one launch alone; the other shapes level or up to 2% faster (tensor-core
+// kernel, benchmarks/micro/decode_micro.cu with CHAIN=20).
 #pragma once
 #include <cuda_runtime.h>
 
