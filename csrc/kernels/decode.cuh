@@ -16,11 +16,11 @@
 // The block's rows are split into head slots (enough for the group) and token slots; token slots merge at the end.
 //
 // Programmatic dependent launch: both decode kernels wait for their predecessor at entry but let their successor
-// launch only once the block is past its tile loop (common/pdl.cuh issues both at entry). A launch that fits in
-// one wave triggers right away otherwise, and the next grid then sits resident beside it for its whole length:
-// on an H200, back-to-back bf16 32 x 32768 launches (256 blocks, 132 SMs) took 978 us each with the trigger at
-// entry and 965 with it here, as long as one launch alone; the other shapes level or up to 2% faster (tensor-core
-// kernel, benchmarks/micro/decode_micro.cu with CHAIN=20).
+// launch only once the block is past its tile loop (the other kernels call pdl_enter(): both at entry). A launch
+// that fits in one wave would otherwise trigger at once, and the next grid would sit resident beside it for its
+// whole length: on an H200, back-to-back bf16 32 x 32768 launches (256 blocks, 132 SMs) took 978 us each with the
+// trigger at entry and 965 with it here, as long as one launch alone; the other shapes level or up to 2% faster
+// (tensor-core kernel, benchmarks/micro/decode_micro.cu with CHAIN=20).
 #pragma once
 #include <cuda_runtime.h>
 

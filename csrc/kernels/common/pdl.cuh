@@ -31,7 +31,7 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-// The wait and the trigger, in the order every kernel of this library issues them.
+// The wait, then the trigger: how a kernel with no reason to hold its successor back begins.
 __device__ __forceinline__ void pdl_enter() {
   pdl_wait();
   pdl_trigger();
@@ -54,8 +54,9 @@ inline bool pdl_supported() {
   return state == 2;
 }
 
-// Launches `kernel` on `stream` allowing it to overlap the tail of the previous kernel on that stream (see above;
-// the kernel must begin with pdl_enter()). Works under stream capture: the graph keeps the programmatic edge.
+// Launches `kernel` on `stream` allowing it to overlap the tail of the previous kernel on that stream (see above:
+// the kernel must call pdl_wait(), or pdl_enter(), before its first global memory access). Works under stream
+// capture: the graph keeps the programmatic edge.
 template <typename... KernelArgs, typename... Args>
 cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                        Args&&... args) {
