@@ -53,7 +53,7 @@ __host__ __device__ constexpr int tc_stages(int head_dim, int kv_bytes) {
 // per byte) the K/V prefetch cost 0.5-1 us at 1 x 8192, and at D = 256 (one block per SM) 0.2 us; the page-table
 // lines alone gain there (13.8 against 14.0, 12.1 against 12.3, 24.1 against 24.6 us).
 __host__ __device__ constexpr int tc_prefetch_bytes(int head_dim, int kv_bytes) {
-  return head_dim * kv_bytes == 256 ? 64 << 10 : 0;
+  return head_dim == 128 && kv_bytes == 2 ? 64 << 10 : 0;
 }
 // Row stride (floats) of the warps' partial outputs in the cross-warp merge: padded by 4 so the 8 rows a warp
 // stores at once fall on different banks (at head_dim floats every row starts on bank 0: 8-way conflicts).
