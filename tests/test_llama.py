@@ -3,9 +3,9 @@ against a plain-PyTorch version of the same model (contiguous K/V, SDPA); prefil
 whole (one graph for every batch and step, caches written in place); the decode loop in a CUDA graph and under
 reduce-overhead; the decode step exported and run through AOTInductor in a fresh process."""
 
+import ast
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -80,21 +80,12 @@ def _assert_caches_written_in_place(codes, op, layers):
 
 
 def _call_args(code, op):
-    """The top-level argument strings of every call of torch.ops.flashinfer.<op> in generated code."""
-    calls = []
-    for call in re.finditer(re.escape(f"torch.ops.flashinfer.{op}.default("), code):
-        args, depth, cur = [], 0, ""
-        for ch in code[call.end():]:
-            if ch == ")" and depth == 0:
-                break
-            if ch == "," and depth == 0:
-                args.append(cur.strip())
-                cur = ""
-                continue
-            depth += (ch in "([") - (ch in ")]")
-            cur += ch
-        calls.append(args + [cur.strip()])
-    return calls
+    """The argument expressions (keywords as name=expr) of every call of torch.ops.flashinfer.<op> in generated
+    code, read from its syntax tree."""
+    target = f"torch.ops.flashinfer.{op}.default"
+    return [[ast.unparse(a) for a in node.args] + [f"{k.arg}={ast.unparse(k.value)}" for k in node.keywords]
+            for node in ast.walk(ast.parse(code))
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == target]
 
 
 def test_eager_matches_plain_pytorch(device):
@@ -134,7 +125,9 @@ def test_decode_step_compiles_once_for_every_batch_and_step(device):
         _, codes = run_and_get_code(compiled, *args)
     _assert_caches_written_in_place(codes, "append_paged_kv_cache", model.cfg.layers)
     # The step's arange(batch) is one buffer that every layer's append reads, not a copy per layer.
-    batch_indices = {call[2] for call in _call_args("\n".join(codes), "append_paged_kv_cache")}
+    calls = [c for code in codes for c in _call_args(code, "append_paged_kv_cache")]
+    assert len(calls) == model.cfg.layers, calls
+    batch_indices = {call[2] for call in calls}
     assert len(batch_indices) == 1, batch_indices
 
 
