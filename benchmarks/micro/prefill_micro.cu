@@ -7,9 +7,12 @@
 // Every request has QO_LEN queries over KV_LEN keys (causal is bottom-right aligned; mask: a packed custom mask,
 // little bit order, of random bits with about three in four kept, each request's bits from a byte boundary, which
 // runs the kernel's kMask instantiation). Prints one line: max error
-// of a few query rows of the first request against a float64 host reference, median time of one launch in us and
-// TFLOP/s (4 * head_dim flops per (query head, key) pair the mask keeps).
+// of a few query rows of the first request against a float64 host reference, median time of one launch in us (with
+// CHAIN=n, of one of n back-to-back launches) and TFLOP/s (4 * head_dim flops per (query head, key) pair the mask
+// keeps).
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -153,7 +156,10 @@ int run(const Shape& sh) {
     }
   }
 
-  const double us = micro::graph_time_us(sets, stream, launch);
+  // CHAIN=n: at least n launches back to back in the graph (cycling over the sets), as in decode_micro.cu.
+  const char* chain_env = std::getenv("CHAIN");
+  const int chain = std::max(sets, chain_env ? std::atoi(chain_env) : 1);
+  const double us = micro::graph_time_us(chain, stream, [&](int s) { launch(s % sets); });
 #ifdef FLASHINFER_BLOCK_TRACE
   micro::block_trace_launch(launch, stream, {"entry -> block scheduled", "-> first tile landed", "-> tile loop done",
                                              "-> output written, exit"});

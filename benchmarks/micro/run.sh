@@ -7,7 +7,8 @@
 #   bash benchmarks/micro/run.sh decode
 #   VARIANTS="csrc/kernels/prefill.cuh scratch/prefill_try.cuh" SHAPES="1 8192 8192" bash benchmarks/micro/run.sh prefill
 #   TRACE=1 bash benchmarks/micro/run.sh decode          and the phases of one launch, per block
-#   CHAIN=20 bash benchmarks/micro/run.sh decode         each launch timed as one of 20 back to back (PDL overlap)
+#   CHAIN=20 bash benchmarks/micro/run.sh decode         each launch timed as one of 20 back to back (PDL overlap;
+#                                                        prefill too)
 #   NVCC_FLAGS=-DFLASHINFER_PREFILL_MMA_SYNC bash benchmarks/micro/run.sh prefill
 #                                                        prefill's mma.sync mainloop (sm_90a builds run wgmma)
 # A variant is a copy of the kernel header (its includes resolve against csrc/kernels). A shape is the harness's
