@@ -114,11 +114,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
       }
     }
 
-  // CHAIN=n: at least n launches back to back in the graph (cycling over the sets), as a serving step or
-  // bench_decode.py chains them; programmatic dependent launch lets each overlap the one before.
-  const char* chain_env = std::getenv("CHAIN");
-  const int chain = std::max(sets, chain_env ? std::atoi(chain_env) : 1);
-  const double us = micro::graph_time_us(chain, stream, [&](int s) { launch(s % sets); });
+  const double us = micro::chained_time_us(sets, stream, launch);
 #ifdef FLASHINFER_BLOCK_TRACE
   micro::block_trace_launch(launch, stream, {"entry -> pdl_wait done", "-> first tile landed", "-> tile loop done",
                                              "-> output or partial stored", "-> split merge done, exit"});

@@ -112,6 +112,15 @@ inline double graph_time_us(int sets, cudaStream_t stream, const std::function<v
   return times[times.size() / 2];
 }
 
+// graph_time_us with the launches chained: with CHAIN=n in the environment, at least n launches back to back in
+// the graph (cycling over the sets; never fewer than `sets`), as a serving step or the benchmarks' graphs chain
+// them, so programmatic dependent launch overlaps each with the one before.
+inline double chained_time_us(int sets, cudaStream_t stream, const std::function<void(int)>& launch) {
+  const char* chain_env = std::getenv("CHAIN");
+  const int chain = std::max(sets, chain_env ? std::atoi(chain_env) : 1);
+  return graph_time_us(chain, stream, [&](int s) { launch(s % sets); });
+}
+
 // Input sets needed for `bytes` of input per launch to exceed twice an H100's 50 MB L2, at most 64.
 inline int sets_past_l2(double bytes) { return (int)std::clamp<double>(2 * 50e6 / bytes + 1, 1, 64); }
 

@@ -10,9 +10,7 @@
 // of a few query rows of the first request against a float64 host reference, median time of one launch in us (with
 // CHAIN=n, of one of n back-to-back launches) and TFLOP/s (4 * head_dim flops per (query head, key) pair the mask
 // keeps).
-#include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -156,10 +154,7 @@ int run(const Shape& sh) {
     }
   }
 
-  // CHAIN=n: at least n launches back to back in the graph (cycling over the sets), as in decode_micro.cu.
-  const char* chain_env = std::getenv("CHAIN");
-  const int chain = std::max(sets, chain_env ? std::atoi(chain_env) : 1);
-  const double us = micro::graph_time_us(chain, stream, [&](int s) { launch(s % sets); });
+  const double us = micro::chained_time_us(sets, stream, launch);
 #ifdef FLASHINFER_BLOCK_TRACE
   micro::block_trace_launch(launch, stream, {"entry -> block scheduled", "-> first tile landed", "-> tile loop done",
                                              "-> output written, exit"});
