@@ -57,7 +57,8 @@ struct Params {
   float* tmp_o;               // [batch, num_splits, hq, head_dim] (num_splits > 1)
   float* tmp_lse;             // [batch, num_splits, hq]
   int* counters;              // [batch, grid y]: split blocks done per (request, kv head, head chunk); zero at launch
-  int64_t prefetch_blocks;    // blocks of the first wave, in launch order: they prefetch (prefetch_slice_l2)
+  int64_t prefetch_blocks;    // blocks of the first wave, in launch order: they prefetch (prefetch_slice_l2;
+                              // the tensor-core kernel only)
   bool counters_zeroed;       // counters are zero already (a buffer every launch leaves zeroed): no memset
   float sm_scale, logits_soft_cap, k_scale, v_scale;
   int window_left;            // -1: no window
