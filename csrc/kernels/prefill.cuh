@@ -109,6 +109,8 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t lin = blockIdx.x + (int64_t)blockIdx.y * gridDim.x;  // launch order within a split
   const int kvh = (int)(lin % p.hkv), group = p.hq / p.hkv;
+  // Trigger at entry: a prefill launch is many waves, and its successor gets in only once the last wave has begun
+  // either way; with the trigger after the tile loop, as decode has it, chained launches ran level (H200, micro).
   pdl_enter();
 
   // Which (request, row tile) this block serves: a running sum of tiles per request, 32 requests a step. Each lane
