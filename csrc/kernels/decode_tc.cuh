@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   pdl_wait();
   BLOCK_TRACE(3);
 
-  const Slice sl = request_slice(p, b, blockIdx.z, kTile);
+  const SplitSlice sl = request_slice(p, b, blockIdx.z, kTile);
   // Rows of 256 bytes or more share their page lookups across a warp: 1-6% faster at bf16 D 128 and D 256 (H200,
   // benchmarks/micro). Shorter rows (fp8 D 128, 16-bit D 64) measured 1-10% slower with it.
   constexpr bool kShareLookups = D * sizeof(KV) >= 256;
@@ -368,7 +368,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   }
   BLOCK_TRACE(6);  // the block's output (or partial) stored
   if (p.num_splits > 1)
-    merge_if_last_split<T, D>(p, b, slot, h_base, nheads, reinterpret_cast<float*>(smem), kWork / 4);
+    merge_if_last_split<T, D>(p, b, slot, h_base, nheads, reinterpret_cast<float*>(smem), kWork / 4, sl.used);
   BLOCK_TRACE_EXIT();
 }
 
