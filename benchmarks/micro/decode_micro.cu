@@ -8,7 +8,8 @@
 //   decode_micro BATCH KV_LEN [HQ HKV HEAD_DIM PAGE KV_DTYPE]     KV_DTYPE: bf16 (default) or e4m3
 //
 // Prints one line: max error against a float64 host reference (first requests only), median time of one launch
-// in us (with CHAIN=n, of one of n back-to-back launches) and GB/s of KV read once; built with
+// in us (with CHAIN=n, of one of n back-to-back launches; with PRED=us, of one behind a predecessor kernel, below)
+// and GB/s of KV read once; built with
 // -DFLASHINFER_BLOCK_TRACE (run.sh: TRACE=1), also the phases of one traced launch (common/block_trace.cuh). The
 // launch is timed inside a CUDA graph that rotates over enough caches (each with its own shuffled page table) that
 // the KV comes from DRAM, not L2, as in a serving step.
@@ -28,6 +29,18 @@
 using namespace flashinfer;
 using micro::to_double;
 #define CHECK MICRO_CHECK
+
+// PRED=us in the environment: each decode launch follows a one-wave kernel that runs for that many microseconds,
+// launched with programmatic dependent launch and starting with pdl_enter() as the library's other kernels do. In a
+// model step decode follows append_paged_kv_cache, a short kernel, not another decode, so whatever a decode does
+// before its dependency wait is hidden less there than in a chain of decodes. The time printed includes it.
+__global__ void predecessor_kernel(long long ns, int* sink) {
+  pdl_enter();
+  long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); while (t - t0 < ns);
+  if (threadIdx.x == 0) sink[blockIdx.x] = 1;
+}
 
 template <typename KV, int D>
 int run(int batch, int kv_len, int hq, int hkv, int page) {
@@ -75,7 +88,12 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   };
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const char* pred_env = std::getenv("PRED");
+  const long long pred_ns = pred_env ? (long long)(std::atof(pred_env) * 1e3) : -1;
+  int* sink;
+  CHECK(cudaMalloc(&sink, sm_count * sizeof(int)));
   auto launch = [&](int s) {
+    if (pred_ns >= 0) CHECK(launch_pdl(predecessor_kernel, dim3(sm_count), dim3(128), 0, stream, pred_ns, sink));
     decode::Params ps = p;
     ps.k_cache = kv.kv[s], ps.v_cache = kv.kv[s] + (int64_t)page * hkv * D, ps.indices = kv.tables[s];
     CHECK((decode::launch_tc<Q, KV, D>(ps, sm_count, alloc_tmp, stream)));
@@ -121,9 +139,9 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
 #endif
   // bf16 outputs: a few ulps of the largest output is right, more is a bug.
   const bool ok = max_err <= 2e-2 * std::max(max_ref, 1.0);
-  std::printf("%s batch %d kv_len %d hq %d hkv %d D %d page %d %s splits %d: max err %.3g (%s), %.2f us, %.0f GB/s\n",
-              DECODE_TC_HEADER, batch, kv_len, hq, hkv, D, page, sizeof(KV) == 1 ? "e4m3" : "bf16", splits, max_err,
-              ok ? "ok" : "WRONG", us, kv_bytes / us * 1e-3);
+  std::printf("%s batch %d kv_len %d hq %d hkv %d D %d page %d %s splits %d%s: max err %.3g (%s), %.2f us, %.0f GB/s\n",
+              DECODE_TC_HEADER, batch, kv_len, hq, hkv, D, page, sizeof(KV) == 1 ? "e4m3" : "bf16", splits,
+              pred_ns >= 0 ? " (after a predecessor)" : "", max_err, ok ? "ok" : "WRONG", us, kv_bytes / us * 1e-3);
   return ok ? 0 : 2;
 }
 

@@ -9,6 +9,8 @@
 #   TRACE=1 bash benchmarks/micro/run.sh decode          and the phases of one launch, per block
 #   CHAIN=20 bash benchmarks/micro/run.sh decode         each launch timed as one of 20 back to back (PDL overlap;
 #                                                        prefill too)
+#   PRED=2 CHAIN=20 bash benchmarks/micro/run.sh decode  each decode behind a 2 us kernel, as behind the model's
+#                                                        append_paged_kv_cache (the time printed includes it)
 #   NVCC_FLAGS=-DFLASHINFER_PREFILL_MMA_SYNC bash benchmarks/micro/run.sh prefill
 #                                                        prefill's mma.sync mainloop (sm_90a builds run wgmma)
 # A variant is a copy of the kernel header (its includes resolve against csrc/kernels). A shape is the harness's
