@@ -20,13 +20,8 @@
 // that fits in one wave would otherwise trigger at once, and the next grid would sit resident beside it for its
 // whole length: on an H200, back-to-back bf16 32 x 32768 launches (256 blocks, 132 SMs) took 978 us each with the
 // trigger at entry and 965 with it here, as long as one launch alone; the other shapes level or up to 2% faster
-// (tensor-core kernel, benchmarks/micro/decode_micro.cu with CHAIN=20).
-// Nothing is read before the wait. Warming L2 there with the slice's page-table lines and first K/V tiles gained
-// 0.3-0.5 us a launch behind another decode (whose merge tail it overlapped) but lost 1-2.4 us behind a short
-// kernel, where decode runs in a model step (after append_paged_kv_cache): the dependent reads it needs, indptr
-// then the page table, ran ahead of a wait that had nothing left to wait for (H200, micro with PRED=0 / PRED=2,
-// times including the predecessor: bf16 1 x 8192 15.4 against 17.7 us / 17.0 against 19.2, 16 x 1024 23.7
-// against 26.0, 4 x 1024 11.7 against 14.3).
+// (tensor-core kernel, benchmarks/micro/decode_micro.cu with CHAIN=20). Before its wait the tensor-core kernel
+// warms L2 with the start of its slice (prefetch_slice_l2); the CUDA-core kernel, bound by its arithmetic, does not.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -62,6 +57,8 @@ struct Params {
   float* tmp_o;               // [batch, num_splits, hq, head_dim] (num_splits > 1)
   float* tmp_lse;             // [batch, num_splits, hq]
   int* counters;              // [batch, grid y]: split blocks done per (request, kv head, head chunk); zero at launch
+  int64_t prefetch_blocks;    // blocks of the first wave, in launch order: they prefetch (prefetch_slice_l2;
+                              // the tensor-core kernel only)
   bool counters_zeroed;       // counters are zero already (a buffer every launch leaves zeroed): no memset
   float sm_scale, logits_soft_cap, k_scale, v_scale;
   int window_left;            // -1: no window
@@ -126,6 +123,55 @@ __device__ __forceinline__ SplitSlice slice_of(const Params& p, int64_t first, i
 
 __device__ __forceinline__ SplitSlice request_slice(const Params& p, int b, int split, int tile) {
   return slice_of(p, p.indptr[b], p.indptr[b + 1], p.last_page_len[b], split, tile);
+}
+
+// Called before pdl_wait(): warms L2 with what the block reads first, while the predecessor is still finishing
+// (behind a decode launch, its merge and last blocks: about 4 us at batch 1, where a block's slice is a few tiles and
+// the trip indptr -> page table -> first tiles is a third of the launch). The slice's page-table lines, and with
+// kKvBytes > 0 that many bytes of K and V from the start of the slice, one bulk prefetch per row. The metadata may
+// still be being written by the predecessor, so what is read here only steers prefetches, which have no
+// architectural effect: it is read through L2 (__ldcg leaves no stale line in L1 for the reads after the wait), every
+// page is checked against the cache, and the slice is computed again after the wait. L2 is where the predecessor's
+// writes land, so no later read can be stale. Only the first wave's blocks (lin < p.prefetch_blocks) prefetch: later
+// ones start after the wait has resolved, where a prefetch would only duplicate the copies that follow it.
+// What it costs: its dependent reads (indptr, then the page table) run ahead of the wait whatever the predecessor
+// is doing. Behind another decode they overlap its merge tail; behind a short kernel (in a model step decode follows
+// append_paged_kv_cache) they do not, and there the launch measured 0.8-2.1 us slower than with the prefetch off
+// (H200, benchmarks/micro with PRED=2: bf16 1 x 8192 19.2 against 17.0 us, 16 x 1024 26.8 against 25.4, 4 x 1024
+// 14.6 against 13.4, each after a 2 us kernel; head_dim 256 0.5 us faster with it). Behind a decode it is 0.4-0.5 us
+// faster at batch 1 and 0.3-0.4 us slower at batch 4 and 16. Removing the code, rather than switching it off, made
+// the kernel 0.2-0.7 us slower in both settings (it compiles to different code after the wait; the cause is not
+// pinned down), so the form that serves both is still to be found.
+template <typename KV, int D, int kThreads, int kKvBytes>
+__device__ __forceinline__ void prefetch_slice_l2(const Params& p, int b, int split, int tile, int kvh, int64_t lin) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (lin >= p.prefetch_blocks) return;
+  const SplitSlice s = slice_of(p, __ldcg(p.indptr + b), __ldcg(p.indptr + b + 1), __ldcg(p.last_page_len + b),
+                                split, tile);
+  if (s.t1 <= s.t0) return;
+  // The page-table entries of [t0, t1): one prefetch per 128-byte line, none before the first entry.
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p.indices + s.start + p.page_div.div((uint32_t)s.t0));
+  const uintptr_t last = reinterpret_cast<uintptr_t>(p.indices + s.start + p.page_div.div((uint32_t)(s.t1 - 1)));
+  for (uintptr_t line = (first & ~(uintptr_t)127) + threadIdx.x * 128; line <= last; line += kThreads * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(line > first ? line : first));
+  if constexpr (kKvBytes > 0) {
+    constexpr int kRowBytes = D * sizeof(KV);
+    const int rows = (int)min(s.t1 - s.t0, (int64_t)(kKvBytes / (2 * kRowBytes)));
+    for (int r = threadIdx.x; r < 2 * rows; r += kThreads) {  // K rows, then V rows
+      const bool is_v = r >= rows;
+      const uint32_t t = (uint32_t)(s.t0 + (is_v ? r - rows : r));
+      const uint32_t pi = p.page_div.div(t);
+      const int page = __ldcg(p.indices + s.start + pi);  // t < len, so s.start + pi < kv_indptr[b + 1]
+      if (page < 0 || page >= p.num_pages) continue;
+      const int64_t entry = p.page_div.mod(t, pi);
+      const KV* row = is_v ? static_cast<const KV*>(p.v_cache) + page * p.v_stride_page + entry * p.v_stride_entry +
+                                 kvh * p.v_stride_head
+                           : static_cast<const KV*>(p.k_cache) + page * p.k_stride_page + entry * p.k_stride_entry +
+                                 kvh * p.k_stride_head;
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(row), "r"(kRowBytes) : "memory");
+    }
+  }
+#endif
 }
 
 template <typename KV>
@@ -443,6 +489,9 @@ cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int b
     err = smem_for_residency(reinterpret_cast<const void*>(kernel), threads, smem, resident, &launch_smem);
     if (err != cudaSuccess) return err;
   }
+  // With one split a block's slice is its whole request and the ramp a small part of it: the prefetch only delayed
+  // the first copies there (H200, bf16 64 x 4096: 247.7 against 245.6 us).
+  p.prefetch_blocks = p.num_splits > 1 ? (int64_t)sm_count * resident : 0;
   if (p.num_splits > 1 && !p.counters_zeroed) {
     err = cudaMemsetAsync(p.counters, 0, sizeof(int) * p.batch * p.hkv * p.head_chunks, stream);
     if (err != cudaSuccess) return err;

@@ -6,9 +6,10 @@
 // running: its blocks become resident, compute their indices, and stop at `pdl_wait()` until the predecessor has
 // finished and its writes are visible. Every kernel launched this way calls `pdl_wait()` before its first global
 // memory access (read or write: the predecessor may still be reading what we overwrite), so the ordering seen by
-// memory is exactly that of a plain launch. `pdl_trigger()` lets our own successor launch early; it is issued after
-// the wait (right after it, by `pdl_enter()`, or later where a kernel says why: decode.cuh), so at most two grids of
-// a chain are resident at once.
+// memory is exactly that of a plain launch. The one exception is reads that only steer L2 prefetches, through L2
+// and never used after the wait (decode.cuh, prefetch_slice_l2). `pdl_trigger()` lets our own successor launch
+// early; it is issued after the wait (right after it, by `pdl_enter()`, or later where a kernel says why:
+// decode.cuh), so at most two grids of a chain are resident at once.
 //
 // Both instructions are no-ops for a kernel launched without the attribute, and are compiled out below sm_90.
 #pragma once
