@@ -139,8 +139,8 @@ __device__ __forceinline__ SplitSlice request_slice(const Params& p, int b, int 
 // append_paged_kv_cache) they do not, and there the launch measured 0.8-2.1 us slower than with the prefetch off
 // (H200, benchmarks/micro with PRED=2: bf16 1 x 8192 19.2 against 17.0 us, 16 x 1024 26.8 against 25.4, 4 x 1024
 // 14.6 against 13.4, each after a 2 us kernel; head_dim 256 0.5 us faster with it). Behind a decode it is 0.4-0.5 us
-// faster at batch 1 and 0.3-0.4 us slower at batch 4 and 16. Removing the code, rather than switching it off, made
-// the kernel 0.2-0.7 us slower in both settings (it compiles to different code after the wait; the cause is not
+// faster at batch 1 and 0.1-0.4 us slower at batch 4 and 16. Removing the code, rather than switching it off, made
+// the kernel 0.1-0.8 us slower in both settings (it compiles to different code after the wait; the cause is not
 // pinned down), so the form that serves both is still to be found.
 template <typename KV, int D, int kThreads, int kKvBytes>
 __device__ __forceinline__ void prefetch_slice_l2(const Params& p, int b, int split, int tile, int kvh, int64_t lin) {
