@@ -11,6 +11,8 @@
 #                                                        prefill too)
 #   PRED=2 CHAIN=20 bash benchmarks/micro/run.sh decode  each decode behind a 2 us kernel, as behind the model's
 #                                                        append_paged_kv_cache (the time printed includes it)
+#   MODES="CHAIN=20;CHAIN=20 PRED=2" bash benchmarks/micro/run.sh decode
+#                                                        the same binaries under each environment in turn (one build)
 #   NVCC_FLAGS=-DFLASHINFER_PREFILL_MMA_SYNC bash benchmarks/micro/run.sh prefill
 #                                                        prefill's mma.sync mainloop (sm_90a builds run wgmma)
 # A variant is a copy of the kernel header (its includes resolve against csrc/kernels). A shape is the harness's
@@ -45,13 +47,18 @@ for v in $variants; do
   wait "${pids[$i]}" || { echo "build of $v failed:"; cat "$bin/v$i.log"; exit 1; }
   i=$((i + 1))
 done
+IFS=';' read -r -a modes <<< "${MODES:-}"
+[ ${#modes[@]} -gt 0 ] || modes=("")
 status=0
-for shape in "${shapes[@]}"; do
-  i=0
-  for v in $variants; do
-    # shellcheck disable=SC2086
-    "$bin/v$i" $shape || status=1
-    i=$((i + 1))
+for mode in "${modes[@]}"; do
+  [ -z "$mode" ] || echo "== $mode"
+  for shape in "${shapes[@]}"; do
+    i=0
+    for v in $variants; do
+      # shellcheck disable=SC2086
+      env $mode "$bin/v$i" $shape || status=1
+      i=$((i + 1))
+    done
   done
 done
 exit $status
