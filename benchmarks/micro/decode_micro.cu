@@ -34,12 +34,16 @@ using micro::to_double;
 // launched with programmatic dependent launch and starting with pdl_enter() as the library's other kernels do. In a
 // model step decode follows append_paged_kv_cache, a short kernel, not another decode, so whatever a decode does
 // before its dependency wait is hidden less there than in a chain of decodes. The time printed includes it.
-__global__ void predecessor_kernel(long long ns, int* sink) {
+__device__ __forceinline__ long long global_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__global__ void predecessor_kernel(long long ns) {
   pdl_enter();
-  long long t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); while (t - t0 < ns);
-  if (threadIdx.x == 0) sink[blockIdx.x] = 1;
+  for (const long long t0 = global_ns(); global_ns() - t0 < ns;) {
+  }
 }
 
 template <typename KV, int D>
@@ -90,10 +94,8 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const char* pred_env = std::getenv("PRED");
   const long long pred_ns = pred_env ? (long long)(std::atof(pred_env) * 1e3) : -1;
-  int* sink;
-  CHECK(cudaMalloc(&sink, sm_count * sizeof(int)));
   auto launch = [&](int s) {
-    if (pred_ns >= 0) CHECK(launch_pdl(predecessor_kernel, dim3(sm_count), dim3(128), 0, stream, pred_ns, sink));
+    if (pred_ns >= 0) CHECK(launch_pdl(predecessor_kernel, dim3(sm_count), dim3(128), 0, stream, pred_ns));
     decode::Params ps = p;
     ps.k_cache = kv.kv[s], ps.v_cache = kv.kv[s] + (int64_t)page * hkv * D, ps.indices = kv.tables[s];
     CHECK((decode::launch_tc<Q, KV, D>(ps, sm_count, alloc_tmp, stream)));
