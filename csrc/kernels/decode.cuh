@@ -20,8 +20,8 @@
 // that fits in one wave would otherwise trigger at once, and the next grid would sit resident beside it for its
 // whole length: on an H200, back-to-back bf16 32 x 32768 launches (256 blocks, 132 SMs) took 978 us each with the
 // trigger at entry and 965 with it here, as long as one launch alone; the other shapes level or up to 2% faster
-// (tensor-core kernel, benchmarks/micro/decode_micro.cu with CHAIN=20). Before its wait the tensor-core kernel
-// warms L2 with the start of its slice (prefetch_slice_l2); the CUDA-core kernel, bound by its arithmetic, does not.
+// (tensor-core kernel, benchmarks/micro/decode_micro.cu with CHAIN=20). At head_dim 256 the tensor-core kernel
+// warms L2 with its slice's page-table lines before its wait (prefetch_slice_l2; the launcher decides where).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -57,8 +57,8 @@ struct Params {
   float* tmp_o;               // [batch, num_splits, hq, head_dim] (num_splits > 1)
   float* tmp_lse;             // [batch, num_splits, hq]
   int* counters;              // [batch, grid y]: split blocks done per (request, kv head, head chunk); zero at launch
-  int64_t prefetch_blocks;    // blocks of the first wave, in launch order: they prefetch (prefetch_slice_l2;
-                              // the tensor-core kernel only)
+  int64_t prefetch_blocks;    // blocks of the first wave, in launch order, that prefetch (prefetch_slice_l2;
+                              // the tensor-core kernel only); 0 where the launcher turns it off
   bool counters_zeroed;       // counters are zero already (a buffer every launch leaves zeroed): no memset
   float sm_scale, logits_soft_cap, k_scale, v_scale;
   int window_left;            // -1: no window
@@ -135,13 +135,15 @@ __device__ __forceinline__ SplitSlice request_slice(const Params& p, int b, int 
 // writes land, so no later read can be stale. Only the first wave's blocks (lin < p.prefetch_blocks) prefetch: later
 // ones start after the wait has resolved, where a prefetch would only duplicate the copies that follow it.
 // What it costs: its dependent reads (indptr, then the page table) run ahead of the wait whatever the predecessor
-// is doing. Behind another decode they overlap its merge tail; behind a short kernel (in a model step decode follows
-// append_paged_kv_cache) they do not, and there the launch measured 0.8-2.1 us slower than with the prefetch off
-// (H200, benchmarks/micro with PRED=2: bf16 1 x 8192 19.2 against 17.0 us, 16 x 1024 26.8 against 25.4, 4 x 1024
-// 14.6 against 13.4, each after a 2 us kernel; head_dim 256 0.5 us faster with it). Behind a decode it is 0.4-0.5 us
-// faster at batch 1 and 0.1-0.4 us slower at batch 4 and 16. Removing the code, rather than switching it off, made
-// the kernel 0.1-0.8 us slower in both settings (it compiles to different code after the wait; the cause is not
-// pinned down), so the form that serves both is still to be found.
+// is doing. Behind another decode they overlap its merge tail; behind a short kernel they do not, and in a model step
+// decode follows append_paged_kv_cache, not another decode. There, with the 64 KB K/V prefetch of 16-bit D = 128, the
+// launch measured 0.8-2.1 us slower than with the prefetch off (H200, benchmarks/micro with PRED=2: bf16 1 x 8192
+// 19.2 against 17.0 us, 16 x 1024 26.8 against 25.4, 4 x 1024 14.6 against 13.4, each after a 2 us kernel), and in
+// bench_model.py's step at 16 x 1024 the decode kernel took 25.9 us with it, 24.6 without. Behind a decode it is
+// 0.4-0.7 us faster at batch 1 (bench_decode.py 1 x 8192: 14.0 against 14.7 us) and 0.1-0.4 us slower at batch 4
+// and 16. So the launcher turns it on only at head_dim 256 (page-table lines; 0.5 us faster in both settings). The
+// off switch is the runtime prefetch_blocks = 0, not a build without the call: that build measured 0.1-0.8 us
+// slower in both settings (ptxas then puts the wait first and the block's index arithmetic after it).
 template <typename KV, int D, int kThreads, int kKvBytes>
 __device__ __forceinline__ void prefetch_slice_l2(const Params& p, int b, int split, int tile, int kvh, int64_t lin) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -471,9 +473,10 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
 // as fill one wave of two blocks per SM. Where more blocks fit (small fp8 tiles), counting them makes more, shorter
 // splits and a longer merge: on an H200, e4m3 3 x 77 (D = 64, GQA 7) took 12.6 us with 44 splits, 9.8 with 22.
 // A launch of more than one wave may run fewer blocks per SM than fit (wave_residency, common/launch.cuh).
+// `prefetch`: whether the first wave runs prefetch_slice_l2 before its wait.
 template <typename AllocTmp>
-cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int block_heads, Params p, int sm_count,
-                         AllocTmp&& alloc_tmp, cudaStream_t stream) {
+cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int block_heads, bool prefetch, Params p,
+                         int sm_count, AllocTmp&& alloc_tmp, cudaStream_t stream) {
   int per_sm = 0;
   cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), threads, smem, &per_sm);
   if (err != cudaSuccess) return err;
@@ -491,7 +494,7 @@ cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int b
   }
   // With one split a block's slice is its whole request and the ramp a small part of it: the prefetch only delayed
   // the first copies there (H200, bf16 64 x 4096: 247.7 against 245.6 us).
-  p.prefetch_blocks = p.num_splits > 1 ? (int64_t)sm_count * resident : 0;
+  p.prefetch_blocks = prefetch && p.num_splits > 1 ? (int64_t)sm_count * resident : 0;
   if (p.num_splits > 1 && !p.counters_zeroed) {
     err = cudaMemsetAsync(p.counters, 0, sizeof(int) * p.batch * p.hkv * p.head_chunks, stream);
     if (err != cudaSuccess) return err;
@@ -502,8 +505,8 @@ cudaError_t launch_split(void (*kernel)(Params), int threads, size_t smem, int b
 
 template <typename Q, typename KV, int D, bool ROPE, typename AllocTmp>
 cudaError_t launch(const Params& p, int sm_count, AllocTmp&& alloc_tmp, cudaStream_t stream) {
-  return launch_split(decode_kernel<Q, KV, D, ROPE>, kThreads, smem_bytes(D, sizeof(KV)), heads_per_block(D), p,
-                            sm_count, alloc_tmp, stream);
+  return launch_split(decode_kernel<Q, KV, D, ROPE>, kThreads, smem_bytes(D, sizeof(KV)), heads_per_block(D), false,
+                      p, sm_count, alloc_tmp, stream);
 }
 
 }  // namespace decode

@@ -46,12 +46,13 @@ __host__ __device__ constexpr int tc_tile(int head_dim, int kv_bytes) {
 __host__ __device__ constexpr int tc_stages(int head_dim, int kv_bytes) {
   return head_dim == 64 ? (kv_bytes == 1 ? 4 : 2) : 3;
 }
-// Bytes of K and V each block prefetches into L2 before waiting for its predecessor (prefetch_slice_l2; every
-// block also warms its page-table lines): the pipeline's first two tiles at 16-bit D = 128, where it measured
-// 1 x 8192 at 15.0 against 16.0 us and 1 x 2048 at 9.7 against 10.2 (H200, launches chained as in a serving step;
-// 128 KB and 256 KB per block were slower). With 128-byte rows (fp8 D = 128, 16-bit D = 64; twice the prefetches
-// per byte) the K/V prefetch cost 0.5-1 us at 1 x 8192, and at D = 256 (one block per SM) 0.2 us; the page-table
-// lines alone gain there (13.8 against 14.0, 12.1 against 12.3, 24.1 against 24.6 us).
+// Whether the first wave warms L2 before waiting for its predecessor (prefetch_slice_l2 in decode.cuh: what it
+// costs), and how many bytes of K and V each block then prefetches beside its page-table lines. Chained decodes
+// gain from the 64 KB K/V prefetch at 16-bit D = 128 (1 x 8192 15.0 against 16.0 us, 1 x 2048 9.7 against 10.2,
+// H200) and from the page-table lines at the other sizes (0.2-0.5 us; K/V there cost 0.2-1 us). Behind a short
+// kernel, as in a model step, only D = 256 still gains, so only there does the launcher turn it on. Elsewhere the
+// code stays compiled and is skipped at run time: without it ptxas schedules the kernel 0.1-0.8 us slower.
+__host__ __device__ constexpr bool tc_prefetch_before_wait(int head_dim) { return head_dim == 256; }
 __host__ __device__ constexpr int tc_prefetch_bytes(int head_dim, int kv_bytes) {
   return head_dim == 128 && kv_bytes == 2 ? 64 << 10 : 0;
 }
@@ -374,8 +375,8 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
 
 template <typename T, typename KV, int D, typename AllocTmp>
 cudaError_t launch_tc(const Params& p, int sm_count, AllocTmp&& alloc_tmp, cudaStream_t stream) {
-  return launch_split(decode_tc_kernel<T, KV, D>, kTcThreads, tc_smem_bytes(D, sizeof(KV)), kTcRows, p,
-                            sm_count, alloc_tmp, stream);
+  return launch_split(decode_tc_kernel<T, KV, D>, kTcThreads, tc_smem_bytes(D, sizeof(KV)), kTcRows,
+                      tc_prefetch_before_wait(D), p, sm_count, alloc_tmp, stream);
 }
 
 }  // namespace decode
