@@ -141,9 +141,10 @@ __device__ __forceinline__ SplitSlice request_slice(const Params& p, int b, int 
 // 19.2 against 17.0 us, 16 x 1024 26.8 against 25.4, 4 x 1024 14.6 against 13.4, each after a 2 us kernel), and in
 // bench_model.py's step at 16 x 1024 the decode kernel took 25.9 us with it, 24.6 without. Behind a decode it is
 // 0.4-0.7 us faster at batch 1 (bench_decode.py 1 x 8192: 14.0 against 14.7 us) and 0.1-0.4 us slower at batch 4
-// and 16. So the launcher turns it on only at head_dim 256 (page-table lines; 0.5 us faster in both settings). The
+// and 16. So the launcher turns it on only at head_dim 256 (page-table lines; 0.3-0.5 us faster in both settings). The
 // off switch is the runtime prefetch_blocks = 0, not a build without the call: that build measured 0.1-0.8 us
-// slower in both settings (ptxas then puts the wait first and the block's index arithmetic after it).
+// slower in both settings (its SASS waits first and has fewer divergence-safe shuffle copies; moving the index
+// arithmetic ahead of the wait did not recover it, so the cause is not pinned down).
 template <typename KV, int D, int kThreads, int kKvBytes>
 __device__ __forceinline__ void prefetch_slice_l2(const Params& p, int b, int split, int tile, int kvh, int64_t lin) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
