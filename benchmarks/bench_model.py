@@ -51,7 +51,7 @@ class Paged:
         self.tokens = torch.zeros(batch, dtype=torch.long, device="cuda")
         # The per-step values (positions, last-page lengths) share one device buffer, filled from a pinned host copy
         # in one transfer: a serving engine's one host-to-device copy of a step's metadata. Two fill_ calls took
-        # 27 us of host time a step on the GPU machine, three times SDPA's one fill_ of its positions.
+        # 27 us of host time a step on the GPU machine, against 10 us for SDPA's one fill_ of its positions.
         self.step_dev = torch.zeros(2, batch, dtype=torch.int32, device="cuda")
         self.step_host = torch.zeros(2, batch, dtype=torch.int32, pin_memory=True)
         self.step_np = self.step_host.numpy()
