@@ -107,8 +107,10 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
     __syncthreads();
   };
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t lin = blockIdx.x + (int64_t)blockIdx.y * gridDim.x;  // launch order within a split
-  const int kvh = (int)(lin % p.hkv), group = p.hq / p.hkv;
+  // Launch order within a split, in 32 bits (the launcher keeps the grid's x * y below 2^32): in 64 bits its
+  // division, dead after the scheduler, still left the mma.sync mainloop 11 more spill reloads a KV tile.
+  const uint32_t lin = blockIdx.x + blockIdx.y * gridDim.x;
+  const int kvh = (int)(lin % (uint32_t)p.hkv), group = p.hq / p.hkv;
   // Trigger at entry: a prefill launch is many waves, and its successor gets in only once the last wave has begun
   // either way; with the trigger after the tile loop, as decode has it, chained launches ran level (H200, micro).
   pdl_enter();
@@ -117,7 +119,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   // reads its request's KV extent beside its query extent, so the block starts with both (one dependent trip to
   // memory fewer before the first page lookup).
   if (warp == 0) {
-    int64_t remaining = lin / p.hkv;
+    int64_t remaining = lin / (uint32_t)p.hkv;
     int found_b = -1, found_t = 0;
     for (int base = 0; base < p.batch && found_b < 0; base += 32) {
       const int b = base + lane;
@@ -554,6 +556,7 @@ cudaError_t launch_one(Params p, const LaunchEnv<Params>& env) {
   const int group = p.hq / p.hkv;
   p.group_div = FastDiv((uint32_t)group);
   const int64_t tiles = max_row_tiles(p.total_q, p.batch, group, block_rows(D));
+  if ((uint64_t)tiles * (uint64_t)p.hkv > UINT32_MAX) return cudaErrorInvalidConfiguration;  // see `lin`
   const int64_t kv_rows = kRagged ? p.num_indices : p.num_indices * p.page_size;
   p.num_splits = choose_splits((p.total_q * group + block_rows(D) - 1) / block_rows(D) * p.hkv,
                                (int64_t)env.sm_count * std::max(per_sm, 1), kv_rows / p.batch);
