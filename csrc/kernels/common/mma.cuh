@@ -29,11 +29,11 @@ __device__ __forceinline__ int swizzle_fp8(int row, int chunk) {
 // ldmatrix operand addresses of one lane into a swizzled [rows][D] tile, from two registers. The lane reads row
 // r + lane_row (r a multiple of 8, so the row's low three bits are lane_row's) at logical chunk c + lane_chunk (c
 // even, lane_chunk 0 or 1); its swizzled chunk is then c ^ y with y = lane_chunk ^ (lane_row & 7) fixed per lane.
-// Kernels that unroll over many (r, c) keep base and y live instead of one address per fragment. The tile must start
-// on a multiple of D * 2 bytes (one row; every tile here is 1024-byte aligned): then a row's address is zero where
-// the chunk index goes, so adding the chunk and XORing it in are the same, and at() is written with XORs, which ptxas folds with the
-// unrolled constants in fewer live registers (the mma.sync prefill mainloop at bf16 D 128: 56 bytes of spills to
-// none, 4-9% faster on an H200; 1.5% slower at D 64).
+// Kernels that unroll over many (r, c) keep base and y live instead of one address per fragment. The tile must start on
+// a multiple of D * 2 bytes (one row; every tile here is 1024-byte aligned): then a row's address is zero where the
+// chunk index goes, so adding the chunk and XORing it in are the same, and at() is written with XORs, which ptxas folds
+// with the unrolled constants in fewer live registers (the mma.sync prefill mainloop at bf16 D 128: 56 bytes of spills
+// to none, 4-9% faster on an H200; 1.5% slower at D 64).
 template <int D>
 struct SwizzledLane {
   uint32_t base;  // .shared byte address of row lane_row of the tile
