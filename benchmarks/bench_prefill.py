@@ -3,7 +3,8 @@ tensors. Causal, bf16, Hq 32, Hkv 8, D 128, page 16, qo_len = kv_len (ANCHORS.md
 non-causal and head_dim 64. The figure in parentheses is TFLOP/s (causal FLOPs = 2 * b * H * L^2 * D).
 The head_dim 256 table is the main one's 4 x 4096 causal at D 256. The ragged table runs the ragged wrapper
 (k, v [total, Hkv, D]) on the paged table's uniform batches and on one batch of mixed lengths.
-The fp8 table reads an e4m3 cache (bf16 queries); the rope table rotates q and k inside the kernel
+The fp8 table reads an e4m3 cache (bf16 queries); the soft-cap table caps the logits at 50 (Gemma 2's
+logits_soft_cap: a tanh per score); the rope table rotates q and k inside the kernel
 (pos_encoding_mode="ROPE_LLAMA"; upstream fa2 does the same, its fa3 backend has no RoPE). The append table is a
 chunk of qo tokens against a cached prefix (kv_len > qo_len, causal aligned bottom-right): few query tiles over a
 long KV, where KV splits decide the speed.
@@ -29,6 +30,8 @@ RAGGED = {"1 x 8192": [8192], "16 x 1024": [1024] * 16,
           "mixed 4096..1 (9 requests)": [4096, 2048, 1024, 512, 256, 128, 96, 40, 1]}
 # fp8 KV (e4m3, scales 1): (batch, len, head_dim, causal), qo_len = kv_len.
 FP8 = [(1, 8192, 128, True), (4, 4096, 128, True)]
+# logits_soft_cap=50: (batch, len, head_dim, causal), qo_len = kv_len.
+SOFTCAP = [(1, 8192, 128, True), (4, 4096, 128, True)]
 # pos_encoding_mode="ROPE_LLAMA": (batch, len, head_dim, causal), qo_len = kv_len.
 ROPE = [(1, 8192, 128, True), (4, 4096, 128, True)]
 # (batch, qo_len, kv_len, head_dim): a chunked-prefill step or a prefix-cached prompt.
@@ -43,6 +46,11 @@ def make(size, backend=None):
 def make_fp8(size, backend=None):
     b, n, d, causal = size
     return _make(b, n, n, d, causal, backend, torch.float8_e4m3fn)
+
+
+def make_softcap(size, backend=None):
+    b, n, d, causal = size
+    return _make(b, n, n, d, causal, backend, logits_soft_cap=50.0)
 
 
 def make_rope(size, backend=None):
@@ -74,7 +82,7 @@ def make_append(size, backend=None):
     return _make(b, qo_len, kv_len, d, True, backend)
 
 
-def _make(b, qo_len, kv_len, d, causal, backend, kv_dtype=DT, pos_encoding_mode="NONE"):
+def _make(b, qo_len, kv_len, d, causal, backend, kv_dtype=DT, pos_encoding_mode="NONE", logits_soft_cap=None):
     cache, indptr, indices, last = paged_batch(b, kv_len, PAGE, HKV, d, kv_dtype)
     qo = torch.arange(0, b * qo_len + 1, qo_len, dtype=torch.int32, device="cuda")
     q = torch.randn(b * qo_len, HQ, d, dtype=DT, device="cuda")
@@ -82,7 +90,7 @@ def _make(b, qo_len, kv_len, d, causal, backend, kv_dtype=DT, pos_encoding_mode=
     kw = {} if backend is None else dict(backend=backend)
     wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", **kw)
     wrapper.plan(qo, indptr, indices, last, HQ, HKV, d, PAGE, causal=causal, q_data_type=DT, kv_data_type=kv_dtype,
-                 pos_encoding_mode=pos_encoding_mode)
+                 pos_encoding_mode=pos_encoding_mode, logits_soft_cap=logits_soft_cap)
     return dict(q=q, cache=cache, wrapper=wrapper)
 
 
@@ -140,6 +148,10 @@ def _cases():
         "ours": _run,
         "upstream fa2": (lambda size: make_fp8(size, "fa2"), _run),
         "upstream fa3": (lambda size: make_fp8(size, "fa3"), _run),
+    }, _flops_k), "soft cap 50 (b, len, d, causal)": (SOFTCAP, make_softcap, {
+        "ours": _run,
+        "upstream fa2": (lambda size: make_softcap(size, "fa2"), _run),
+        "upstream fa3": (lambda size: make_softcap(size, "fa3"), _run),
     }, _flops_k), "ROPE_LLAMA (b, len, d, causal)": (ROPE, make_rope, {
         "ours": _run,
         "upstream fa2": (lambda size: make_rope(size, "fa2"), _run),
