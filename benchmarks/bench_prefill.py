@@ -38,24 +38,22 @@ ROPE = [(1, 8192, 128, True), (4, 4096, 128, True)]
 APPEND = [(1, 128, 16384, 128), (1, 512, 16384, 128), (4, 256, 8192, 128), (8, 64, 4096, 128)]
 
 
-def make(size, backend=None):
+def make(size, backend=None, **kw):
+    """qo_len = kv_len = n; kw: _make's options (kv_dtype, pos_encoding_mode, logits_soft_cap)."""
     b, n, d, causal = size
-    return _make(b, n, n, d, causal, backend)
+    return _make(b, n, n, d, causal, backend, **kw)
 
 
 def make_fp8(size, backend=None):
-    b, n, d, causal = size
-    return _make(b, n, n, d, causal, backend, torch.float8_e4m3fn)
+    return make(size, backend, kv_dtype=torch.float8_e4m3fn)
 
 
 def make_softcap(size, backend=None):
-    b, n, d, causal = size
-    return _make(b, n, n, d, causal, backend, logits_soft_cap=50.0)
+    return make(size, backend, logits_soft_cap=50.0)
 
 
 def make_rope(size, backend=None):
-    b, n, d, causal = size
-    return _make(b, n, n, d, causal, backend, pos_encoding_mode="ROPE_LLAMA")
+    return make(size, backend, pos_encoding_mode="ROPE_LLAMA")
 
 
 def make_ragged(name, backend=None, d=128):

@@ -88,9 +88,8 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   constexpr bool kWholeEarly = kWg && D == 256;
   // 1024 bytes: where wgmma's swizzle atoms start (every tile below is a multiple of 1024 bytes); the mma.sync
   // fragment addresses (SwizzledLane) need each tile on a multiple of a row.
-  static_assert(kStages * kTile * D * sizeof(KV) % 1024 == 0 && kTile * D * sizeof(T) % 1024 == 0 &&
-                    kRows * D * sizeof(T) % 1024 == 0,
-                "every tile starts on a 1024-byte boundary");
+  static_assert(kStages * kTile * D * sizeof(KV) % 1024 == 0 && kTile * D * sizeof(T) % 1024 == 0,
+                "every tile starts on a 1024-byte boundary");  // the sizes of the tiles before it
   extern __shared__ __align__(1024) unsigned char smem[];
   KV* k_s = reinterpret_cast<KV*>(smem);                       // [kStages][kTile][D], swizzled when 16-bit
   KV* v_s = k_s + kStages * kTile * D;
