@@ -80,7 +80,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   p.batch = batch, p.hq = hq, p.hkv = hkv, p.page_size = page;
   p.page_div = FastDiv((uint32_t)page);
   p.out = out, p.lse = lse;
-  p.sm_scale = 1.f / std::sqrt((float)D), p.logits_soft_cap = 0.f, p.k_scale = 1.f, p.v_scale = 1.f;
+  p.sm_scale = 1.f / std::sqrt((float)D), p.logits_soft_cap = micro::soft_cap_from_env(), p.k_scale = 1.f, p.v_scale = 1.f;
   p.window_left = -1;
   int sm_count = 0, device = 0;
   CHECK(cudaGetDevice(&device));
@@ -120,7 +120,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
       for (int t = 0; t < kv_len; ++t) {
         double dot = 0;
         for (int e = 0; e < D; ++e) dot += to_double(h_q[((int64_t)b * hq + h) * D + e]) * elem(0, t, e);
-        s[t] = dot * p.sm_scale, mx = std::max(mx, s[t]);
+        s[t] = micro::ref_score(dot, p.sm_scale, p.logits_soft_cap), mx = std::max(mx, s[t]);
       }
       for (int t = 0; t < kv_len; ++t) {
         const double w = std::exp(s[t] - mx);

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -119,6 +120,17 @@ inline double chained_time_us(int sets, cudaStream_t stream, const std::function
   const char* chain_env = std::getenv("CHAIN");
   const int chain = std::max(sets, chain_env ? std::atoi(chain_env) : 1);
   return graph_time_us(chain, stream, [&](int s) { launch(s % sets); });
+}
+
+// The logits soft cap to run with: CAP=c in the environment (Gemma 2 uses 50), else 0 (off).
+inline float soft_cap_from_env() {
+  const char* cap_env = std::getenv("CAP");
+  return cap_env ? (float)std::atof(cap_env) : 0.f;
+}
+
+// A score as the kernels define it, in float64 for the host references: scale, then cap * tanh(x / cap) if capped.
+inline double ref_score(double dot, double sm_scale, double cap) {
+  return cap > 0 ? cap * std::tanh(dot * sm_scale / cap) : dot * sm_scale;
 }
 
 // Input sets needed for `bytes` of input per launch to exceed twice an H100's 50 MB L2, at most 64.

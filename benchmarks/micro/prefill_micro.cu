@@ -89,7 +89,7 @@ int run(const Shape& sh) {
   p.total_q = total_q, p.batch = batch, p.hq = hq, p.hkv = hkv, p.page_size = sh.ragged ? 1 : page;
   p.page_div = FastDiv((uint32_t)p.page_size);
   p.out = out, p.lse = lse;
-  p.sm_scale = 1.f / std::sqrt((float)D), p.logits_soft_cap = 0.f, p.k_scale = 1.f, p.v_scale = 1.f;
+  p.sm_scale = 1.f / std::sqrt((float)D), p.logits_soft_cap = micro::soft_cap_from_env(), p.k_scale = 1.f, p.v_scale = 1.f;
   p.window_left = -1, p.causal = sh.causal, p.rope = false;
   if (sh.mask) {
     p.mask = micro::to_device(h_mask), p.mask_indptr = micro::to_device(mask_indptr);
@@ -138,7 +138,7 @@ int run(const Shape& sh) {
         if (!kept(i, j)) continue;
         double dot = 0;
         for (int e = 0; e < D; ++e) dot += to_double(h_q[((int64_t)i * hq + h) * D + e]) * elem(0, j, kvh, e);
-        s[j] = dot * p.sm_scale, mx = std::max(mx, s[j]);
+        s[j] = micro::ref_score(dot, p.sm_scale, p.logits_soft_cap), mx = std::max(mx, s[j]);
       }
       for (int j = 0; j < kv_len; ++j) {
         if (s[j] == -INFINITY) continue;

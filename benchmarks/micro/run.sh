@@ -11,6 +11,7 @@
 #                                                        prefill too)
 #   PRED=2 CHAIN=20 bash benchmarks/micro/run.sh decode  each decode behind a 2 us kernel, as behind the model's
 #                                                        append_paged_kv_cache (the time printed includes it)
+#   CAP=50 bash benchmarks/micro/run.sh prefill          with a logits soft cap of 50, as Gemma 2 (either harness)
 #   MODES="CHAIN=20;CHAIN=20 PRED=2" bash benchmarks/micro/run.sh decode
 #                                                        the same binaries under each environment in turn (one build)
 #   NVCC_FLAGS=-DFLASHINFER_PREFILL_MMA_SYNC bash benchmarks/micro/run.sh prefill

@@ -34,6 +34,7 @@
 #include "common/launch.cuh"
 #include "common/pdl.cuh"
 #include "common/rotary.cuh"
+#include "common/softcap.cuh"
 #include "common/vec.cuh"
 
 namespace flashinfer {
@@ -378,7 +379,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
             for (int j = 0; j < kVec; ++j) x = fmaf(qr[g][j], kf[j], x);
 #pragma unroll
             for (int off = kTPT / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-            if (cap) x = p.logits_soft_cap * kLog2e * tanhf(x / p.logits_soft_cap);
+            if (cap) x = p.logits_soft_cap * kLog2e * cap_tanh(x / p.logits_soft_cap);
             s[g][u] = ok ? x : -INFINITY;
           }
         }

@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         float x = s[nt][i] * qk_scale[i / 2];
-        if (cap) x = cap_scale * tanhf(x * inv_cap);
+        if (cap) x = cap_scale * cap_tanh(x * inv_cap);
         const bool ok = valid_s[stage * kTile + tok0 + nt * 8 + 2 * (lane % 4) + (i % 2)];
         s[nt][i] = ok ? x : -INFINITY;
         mx[i / 2] = fmaxf(mx[i / 2], s[nt][i]);

@@ -40,6 +40,7 @@
 #include "common/launch.cuh"
 #include "common/pdl.cuh"
 #include "common/rotary.cuh"
+#include "common/softcap.cuh"
 #include "common/vec.cuh"
 #include "prefill_merge.cuh"
 #include "prefill_params.cuh"
@@ -367,12 +368,11 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
                                    : all_valid && !kMask && (!p.causal || j0 + kTile - 1 <= j_off + warp_i0) &&
                                          (p.window_left < 0 || j0 >= j_off + warp_i1 - p.window_left);
     // Each uniform condition is tested once per tile, around a whole pass over the fragments.
-    if (pre) {
-      for_each_score<kM, kSN>([&](int mi, int nt, int i) {
-        const float x = s[mi][nt][i];
-        s[mi][nt][i] = cap ? cap_scale * tanhf(x * tanh_scale) : x * qk_scale;
-      });
-    }
+    if (cap)
+      for_each_score<kM, kSN>(
+          [&](int mi, int nt, int i) { s[mi][nt][i] = cap_scale * cap_tanh(s[mi][nt][i] * tanh_scale); });
+    else if (pre)
+      for_each_score<kM, kSN>([&](int mi, int nt, int i) { s[mi][nt][i] *= qk_scale; });
     if (!whole) {
       // One keep word per row, bit 8 nt + e for the score of token 8 nt + c + e (c = 2 (lane % 4)): every condition
       // is a handful of word operations per row and tile, and each score a bit test and a select.
