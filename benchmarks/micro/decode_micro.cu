@@ -80,7 +80,8 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   p.batch = batch, p.hq = hq, p.hkv = hkv, p.page_size = page;
   p.page_div = FastDiv((uint32_t)page);
   p.out = out, p.lse = lse;
-  p.sm_scale = 1.f / std::sqrt((float)D), p.logits_soft_cap = micro::soft_cap_from_env(), p.k_scale = 1.f, p.v_scale = 1.f;
+  p.sm_scale = 1.f / std::sqrt((float)D), p.k_scale = 1.f, p.v_scale = 1.f;
+  p.logits_soft_cap = micro::soft_cap_from_env();
   p.window_left = -1;
   int sm_count = 0, device = 0;
   CHECK(cudaGetDevice(&device));

@@ -89,7 +89,8 @@ int run(const Shape& sh) {
   p.total_q = total_q, p.batch = batch, p.hq = hq, p.hkv = hkv, p.page_size = sh.ragged ? 1 : page;
   p.page_div = FastDiv((uint32_t)p.page_size);
   p.out = out, p.lse = lse;
-  p.sm_scale = 1.f / std::sqrt((float)D), p.logits_soft_cap = micro::soft_cap_from_env(), p.k_scale = 1.f, p.v_scale = 1.f;
+  p.sm_scale = 1.f / std::sqrt((float)D), p.k_scale = 1.f, p.v_scale = 1.f;
+  p.logits_soft_cap = micro::soft_cap_from_env();
   p.window_left = -1, p.causal = sh.causal, p.rope = false;
   if (sh.mask) {
     p.mask = micro::to_device(h_mask), p.mask_indptr = micro::to_device(mask_indptr);

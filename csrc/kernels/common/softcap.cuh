@@ -5,8 +5,8 @@ namespace flashinfer {
 
 // tanh(x) as 1 - 2 / (2^(2 x log2 e) + 1): one MUFU.EX2 and one MUFU.RCP, no branch. tanhf is precise to an ulp
 // of the result but costs ~20 instructions and a branch per score, more than the rest of a prefill tile's score
-// path; tanh.approx (one MUFU) errs by ~2^-11 of the result, 0.035 of a score under a cap of 50. This form errs by
-// ~2e-7 absolute over the whole range (an ulp of 1, as 1 - 2 r rounds), i.e. < 1e-5 of a capped score, and
+// path; tanh.approx (one MUFU) errs by ~2^-11 of the result, up to 0.025 of a score under a cap of 50. This form
+// errs by ~2e-7 absolute over the whole range (an ulp of 1, as 1 - 2 r rounds), i.e. < 1e-5 of a capped score, and
 // saturates exactly: 2^+big = inf gives 1 - 0 = 1, 2^-big = 0 gives 1 - 2 = -1. NaN stays NaN.
 __device__ __forceinline__ float cap_tanh(float x) {
   float e, r;
