@@ -171,6 +171,33 @@ def test_batch_prefill_features(device, feature):
     _check(out, lse, _expect(q, _split(k, kv), _split(v, kv), qo, dtype, masks=masks, **kw), feature)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("mode", ["causal", "window", "mask", "paged_fp8"])
+def test_batch_prefill_soft_cap_masked(device, head_dim, mode):
+    """A soft cap beside masked keys, at every head dim: the kernels take row maxima before the cap's affine map, so
+    masked keys, rows that see nothing and tanh's saturation (queries scaled so scores pass the cap) all meet it."""
+    dtype, hkv, group, cap = torch.bfloat16, 2, 4, 3.0
+    hq = hkv * group
+    g = torch.Generator().manual_seed(11)
+    q, k, v, qo, kv = _ragged(PAIRS, hq, hkv, head_dim, dtype, device, seed=12)
+    q = q * 4
+    kw = dict(sm_scale=1 / math.sqrt(head_dim), logits_soft_cap=cap, causal=mode != "mask")
+    plan, masks = dict(logits_soft_cap=cap, causal=mode != "mask"), None
+    if mode == "window":
+        plan["window_left"] = kw["window_left"] = 6
+    elif mode == "mask":
+        masks = [torch.rand(a, b, generator=g) < 0.4 for a, b in PAIRS]
+        plan["custom_mask"] = torch.cat([m.reshape(-1) for m in masks]).to(device)
+    if mode == "paged_fp8":
+        out, lse, ks, vs = _paged(PAIRS, q, qo, hkv, head_dim, torch.float8_e4m3fn, device, g, plan)
+    else:
+        wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+        wrapper.plan(qo, kv, hq, hkv, head_dim, **plan)
+        out, lse = wrapper.run(q, k, v, return_lse=True)
+        ks, vs = _split(k, kv), _split(v, kv)
+    _check(out, lse, _expect(q, ks, vs, qo, dtype, masks=masks, **kw), f"soft cap {mode}")
+
+
 @pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])

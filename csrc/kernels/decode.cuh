@@ -312,9 +312,11 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
   loader.prologue<kStages>(k_s, v_s, valid_s);
 
   // This thread's query elements straight from global memory (rotated to position len - 1 under ROPE_LLAMA).
-  // Scores come out in the log2 domain: sm_scale, k_scale and log2(e) are folded into q (log2(e) after the cap).
+  // Scores come out in the log2 domain: sm_scale, k_scale and log2(e) are folded into q; under a soft cap q carries
+  // 2 / cap as well (the argument of cap_tanh_core), so a capped score costs the core and one fma.
   const bool cap = p.logits_soft_cap > 0.f;
-  const float qscale = p.sm_scale * p.k_scale * (cap ? 1.f : kLog2e);
+  const float qscale = p.sm_scale * p.k_scale * kLog2e * (cap ? 2.f / p.logits_soft_cap : 1.f);
+  const float cap_scale = p.logits_soft_cap * kLog2e;
   float qr[kMaxGT][kVec], o[kMaxGT][kVec], m[kMaxGT], l[kMaxGT];
 #pragma unroll
   for (int g = 0; g < kMaxGT; ++g) {
@@ -379,7 +381,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
             for (int j = 0; j < kVec; ++j) x = fmaf(qr[g][j], kf[j], x);
 #pragma unroll
             for (int off = kTPT / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-            if (cap) x = p.logits_soft_cap * kLog2e * cap_tanh(x / p.logits_soft_cap);
+            if (cap) x = fmaf(2.f * cap_scale, cap_tanh_core(x), cap_scale);
             s[g][u] = ok ? x : -INFINITY;
           }
         }

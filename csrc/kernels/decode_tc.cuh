@@ -156,16 +156,17 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     v.store(q_s + swizzle<D>(r, ch));
   }
 
-  // Scores in the log2 domain: sm_scale * k_scale, then the soft cap, then log2(e); for fp8 KV times the row's 2^e.
+  // Scores in the log2 domain: sm_scale * k_scale * log2(e), under a soft cap times 2 / cap (the argument of
+  // cap_tanh_core, whose affine map then gives cap * log2(e) * tanh); for fp8 KV times the row's 2^e.
   const bool cap = p.logits_soft_cap > 0.f;
   float qk_scale[2];
-  qk_scale[0] = qk_scale[1] = p.sm_scale * p.k_scale * (cap ? 1.f : kLog2e);
+  qk_scale[0] = qk_scale[1] = p.sm_scale * p.k_scale * kLog2e * (cap ? 2.f / p.logits_soft_cap : 1.f);
   if constexpr (kFp8) {
     __syncthreads();
     qk_scale[0] *= qscale_s[lane / 4];
     qk_scale[1] *= qscale_s[lane / 4 + 8];
   }
-  const float cap_scale = p.logits_soft_cap * kLog2e, inv_cap = cap ? 1.f / p.logits_soft_cap : 0.f;
+  const float cap_scale = p.logits_soft_cap * kLog2e;
   float o[kNT][4];
 #pragma unroll
   for (int n = 0; n < kNT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         float x = s[nt][i] * qk_scale[i / 2];
-        if (cap) x = cap_scale * cap_tanh(x * inv_cap);
+        if (cap) x = fmaf(2.f * cap_scale, cap_tanh_core(x), cap_scale);
         const bool ok = valid_s[stage * kTile + tok0 + nt * 8 + 2 * (lane % 4) + (i % 2)];
         s[nt][i] = ok ? x : -INFINITY;
         mx[i / 2] = fmaxf(mx[i / 2], s[nt][i]);
