@@ -47,6 +47,13 @@ def _split(k, kv):
     return [k[kv[b] : kv[b + 1]] for b in range(len(kv) - 1)]
 
 
+def _random_masks(pairs, g, density, plan, device):
+    """A random boolean mask per request of `pairs`, also set flattened as plan["custom_mask"]."""
+    masks = [torch.rand(a, b, generator=g) < density for a, b in pairs]
+    plan["custom_mask"] = torch.cat([m.reshape(-1) for m in masks]).to(device)
+    return masks
+
+
 def _paged(pairs, q, qo, hkv, d, kv_dtype, device, g, plan, run=None, page=16):
     """The paged wrapper over a random NHD cache holding `pairs`' KV on scattered pages: out, lse, and each request's
     K and V as the cache holds them (float, on the CPU)."""
@@ -186,8 +193,7 @@ def test_batch_prefill_soft_cap_masked(device, head_dim, mode):
     if mode == "window":
         plan["window_left"] = kw["window_left"] = 6
     elif mode == "mask":
-        masks = [torch.rand(a, b, generator=g) < 0.4 for a, b in PAIRS]
-        plan["custom_mask"] = torch.cat([m.reshape(-1) for m in masks]).to(device)
+        masks = _random_masks(PAIRS, g, 0.4, plan, device)
     if mode == "paged_fp8":
         out, lse, ks, vs = _paged(PAIRS, q, qo, hkv, head_dim, torch.float8_e4m3fn, device, g, plan)
     else:
@@ -241,8 +247,7 @@ def test_batch_prefill_kv_splits(device, form, feature):
     if feature == "window":
         plan["window_left"] = kw["window_left"] = 700
     elif feature == "mask":
-        masks = [torch.rand(a, b, generator=g) < 0.3 for a, b in SPLIT_PAIRS]
-        plan["custom_mask"] = torch.cat([m.reshape(-1) for m in masks]).to(device)
+        masks = _random_masks(SPLIT_PAIRS, g, 0.3, plan, device)
     elif feature == "soft_cap":
         plan["logits_soft_cap"] = kw["logits_soft_cap"] = 5.0
     q, k, v, qo, kv = _ragged(SPLIT_PAIRS, hq, hkv, d, dtype, device, seed=7)
