@@ -181,8 +181,8 @@ def test_batch_prefill_features(device, feature):
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("mode", ["causal", "window", "mask", "paged_fp8"])
 def test_batch_prefill_soft_cap_masked(device, head_dim, mode):
-    """A soft cap beside masked keys, at every head dim: the kernels take row maxima before the cap's affine map, so
-    masked keys, rows that see nothing and tanh's saturation (queries scaled so scores pass the cap) all meet it."""
+    """A soft cap beside masked keys, at every head dim: a masked key stays out after the cap (capped, -inf would
+    become -cap), rows that see no key keep lse = -inf, and queries scaled so that scores pass the cap saturate it."""
     dtype, hkv, group, cap = torch.bfloat16, 2, 4, 3.0
     hq = hkv * group
     g = torch.Generator().manual_seed(11)
