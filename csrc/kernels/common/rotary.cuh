@@ -13,31 +13,78 @@ __device__ __forceinline__ float rope_inv_freq(float rcp_scale, float log2_theta
   return rcp_scale * exp2f(-2.f * i / head_dim * log2_theta);
 }
 
-// ROPE_LLAMA on a swizzled (tile_swizzle(), common/wgmma.cuh) [kRows][D] tile in shared memory, in place,
-// by a block of kThreads threads: row r is rotated to position pos(r), element e < D / 2 paired with e + D / 2 (the
-// NeoX halves); the rotated rows are rounded to T, the operand type of the mma that reads them. A thread takes an
-// 8-element chunk of the first half and its partner. The fast __sincosf: the fp32 angle pos * freq already carries
-// an absolute error of about |angle| * 2^-24, the order of what the hardware sine adds, and the accurate sincosf
-// made the RoPE passes cost as much as the attention (measured 1.85x).
+// ROPE_LLAMA on a swizzled (tile_swizzle(), common/wgmma.cuh) [kRows][D] tile in shared memory, in place, by a
+// block of kThreads threads: element e < D / 2 of a row is paired with e + D / 2 (the NeoX halves), and the rotated
+// rows are rounded to T, the operand type of the mma that reads them. A thread takes the same 8-element chunk of
+// the first half (and its partner) in rows kRopeStep apart, so its eight frequencies are computed once a call (with
+// the chunk taken afresh each row, the wgmma mainloop's RoPE prefill ran 9-16% slower, H200). The fast __sincosf: the fp32 angle pos * freq already carries an absolute error of about |angle| * 2^-24, the order of
+// what the hardware sine adds, and the accurate sincosf made the RoPE passes cost as much as the attention
+// (measured 1.85x).
+template <int D, int kThreads>
+constexpr int kRopeStep = kThreads / (D / 16);
+
+// Row r's chunk ch and its partner rotated by the angles whose cosines and sines are cs and sn.
+template <typename T, int D, int kRows, bool kWgLayout>
+__device__ __forceinline__ void rope_rotate_chunk(T* tile, int r, int ch, const float (&cs)[8], const float (&sn)[8]) {
+  T* lo = tile + tile_swizzle<kWgLayout, D, kRows>(r, ch);
+  T* hi = tile + tile_swizzle<kWgLayout, D, kRows>(r, ch + D / 16);
+  Vec<T, 8> a = Vec<T, 8>::load(lo), b = Vec<T, 8>::load(hi);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float u = to_float(a.v[j]), w = to_float(b.v[j]);
+    a.v[j] = from_float<T>(u * cs[j] - w * sn[j]);
+    b.v[j] = from_float<T>(w * cs[j] + u * sn[j]);
+  }
+  a.store(lo);
+  b.store(hi);
+}
+
+// Row r rotated to position pos(r) (the query tile: packed rows, whose positions repeat over a GQA group).
 template <typename T, int D, int kRows, int kThreads, bool kWgLayout = false, typename Pos>
 __device__ __forceinline__ void rope_tile(float rcp_scale, float log2_theta, T* tile, Pos&& pos) {
-  constexpr int kHalf = D / 16;  // chunks per half row
-  for (int c = threadIdx.x; c < kRows * kHalf; c += kThreads) {
-    const int r = c / kHalf, ch = c % kHalf;
-    T* lo = tile + tile_swizzle<kWgLayout, D, kRows>(r, ch);
-    T* hi = tile + tile_swizzle<kWgLayout, D, kRows>(r, ch + kHalf);
-    Vec<T, 8> a = Vec<T, 8>::load(lo), b = Vec<T, 8>::load(hi);
+  constexpr int kStep = kRopeStep<D, kThreads>;
+  static_assert(kThreads % (D / 16) == 0 && kRows % kStep == 0, "every thread takes one chunk in whole passes");
+  const int ch = threadIdx.x % (D / 16);
+  float freq[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) freq[j] = rope_inv_freq(rcp_scale, log2_theta, ch * 8 + j, D);
+  for (int r = threadIdx.x / (D / 16); r < kRows; r += kStep) {
+    float cs[8], sn[8];
     const float x = (float)pos(r);
 #pragma unroll
+    for (int j = 0; j < 8; ++j) __sincosf(x * freq[j], &sn[j], &cs[j]);
+    rope_rotate_chunk<T, D, kRows, kWgLayout>(tile, r, ch, cs, sn);
+  }
+}
+
+// Row r rotated to position pos0 + r (a K tile). The sine and cosine of a thread's first row come from __sincosf,
+// each next row's from the previous one's by the angle-addition rotation through kStep * freq: four fma-pipe
+// operations a pair in place of two special-function ones, which bound the pass (the mma.sync mainloop's RoPE
+// prefill 5-6% faster for it at head_dim 128, H200). The rotation adds a few ulps a row over the at most three
+// further rows a thread takes, below the error of the fp32 angle itself.
+template <typename T, int D, int kRows, int kThreads, bool kWgLayout = false>
+__device__ __forceinline__ void rope_tile_consecutive(float rcp_scale, float log2_theta, T* tile, int64_t pos0) {
+  constexpr int kStep = kRopeStep<D, kThreads>;
+  static_assert(kThreads % (D / 16) == 0 && kRows % kStep == 0, "every thread takes one chunk in whole passes");
+  static_assert(kRows / kStep <= 4, "the rotation's rounding grows with the rows a thread takes");
+  const int ch = threadIdx.x % (D / 16), r0 = threadIdx.x / (D / 16);
+  float cs[8], sn[8], step_cs[8], step_sn[8];
+  const float x = (float)(pos0 + r0);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float freq = rope_inv_freq(rcp_scale, log2_theta, ch * 8 + j, D);
+    __sincosf(x * freq, &sn[j], &cs[j]);
+    __sincosf((float)kStep * freq, &step_sn[j], &step_cs[j]);
+  }
+#pragma unroll
+  for (int k = 0; k < kRows / kStep; ++k) {
+    rope_rotate_chunk<T, D, kRows, kWgLayout>(tile, r0 + k * kStep, ch, cs, sn);
+#pragma unroll
     for (int j = 0; j < 8; ++j) {
-      float sn, cs;
-      __sincosf(x * rope_inv_freq(rcp_scale, log2_theta, ch * 8 + j, D), &sn, &cs);
-      const float u = to_float(a.v[j]), w = to_float(b.v[j]);
-      a.v[j] = from_float<T>(u * cs - w * sn);
-      b.v[j] = from_float<T>(w * cs + u * sn);
+      const float c = cs[j] * step_cs[j] - sn[j] * step_sn[j];
+      sn[j] = sn[j] * step_cs[j] + cs[j] * step_sn[j];
+      cs[j] = c;
     }
-    a.store(lo);
-    b.store(hi);
   }
 }
 
