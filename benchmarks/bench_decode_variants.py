@@ -1,5 +1,5 @@
-"""Decode beyond the ANCHORS table: fp8 e4m3 KV, HND, GQA 1, page size 1, head_dim 64 and 256, and a logits soft cap of
-50, Gemma 2's (each at 1 x 8192 and 64 x 4096, bf16 queries, pages in random order), ours vs upstream FlashInfer's
+"""Decode beyond the ANCHORS table: fp8 e4m3 KV, HND, GQA 1, page size 1, head_dim 64 and 256, a logits soft cap of 50,
+Gemma 2's, and ROPE_LLAMA applied in the kernel (each at 1 x 8192 and 64 x 4096, bf16 queries, pages in random order), ours vs upstream FlashInfer's
 CUDA-core and tensor-core paths, plus plan() + run() timed eagerly (host work included, as a serving loop runs
 them). GB/s of KV read."""
 
@@ -13,7 +13,7 @@ import flashinfer  # noqa: E402
 from common import main, paged_batch  # noqa: E402
 
 SIZES = [(1, 8192), (64, 4096)]
-BASE = dict(kv=torch.bfloat16, layout="NHD", hq=32, hkv=8, d=128, page=16, cap=None)
+BASE = dict(kv=torch.bfloat16, layout="NHD", hq=32, hkv=8, d=128, page=16, cap=None, rope=False)
 VARIANTS = {
     "fp8 e4m3 KV": dict(kv=torch.float8_e4m3fn),
     "HND": dict(layout="HND"),
@@ -22,6 +22,7 @@ VARIANTS = {
     "head_dim 64": dict(d=64),
     "head_dim 256": dict(d=256),
     "logits soft cap 50": dict(cap=50.0),
+    "ROPE_LLAMA": dict(rope=True),
 }
 
 
@@ -33,8 +34,9 @@ def make(size, cfg, use_tensor_cores=False):
     q = torch.randn(b, c["hq"], d, dtype=torch.bfloat16, device="cuda")
     ws = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, c["layout"], use_tensor_cores=use_tensor_cores)
-    plan = ((indptr, indices, last, c["hq"], hkv, d, page), dict(q_data_type=torch.bfloat16, kv_data_type=c["kv"],
-                                                              logits_soft_cap=c["cap"]))
+    plan = ((indptr, indices, last, c["hq"], hkv, d, page), dict(
+        q_data_type=torch.bfloat16, kv_data_type=c["kv"], logits_soft_cap=c["cap"],
+        pos_encoding_mode="ROPE_LLAMA" if c["rope"] else "NONE"))
     wrapper.plan(*plan[0], **plan[1])
     return dict(q=q, cache=cache, wrapper=wrapper, plan=plan)
 

@@ -12,7 +12,10 @@
 // and GB/s of KV read once; built with
 // -DFLASHINFER_BLOCK_TRACE (run.sh: TRACE=1), also the phases of one traced launch (common/block_trace.cuh). The
 // launch is timed inside a CUDA graph that rotates over enough caches (each with its own shuffled page table) that
-// the KV comes from DRAM, not L2, as in a serving step.
+// the KV comes from DRAM, not L2, as in a serving step. Built with -DMICRO_ROPE (NVCC_FLAGS in run.sh), it runs
+// ROPE_LLAMA (theta 1e4) on the kernel that path takes, the CUDA-core one (decode.cuh, launch<Q, KV, D, true>), and
+// the reference rotates q and k the same way in float64; a variant of that kernel is a copy of the kernels directory,
+// named by its decode_tc.cuh (which includes the decode.cuh beside it).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -43,6 +46,24 @@ __device__ __forceinline__ long long global_ns() {
 __global__ void predecessor_kernel(long long ns) {
   pdl_enter();
   for (const long long t0 = global_ns(); global_ns() - t0 < ns;) {
+  }
+}
+
+#ifdef MICRO_ROPE
+constexpr bool kRope = true;
+#else
+constexpr bool kRope = false;
+#endif
+constexpr double kRopeTheta = 1e4;
+
+// ROPE_LLAMA of one D-element row at position pos, in float64: element e < D / 2 pairs with e + D / 2.
+template <int D>
+void rotate(std::vector<double>& x, double pos) {
+  if (!kRope) return;
+  for (int e = 0; e < D / 2; ++e) {
+    const double a = pos * std::pow(kRopeTheta, -2.0 * e / D), c = std::cos(a), s = std::sin(a);
+    const double u = x[e], w = x[e + D / 2];
+    x[e] = u * c - w * s, x[e + D / 2] = w * c + u * s;
   }
 }
 
@@ -83,6 +104,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   p.sm_scale = 1.f / std::sqrt((float)D), p.k_scale = 1.f, p.v_scale = 1.f;
   p.logits_soft_cap = micro::soft_cap_from_env();
   p.window_left = -1;
+  p.rope_rcp_scale = 1.f, p.rope_log2_theta = (float)std::log2(kRopeTheta);
   int sm_count = 0, device = 0;
   CHECK(cudaGetDevice(&device));
   CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
@@ -99,7 +121,8 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
     if (pred_ns >= 0) CHECK(launch_pdl(predecessor_kernel, dim3(sm_count), dim3(128), 0, stream, pred_ns));
     decode::Params ps = p;
     ps.k_cache = kv.kv[s], ps.v_cache = kv.kv[s] + (int64_t)page * hkv * D, ps.indices = kv.tables[s];
-    CHECK((decode::launch_tc<Q, KV, D>(ps, sm_count, alloc_tmp, stream)));
+    if constexpr (kRope) CHECK((decode::launch<Q, KV, D, true>(ps, sm_count, alloc_tmp, stream)));
+    else CHECK((decode::launch_tc<Q, KV, D>(ps, sm_count, alloc_tmp, stream)));
   };
 
   // Check set 0 against a float64 reference for the first requests.
@@ -109,6 +132,8 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   std::vector<Q> h_out((size_t)batch * hq * D);
   CHECK(cudaMemcpy(h_out.data(), out, h_out.size() * sizeof(Q), cudaMemcpyDeviceToHost));
   double max_err = 0, max_ref = 0;
+  std::vector<double> keys((int64_t)kv_len * D), row(D), qr(D);  // one (request, kv head)'s keys, rotated
+  int keys_of = -1;
   for (int b = 0; b < check_b; ++b)
     for (int h = 0; h < hq; ++h) {
       const int kvh = h / (hq / hkv);
@@ -118,9 +143,19 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
         const int64_t pg = kv.host_tables[0][b * pages_per + t / page];
         return to_double(kv.host_kv0[(((pg * 2 + which) * page + t % page) * hkv + kvh) * D + e]);
       };
+      if (keys_of != b * hkv + kvh) {
+        keys_of = b * hkv + kvh;
+        for (int t = 0; t < kv_len; ++t) {
+          for (int e = 0; e < D; ++e) row[e] = elem(0, t, e);
+          rotate<D>(row, t);
+          std::copy(row.begin(), row.end(), keys.begin() + (int64_t)t * D);
+        }
+      }
+      for (int e = 0; e < D; ++e) qr[e] = to_double(h_q[((int64_t)b * hq + h) * D + e]);
+      rotate<D>(qr, kv_len - 1);  // the query sits at the last position
       for (int t = 0; t < kv_len; ++t) {
         double dot = 0;
-        for (int e = 0; e < D; ++e) dot += to_double(h_q[((int64_t)b * hq + h) * D + e]) * elem(0, t, e);
+        for (int e = 0; e < D; ++e) dot += qr[e] * keys[(int64_t)t * D + e];
         s[t] = micro::ref_score(dot, p.sm_scale, p.logits_soft_cap), mx = std::max(mx, s[t]);
       }
       for (int t = 0; t < kv_len; ++t) {
@@ -142,8 +177,10 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
 #endif
   // bf16 outputs: a few ulps of the largest output is right, more is a bug.
   const bool ok = max_err <= 2e-2 * std::max(max_ref, 1.0);
-  std::printf("%s batch %d kv_len %d hq %d hkv %d D %d page %d %s splits %d%s: max err %.3g (%s), %.2f us, %.0f GB/s\n",
-              DECODE_TC_HEADER, batch, kv_len, hq, hkv, D, page, sizeof(KV) == 1 ? "e4m3" : "bf16", splits,
+  std::printf("%s batch %d kv_len %d hq %d hkv %d D %d page %d %s%s splits %d%s: max err %.3g (%s), %.2f us, %.0f "
+              "GB/s\n",
+              DECODE_TC_HEADER, batch, kv_len, hq, hkv, D, page, sizeof(KV) == 1 ? "e4m3" : "bf16",
+              kRope ? " rope (CUDA cores)" : "", splits,
               pred_ns >= 0 ? " (after a predecessor)" : "", max_err, ok ? "ok" : "WRONG", us, kv_bytes / us * 1e-3);
   return ok ? 0 : 2;
 }

@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
       if constexpr (ROPE) {
         const float partner = used ? to_float(qh[e < D / 2 ? e + D / 2 : e - D / 2]) : 0.f;
         float sn, cs;
-        sincosf((float)(len - 1) * rope_inv_freq(p.rope_rcp_scale, p.rope_log2_theta, e % (D / 2), D), &sn, &cs);
+        __sincosf((float)(len - 1) * rope_inv_freq(p.rope_rcp_scale, p.rope_log2_theta, e % (D / 2), D), &sn, &cs);
         x = e < D / 2 ? x * cs - partner * sn : x * cs + partner * sn;
       }
       qr[g][j] = x * qscale;
@@ -339,10 +339,14 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
     m[g] = -INFINITY;
     l[g] = 0.f;
   }
-  float freq[kVec];
+  // ROPE_LLAMA: this thread's frequencies, and the cosine and sine of one token's step in each, through which a key's
+  // rotation follows from the previous key's.
+  float freq[kVec], step_cs[kVec], step_sn[kVec];
 #pragma unroll
-  for (int j = 0; j < kVec; ++j)
+  for (int j = 0; j < kVec; ++j) {
     freq[j] = ROPE ? rope_inv_freq(p.rope_rcp_scale, p.rope_log2_theta, (e0 + j) % (D / 2), D) : 0.f;
+    if constexpr (ROPE) __sincosf(freq[j], &step_sn[j], &step_cs[j]);
+  }
 
   for (int tile = 0; tile < ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
@@ -357,19 +361,26 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
 
     for (int u0 = tslot * (kTile / tslots); u0 < (tslot + 1) * (kTile / tslots); u0 += kSub) {
       float s[kMaxGT][kSub];
+      // ROPE_LLAMA: the angles of the sub-tile's first key; each next key's by angle addition.
+      float cs[kVec], sn[kVec];
+      if constexpr (ROPE) {
+        const float pos = (float)(t0 + (int64_t)tile * kTile + u0);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) __sincosf(pos * freq[j], &sn[j], &cs[j]);
+      }
 #pragma unroll
       for (int u = 0; u < kSub; ++u) {
         float kf[kVec];
         load_row(kt + (u0 + u) * D + e0, kf);
         if constexpr (ROPE) {
           // The partner of element e is e +- D/2, held by the lane kTPT/2 away in the same row.
-          const float pos = (float)(t0 + (int64_t)tile * kTile + u0 + u);
 #pragma unroll
           for (int j = 0; j < kVec; ++j) {
             const float partner = __shfl_xor_sync(0xffffffffu, kf[j], kTPT / 2);
-            float sn, cs;
-            sincosf(pos * freq[j], &sn, &cs);
-            kf[j] = e0 < D / 2 ? kf[j] * cs - partner * sn : kf[j] * cs + partner * sn;
+            kf[j] = e0 < D / 2 ? kf[j] * cs[j] - partner * sn[j] : kf[j] * cs[j] + partner * sn[j];
+            const float c = cs[j] * step_cs[j] - sn[j] * step_sn[j];
+            sn[j] = sn[j] * step_cs[j] + cs[j] * step_sn[j];
+            cs[j] = c;
           }
         }
         const bool ok = valid_s[stage * kTile + u0 + u];
