@@ -25,6 +25,7 @@
 #include <type_traits>
 
 #include "common/block_trace.cuh"
+#include "common/rotary.cuh"
 #include "decode.cuh"
 
 namespace flashinfer {
@@ -88,13 +89,16 @@ __device__ __forceinline__ void fp8x4_to_f16x2(uint32_t x, uint32_t& lo, uint32_
   hi = (uint32_t)b.x | (uint32_t)b.y << 16;
 }
 
-template <typename T, typename KV, int D>
+// kRope: ROPE_LLAMA (16-bit KV), the query tile rotated to position len - 1 once, and each warp rotating the K rows
+// it reads (its quarter of the stage, in place) before its S product: no block barrier beyond the tile's own.
+template <typename T, typename KV, int D, bool kRope>
 __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel(Params p) {
   constexpr int kStages = tc_stages(D, sizeof(KV));
   constexpr int kTile = tc_tile(D, sizeof(KV));
   constexpr int kSubs = kTile / 64;  // runs of 16 tokens per warp
   constexpr int kNT = D / 8;  // n-tiles of the output
   constexpr bool kFp8 = sizeof(KV) == 1;
+  static_assert(!(kRope && kFp8), "fp8 K is rotated on CUDA cores (decode.cuh): here it never leaves its bytes");
   using MT = std::conditional_t<kFp8, __half, T>;  // the mma operand type
   constexpr size_t kWork = tc_work_region(D, sizeof(KV));
   extern __shared__ __align__(128) unsigned char smem[];
@@ -155,6 +159,18 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     }
     v.store(q_s + swizzle<D>(r, ch));
   }
+  if constexpr (kRope) {
+    __syncthreads();  // a thread rotates a chunk and its partner, stored by two threads
+    const float x = (float)(sl.len - 1);
+    for (int c = tid; c < kTcRows * (D / 16); c += kTcThreads) {
+      const int ch = c % (D / 16);
+      float cs[8], sn[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        __sincosf(x * rope_inv_freq(p.rope_rcp_scale, p.rope_log2_theta, ch * 8 + j, D), &sn[j], &cs[j]);
+      rope_rotate_chunk<T, D, kTcRows, false>(q_s, c / (D / 16), ch, cs, sn);
+    }
+  }
 
   // Scores in the log2 domain: sm_scale * k_scale * log2(e), under a soft cap times 2 / cap (the argument of
   // cap_tanh_core, whose affine map then gives cap * log2(e) * tanh); for fp8 KV times the row's 2^e.
@@ -185,6 +201,14 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     const int stage = tile % kStages;
     const KV* kt = k_s + stage * kTile * D;
     const KV* vt = v_s + stage * kTile * D;
+    if constexpr (kRope) {
+      // Only this warp reads these rows; the stage is refilled after the next loop barrier.
+      KV* rows = k_s + (stage * kTile + tok0) * D;
+      rope_tile_consecutive<KV, D, 16 * kSubs, 32>(p.rope_rcp_scale, p.rope_log2_theta, rows,
+                                                   sl.t0 + (int64_t)tile * kTile + tok0, lane % (D / 16),
+                                                   lane / (D / 16));
+      __syncwarp();
+    }
 
     // S = Q K^T over this warp's tokens: two 16x8 fragments per run of 16.
     float s[2 * kSubs][4] = {};
@@ -374,9 +398,9 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   BLOCK_TRACE_EXIT();
 }
 
-template <typename T, typename KV, int D, typename AllocTmp>
+template <typename T, typename KV, int D, bool kRope = false, typename AllocTmp>
 cudaError_t launch_tc(const Params& p, int sm_count, AllocTmp&& alloc_tmp, cudaStream_t stream) {
-  return launch_split(decode_tc_kernel<T, KV, D>, kTcThreads, tc_smem_bytes(D, sizeof(KV)), kTcRows,
+  return launch_split(decode_tc_kernel<T, KV, D, kRope>, kTcThreads, tc_smem_bytes(D, sizeof(KV)), kTcRows,
                       tc_prefetch_before_wait(D), p, sm_count, alloc_tmp, stream);
 }
 

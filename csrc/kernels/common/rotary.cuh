@@ -17,9 +17,9 @@ __device__ __forceinline__ float rope_inv_freq(float rcp_scale, float log2_theta
 // block of kThreads threads: element e < D / 2 of a row is paired with e + D / 2 (the NeoX halves), and the rotated
 // rows are rounded to T, the operand type of the mma that reads them. A thread takes the same 8-element chunk of
 // the first half (and its partner) in rows kRopeStep apart, so its eight frequencies are computed once a call (with
-// the chunk taken afresh each row, the wgmma mainloop's RoPE prefill ran 9-16% slower, H200). The fast __sincosf: the fp32 angle pos * freq already carries an absolute error of about |angle| * 2^-24, the order of
-// what the hardware sine adds, and the accurate sincosf made the RoPE passes cost as much as the attention
-// (measured 1.85x).
+// the chunk taken afresh each row, the wgmma mainloop's RoPE prefill ran 9-16% slower, H200). The fast __sincosf:
+// the fp32 angle pos * freq already carries an absolute error of about |angle| * 2^-24, the order of what the
+// hardware sine adds, and the accurate sincosf made the RoPE passes cost as much as the attention (measured 1.85x).
 template <int D, int kThreads>
 constexpr int kRopeStep = kThreads / (D / 16);
 
@@ -57,17 +57,19 @@ __device__ __forceinline__ void rope_tile(float rcp_scale, float log2_theta, T* 
   }
 }
 
-// Row r rotated to position pos0 + r (a K tile). The sine and cosine of a thread's first row come from __sincosf,
-// each next row's from the previous one's by the angle-addition rotation through kStep * freq: four fma-pipe
-// operations a pair in place of two special-function ones, which bound the pass (the mma.sync mainloop's RoPE
-// prefill 5-6% faster for it at head_dim 128, H200). The rotation adds a few ulps a row over the at most three
-// further rows a thread takes, below the error of the fp32 angle itself.
+// Row r rotated to position pos0 + r (a K tile), by kThreads threads (a block, or one warp over its own rows) of which
+// this one takes chunk ch of rows r0, r0 + kStep, ... (ch = t % (D / 16), r0 = t / (D / 16) for thread t of them).
+// The sine and cosine of a thread's first row come from __sincosf, each next row's from the previous one's by the
+// angle-addition rotation through kStep * freq: four fma-pipe operations a pair in place of two special-function
+// ones, which bound the pass (the mma.sync mainloop's RoPE prefill 5-6% faster for it at head_dim 128, H200). The
+// rotation adds a few ulps a row over the at most seven further rows a thread takes, below the error of the fp32
+// angle itself.
 template <typename T, int D, int kRows, int kThreads, bool kWgLayout = false>
-__device__ __forceinline__ void rope_tile_consecutive(float rcp_scale, float log2_theta, T* tile, int64_t pos0) {
+__device__ __forceinline__ void rope_tile_consecutive(float rcp_scale, float log2_theta, T* tile, int64_t pos0,
+                                                      int ch, int r0) {
   constexpr int kStep = kRopeStep<D, kThreads>;
   static_assert(kThreads % (D / 16) == 0 && kRows % kStep == 0, "every thread takes one chunk in whole passes");
-  static_assert(kRows / kStep <= 4, "the rotation's rounding grows with the rows a thread takes");
-  const int ch = threadIdx.x % (D / 16), r0 = threadIdx.x / (D / 16);
+  static_assert(kRows / kStep <= 8, "the rotation's rounding grows with the rows a thread takes");
   float cs[8], sn[8], step_cs[8], step_sn[8];
   const float x = (float)(pos0 + r0);
 #pragma unroll
