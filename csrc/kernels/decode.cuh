@@ -330,6 +330,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
       if constexpr (ROPE) {
         const float partner = used ? to_float(qh[e < D / 2 ? e + D / 2 : e - D / 2]) : 0.f;
         float sn, cs;
+        // __sincosf, as wherever attention applies RoPE (common/rotary.cuh: the fp32 angle errs as much).
         __sincosf((float)(len - 1) * rope_inv_freq(p.rope_rcp_scale, p.rope_log2_theta, e % (D / 2), D), &sn, &cs);
         x = e < D / 2 ? x * cs - partner * sn : x * cs + partner * sn;
       }
