@@ -7,9 +7,10 @@ request is split across blocks is decided on the device from the page tables.
 
 Two kernels compute decode on CUDA: a tensor-core one (16-bit or fp8 KV, ROPE_LLAMA with 16-bit KV; the query
 heads of a GQA group are the rows of an mma tile; fp8 K/V go through ldmatrix as bytes and are converted in
-registers) and a CUDA-core one (every case, fp8 KV with ROPE_LLAMA included). ``backend="auto"`` (the default, also what ``use_tensor_cores=False``
-means) takes tensor cores wherever they apply, since they are faster at every group size; ``use_tensor_cores=True``
-asks for them explicitly; ``backend="cuda_core"`` forces CUDA cores. All give the same result within rounding.
+registers) and a CUDA-core one (every case, fp8 KV with ROPE_LLAMA included). ``backend="auto"`` (the default, also
+what ``use_tensor_cores=False`` means) takes tensor cores wherever they apply, since they are faster at every group
+size; ``use_tensor_cores=True`` asks for them explicitly; ``backend="cuda_core"`` forces CUDA cores. All give the
+same result within rounding.
 """
 
 from typing import Optional, Tuple, Union
