@@ -50,24 +50,6 @@ __global__ void predecessor_kernel(long long ns) {
   }
 }
 
-#ifdef MICRO_ROPE
-constexpr bool kRope = true;
-#else
-constexpr bool kRope = false;
-#endif
-constexpr double kRopeTheta = 1e4;
-
-// ROPE_LLAMA of one D-element row at position pos, in float64: element e < D / 2 pairs with e + D / 2.
-template <int D>
-void rotate(std::vector<double>& x, double pos) {
-  if (!kRope) return;
-  for (int e = 0; e < D / 2; ++e) {
-    const double a = pos * std::pow(kRopeTheta, -2.0 * e / D), c = std::cos(a), s = std::sin(a);
-    const double u = x[e], w = x[e + D / 2];
-    x[e] = u * c - w * s, x[e + D / 2] = w * c + u * s;
-  }
-}
-
 template <typename KV, int D>
 int run(int batch, int kv_len, int hq, int hkv, int page) {
   using Q = __nv_bfloat16;
@@ -105,7 +87,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   p.sm_scale = 1.f / std::sqrt((float)D), p.k_scale = 1.f, p.v_scale = 1.f;
   p.logits_soft_cap = micro::soft_cap_from_env();
   p.window_left = -1;
-  p.rope_rcp_scale = 1.f, p.rope_log2_theta = (float)std::log2(kRopeTheta);
+  p.rope_rcp_scale = 1.f, p.rope_log2_theta = (float)std::log2(micro::kRopeTheta);
   int sm_count = 0, device = 0;
   CHECK(cudaGetDevice(&device));
   CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
@@ -122,7 +104,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
     if (pred_ns >= 0) CHECK(launch_pdl(predecessor_kernel, dim3(sm_count), dim3(128), 0, stream, pred_ns));
     decode::Params ps = p;
     ps.k_cache = kv.kv[s], ps.v_cache = kv.kv[s] + (int64_t)page * hkv * D, ps.indices = kv.tables[s];
-    if constexpr (!kRope) CHECK((decode::launch_tc<Q, KV, D>(ps, sm_count, alloc_tmp, stream)));
+    if constexpr (!micro::kRope) CHECK((decode::launch_tc<Q, KV, D>(ps, sm_count, alloc_tmp, stream)));
     else if constexpr (sizeof(KV) == 1) CHECK((decode::launch<Q, KV, D, true>(ps, sm_count, alloc_tmp, stream)));
     else CHECK((decode::launch_tc<Q, KV, D, true>(ps, sm_count, alloc_tmp, stream)));
   };
@@ -149,12 +131,12 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
         keys_of = b * hkv + kvh;
         for (int t = 0; t < kv_len; ++t) {
           for (int e = 0; e < D; ++e) row[e] = elem(0, t, e);
-          rotate<D>(row, t);
+          micro::rope_rotate<D>(row, t);
           std::copy(row.begin(), row.end(), keys.begin() + (int64_t)t * D);
         }
       }
       for (int e = 0; e < D; ++e) qr[e] = to_double(h_q[((int64_t)b * hq + h) * D + e]);
-      rotate<D>(qr, kv_len - 1);  // the query sits at the last position
+      micro::rope_rotate<D>(qr, kv_len - 1);  // the query sits at the last position
       for (int t = 0; t < kv_len; ++t) {
         double dot = 0;
         for (int e = 0; e < D; ++e) dot += qr[e] * keys[(int64_t)t * D + e];
@@ -182,7 +164,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   std::printf("%s batch %d kv_len %d hq %d hkv %d D %d page %d %s%s splits %d%s: max err %.3g (%s), %.2f us, %.0f "
               "GB/s\n",
               DECODE_TC_HEADER, batch, kv_len, hq, hkv, D, page, sizeof(KV) == 1 ? "e4m3" : "bf16",
-              kRope ? (sizeof(KV) == 1 ? " rope (CUDA cores)" : " rope") : "", splits,
+              micro::kRope ? (sizeof(KV) == 1 ? " rope (CUDA cores)" : " rope") : "", splits,
               pred_ns >= 0 ? " (after a predecessor)" : "", max_err, ok ? "ok" : "WRONG", us, kv_bytes / us * 1e-3);
   return ok ? 0 : 2;
 }

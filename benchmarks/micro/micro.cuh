@@ -136,4 +136,24 @@ inline double ref_score(double dot, double sm_scale, double cap) {
 // Input sets needed for `bytes` of input per launch to exceed twice an H100's 50 MB L2, at most 64.
 inline int sets_past_l2(double bytes) { return (int)std::clamp<double>(2 * 50e6 / bytes + 1, 1, 64); }
 
+// ROPE_LLAMA in the harnesses: built with -DMICRO_ROPE (run.sh's NVCC_FLAGS), theta 1e4.
+#ifdef MICRO_ROPE
+constexpr bool kRope = true;
+#else
+constexpr bool kRope = false;
+#endif
+constexpr double kRopeTheta = 1e4;
+
+// ROPE_LLAMA of one D-element row at position pos, in float64 (nothing without MICRO_ROPE): element e < D / 2 pairs
+// with e + D / 2.
+template <int D>
+void rope_rotate(std::vector<double>& x, double pos) {
+  if (!kRope) return;
+  for (int e = 0; e < D / 2; ++e) {
+    const double a = pos * std::pow(kRopeTheta, -2.0 * e / D), c = std::cos(a), s = std::sin(a);
+    const double u = x[e], w = x[e + D / 2];
+    x[e] = u * c - w * s, x[e + D / 2] = w * c + u * s;
+  }
+}
+
 }  // namespace micro

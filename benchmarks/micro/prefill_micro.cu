@@ -23,23 +23,6 @@
 #include "block_trace.h"
 
 using namespace flashinfer;
-#ifdef MICRO_ROPE
-constexpr bool kRope = true;
-#else
-constexpr bool kRope = false;
-#endif
-constexpr double kRopeTheta = 1e4;
-
-// ROPE_LLAMA of one D-element row at position pos, in float64: element e < D / 2 pairs with e + D / 2.
-template <int D>
-void rotate(std::vector<double>& x, double pos) {
-  if (!kRope) return;
-  for (int e = 0; e < D / 2; ++e) {
-    const double a = pos * std::pow(kRopeTheta, -2.0 * e / D), c = std::cos(a), s = std::sin(a);
-    const double u = x[e], w = x[e + D / 2];
-    x[e] = u * c - w * s, x[e + D / 2] = w * c + u * s;
-  }
-}
 using micro::to_double;
 #define CHECK MICRO_CHECK
 
@@ -109,8 +92,8 @@ int run(const Shape& sh) {
   p.out = out, p.lse = lse;
   p.sm_scale = 1.f / std::sqrt((float)D), p.k_scale = 1.f, p.v_scale = 1.f;
   p.logits_soft_cap = micro::soft_cap_from_env();
-  p.window_left = -1, p.causal = sh.causal, p.rope = kRope;
-  p.rope_rcp_scale = 1.f, p.rope_log2_theta = (float)std::log2(kRopeTheta);
+  p.window_left = -1, p.causal = sh.causal, p.rope = micro::kRope;
+  p.rope_rcp_scale = 1.f, p.rope_log2_theta = (float)std::log2(micro::kRopeTheta);
   if (sh.mask) {
     p.mask = micro::to_device(h_mask), p.mask_indptr = micro::to_device(mask_indptr);
     p.mask_bytes = (int64_t)h_mask.size();
@@ -134,8 +117,8 @@ int run(const Shape& sh) {
     prefill::Params ps = p;
     const int64_t v_off = sh.ragged ? total_kv * hkv * D : (int64_t)page * hkv * D;
     ps.k_cache = kv.kv[s], ps.v_cache = kv.kv[s] + v_off, ps.indices = sh.ragged ? nullptr : kv.tables[s];
-    CHECK(sh.ragged ? (prefill::launch<T, KV, D, true, kRope>(ps, env))
-                    : (prefill::launch<T, KV, D, false, kRope>(ps, env)));
+    CHECK(sh.ragged ? (prefill::launch<T, KV, D, true, micro::kRope>(ps, env))
+                    : (prefill::launch<T, KV, D, false, micro::kRope>(ps, env)));
   };
 
   launch(0);
@@ -153,7 +136,7 @@ int run(const Shape& sh) {
   for (int j = 0; j < kv_len; ++j)
     for (int kvh = 0; kvh < hkv; ++kvh) {
       for (int e = 0; e < D; ++e) row[e] = elem(0, j, kvh, e);
-      rotate<D>(row, j);
+      micro::rope_rotate<D>(row, j);
       std::copy(row.begin(), row.end(), keys.begin() + ((int64_t)j * hkv + kvh) * D);
     }
   double max_err = 0, max_ref = 0;
@@ -162,7 +145,7 @@ int run(const Shape& sh) {
       const int kvh = h / (hq / hkv);
       std::vector<double> s(kv_len, -INFINITY), o(D, 0.0), qr(D);
       for (int e = 0; e < D; ++e) qr[e] = to_double(h_q[((int64_t)i * hq + h) * D + e]);
-      rotate<D>(qr, kv_len - qo_len + i);
+      micro::rope_rotate<D>(qr, kv_len - qo_len + i);
       double mx = -INFINITY, den = 0;
       for (int j = 0; j < kv_len; ++j) {
         if (!kept(i, j)) continue;
@@ -201,7 +184,7 @@ int run(const Shape& sh) {
   const bool ok = max_err <= 2e-2 * std::max(max_ref, 1.0);
   std::printf("%s batch %d qo %d kv %d hq %d hkv %d D %d %s%s %s %s splits %d: max err %.3g (%s), %.1f us, %.1f "
               "TFLOP/s\n",
-              PREFILL_HEADER, batch, qo_len, kv_len, hq, hkv, D, kRope ? "rope " : "",
+              PREFILL_HEADER, batch, qo_len, kv_len, hq, hkv, D, micro::kRope ? "rope " : "",
               sh.mask ? "mask" : sh.causal ? "causal" : "full",
               sh.ragged ? "ragged" : "paged", sizeof(KV) == 1 ? "e4m3" : "bf16", splits, max_err, ok ? "ok" : "WRONG",
               us, flops / us * 1e-6);
