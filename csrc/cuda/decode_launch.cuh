@@ -23,12 +23,9 @@ cudaError_t run(const Params& p, int head_dim, bool rope, bool tensor_cores, con
 #ifdef FLASHINFER_DECODE_INSTANTIATE
 template <typename Q, typename KV, int D>
 cudaError_t run_head_dim(const Params& p, bool rope, bool tensor_cores, const Launch& l) {
-  if constexpr (sizeof(KV) == 2) {
-    if (tensor_cores)
-      return rope ? launch_tc<Q, KV, D, true>(p, l.sm_count, l.alloc_tmp, l.stream)
-                  : launch_tc<Q, KV, D, false>(p, l.sm_count, l.alloc_tmp, l.stream);
-  } else {
-    if (tensor_cores && !rope) return launch_tc<Q, KV, D>(p, l.sm_count, l.alloc_tmp, l.stream);
+  if (tensor_cores && !rope) return launch_tc<Q, KV, D>(p, l.sm_count, l.alloc_tmp, l.stream);
+  if constexpr (sizeof(KV) == 2) {  // fp8 K stays in its bytes on tensor cores: RoPE there takes CUDA cores
+    if (tensor_cores) return launch_tc<Q, KV, D, true>(p, l.sm_count, l.alloc_tmp, l.stream);
   }
   return rope ? launch<Q, KV, D, true>(p, l.sm_count, l.alloc_tmp, l.stream)
               : launch<Q, KV, D, false>(p, l.sm_count, l.alloc_tmp, l.stream);
