@@ -5,12 +5,12 @@ CUDA-graph wrapper); ``run()`` is one call of ``torch.ops.flashinfer.batch_decod
 Dynamo traces through it and a captured step replays with new lengths and page tables. How the KV of each
 request is split across blocks is decided on the device from the page tables.
 
-Two kernels compute decode on CUDA: a tensor-core one (16-bit or fp8 KV, ROPE_LLAMA with 16-bit KV; the query
-heads of a GQA group are the rows of an mma tile; fp8 K/V go through ldmatrix as bytes and are converted in
-registers) and a CUDA-core one (every case, fp8 KV with ROPE_LLAMA included). ``backend="auto"`` (the default, also
-what ``use_tensor_cores=False`` means) takes tensor cores wherever they apply, since they are faster at every group
-size; ``use_tensor_cores=True`` asks for them explicitly; ``backend="cuda_core"`` forces CUDA cores. All give the
-same result within rounding.
+Two kernels compute decode on CUDA, each for every case: a tensor-core one (the query heads of a GQA group are the
+rows of an mma tile; fp8 K/V go through ldmatrix as bytes and are converted in registers, except fp8 K under
+ROPE_LLAMA, which is converted and rotated into a 16-bit tile) and a CUDA-core one. ``backend="auto"`` (the default,
+also what ``use_tensor_cores=False`` means) takes tensor cores, since they are faster at every group size;
+``use_tensor_cores=True`` asks for them explicitly; ``backend="cuda_core"`` forces CUDA cores. All give the same
+result within rounding.
 """
 
 from typing import Optional, Tuple, Union

@@ -129,11 +129,15 @@ def batch_decode_with_paged_kv_cache(device):
     i32 = dict(dtype=torch.int32, device=device)
     tables = (torch.tensor([0, 2, 2, 3], **i32), torch.tensor([3, 0, 1], **i32), torch.tensor([5, 0, 16], **i32))
     out = []
-    # RoPE on both kernels: tensor cores (the default) and CUDA cores.
-    for layout, form, rope, d, backend in (("NHD", "5d", False, 64, "auto"), ("HND", "tuple", True, 128, "cuda_core"),
-                                           ("NHD", "5d", True, 128, "auto")):
+    # RoPE on both kernels: tensor cores (the default; 16-bit K rotated in place, fp8 K into a 16-bit tile) and CUDA
+    # cores.
+    bf16, e4m3 = torch.bfloat16, torch.float8_e4m3fn
+    for layout, form, rope, d, backend, kv in (("NHD", "5d", False, 64, "auto", bf16),
+                                               ("HND", "tuple", True, 128, "cuda_core", bf16),
+                                               ("NHD", "5d", True, 128, "auto", bf16),
+                                               ("NHD", "5d", True, 64, "auto", e4m3)):
         shape = (4, 2, 16, 2, d) if layout == "NHD" else (4, 2, 2, 16, d)
-        cache = torch.randn(shape, dtype=torch.bfloat16, device=device)
+        cache = torch.randn(shape, device=device).to(kv)
         k, v = (cache, None) if form == "5d" else (cache[:, 0].clone(), cache[:, 1].clone())
         q = torch.randn(3, 4, d, dtype=torch.bfloat16, device=device)
         out.append(((q, k, v, *tables, layout, rope, 7 if rope else -1, 0.0 if rope else 30.0, d ** -0.5, 1.0, 1.0,

@@ -39,7 +39,7 @@ def _check(out, lse, expect, device_what=""):
 
 
 LENGTHS = [0, 1, 15, 16, 17, 100]
-# Both CUDA kernels (the tensor-core one takes every case but fp8 KV with RoPE, which falls back to CUDA cores).
+# Both CUDA kernels, each of which takes every case.
 BACKENDS = ["tensor_core", "cuda_core"]
 
 
@@ -120,22 +120,23 @@ def test_batch_decode_features(device, feature, backend):
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+@pytest.mark.parametrize("dtype, kv_dtype", [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float8_e4m3fn),
+                                             (torch.float16, torch.float8_e5m2)])
 @pytest.mark.parametrize("group", [1, 5])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_batch_decode_rope(device, head_dim, kv_dtype, group, backend):
+def test_batch_decode_rope(device, head_dim, dtype, kv_dtype, group, backend):
     """ROPE_LLAMA in the kernel: the query at position len - 1, key j at j, with rope_scale and rope_theta. Lengths
     cross pages, tiles (a key's rotation follows from the previous key's within a tile) and KV splits."""
     hkv, page, rope = 2, 16, (2.0, 5e5)
     lengths = [0, 1, 17, 100, 300, 2500]
     cache, indices, indptr, last = _batch(lengths, page, hkv, head_dim, kv_dtype, device, seed=4)
-    q = torch.randn(len(lengths), hkv * group, head_dim, dtype=torch.bfloat16, device=device)
+    q = torch.randn(len(lengths), hkv * group, head_dim, dtype=dtype, device=device)
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), backend=backend)
     wrapper.plan(indptr, indices, last, hkv * group, hkv, head_dim, page, pos_encoding_mode="ROPE_LLAMA",
-                 rope_scale=rope[0], rope_theta=rope[1])
+                 q_data_type=dtype, rope_scale=rope[0], rope_theta=rope[1])
     out, lse = wrapper.run(q, cache, return_lse=True)
-    _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, torch.bfloat16,
-                             sm_scale=1 / math.sqrt(head_dim), rope=rope), "rope")
+    _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, sm_scale=1 / math.sqrt(head_dim),
+                             rope=rope), "rope")
 
 
 @pytest.mark.parametrize("group", [5, 8, 16, 20, 40])

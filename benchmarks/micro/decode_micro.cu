@@ -13,10 +13,7 @@
 // -DFLASHINFER_BLOCK_TRACE (run.sh: TRACE=1), also the phases of one traced launch (common/block_trace.cuh). The
 // launch is timed inside a CUDA graph that rotates over enough caches (each with its own shuffled page table) that
 // the KV comes from DRAM, not L2, as in a serving step. Built with -DMICRO_ROPE (NVCC_FLAGS in run.sh), it runs
-// ROPE_LLAMA (theta 1e4) on the kernel the op takes for it (tensor cores for 16-bit KV; for fp8 KV the CUDA-core
-// kernel, decode.cuh's launch<Q, KV, D, true>), and the reference rotates q and k the same way in float64; a variant
-// of the CUDA-core kernel is a copy of the kernels directory, named by its decode_tc.cuh (which includes the
-// decode.cuh beside it).
+// ROPE_LLAMA (theta 1e4), and the reference rotates q and k the same way in float64.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -104,9 +101,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
     if (pred_ns >= 0) CHECK(launch_pdl(predecessor_kernel, dim3(sm_count), dim3(128), 0, stream, pred_ns));
     decode::Params ps = p;
     ps.k_cache = kv.kv[s], ps.v_cache = kv.kv[s] + (int64_t)page * hkv * D, ps.indices = kv.tables[s];
-    if constexpr (!micro::kRope) CHECK((decode::launch_tc<Q, KV, D>(ps, sm_count, alloc_tmp, stream)));
-    else if constexpr (sizeof(KV) == 1) CHECK((decode::launch<Q, KV, D, true>(ps, sm_count, alloc_tmp, stream)));
-    else CHECK((decode::launch_tc<Q, KV, D, true>(ps, sm_count, alloc_tmp, stream)));
+    CHECK((decode::launch_tc<Q, KV, D, micro::kRope>(ps, sm_count, alloc_tmp, stream)));
   };
 
   // Check set 0 against a float64 reference for the first requests.
@@ -164,7 +159,7 @@ int run(int batch, int kv_len, int hq, int hkv, int page) {
   std::printf("%s batch %d kv_len %d hq %d hkv %d D %d page %d %s%s splits %d%s: max err %.3g (%s), %.2f us, %.0f "
               "GB/s\n",
               DECODE_TC_HEADER, batch, kv_len, hq, hkv, D, page, sizeof(KV) == 1 ? "e4m3" : "bf16",
-              micro::kRope ? (sizeof(KV) == 1 ? " rope (CUDA cores)" : " rope") : "", splits,
+              micro::kRope ? " rope" : "", splits,
               pred_ns >= 0 ? " (after a predecessor)" : "", max_err, ok ? "ok" : "WRONG", us, kv_bytes / us * 1e-3);
   return ok ? 0 : 2;
 }

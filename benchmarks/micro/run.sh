@@ -17,8 +17,7 @@
 #   NVCC_FLAGS=-DFLASHINFER_PREFILL_MMA_SYNC bash benchmarks/micro/run.sh prefill
 #                                                        prefill's mma.sync mainloop (sm_90a builds run wgmma)
 #   NVCC_FLAGS=-DMICRO_ROPE bash benchmarks/micro/run.sh prefill|decode
-#                                                        with ROPE_LLAMA (theta 1e4); decode on the kernel the op
-#                                                        takes for it (for fp8 KV the CUDA-core one)
+#                                                        with ROPE_LLAMA (theta 1e4)
 # A variant is a copy of the kernel header (its includes resolve against csrc/kernels). A shape is the harness's
 # arguments: decode BATCH KV_LEN [HQ HKV HEAD_DIM PAGE bf16|e4m3]; prefill BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM
 # PAGE causal|full|mask paged|ragged bf16|e4m3] (mask: a random packed custom mask).

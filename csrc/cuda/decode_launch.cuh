@@ -1,10 +1,7 @@
-// Dispatch of the decode kernels over head_dim, ROPE and the path (tensor cores when asked, except fp8 KV with ROPE;
-// CUDA cores otherwise) for one (query, KV) dtype pair. Torch-free. Each pair is
-// instantiated in its own translation unit (decode_inst_*.cu) so a parallel build compiles them side by side; the
-// adapter (decode.cu) only sees the declarations.
+// Dispatch of the decode kernels over head_dim, ROPE and the path (tensor cores when asked, CUDA cores otherwise) for
+// one (query, KV) dtype pair. Torch-free. Each pair is instantiated in its own translation unit (decode_inst_*.cu) so
+// a parallel build compiles them side by side; the adapter (decode.cu) only sees the declarations.
 #pragma once
-#include <type_traits>
-
 #include "../kernels/decode_tc.cuh"
 
 namespace flashinfer {
@@ -23,10 +20,9 @@ cudaError_t run(const Params& p, int head_dim, bool rope, bool tensor_cores, con
 #ifdef FLASHINFER_DECODE_INSTANTIATE
 template <typename Q, typename KV, int D>
 cudaError_t run_head_dim(const Params& p, bool rope, bool tensor_cores, const Launch& l) {
-  if (tensor_cores && !rope) return launch_tc<Q, KV, D>(p, l.sm_count, l.alloc_tmp, l.stream);
-  if constexpr (sizeof(KV) == 2) {  // fp8 K stays in its bytes on tensor cores: RoPE there takes CUDA cores
-    if (tensor_cores) return launch_tc<Q, KV, D, true>(p, l.sm_count, l.alloc_tmp, l.stream);
-  }
+  if (tensor_cores)
+    return rope ? launch_tc<Q, KV, D, true>(p, l.sm_count, l.alloc_tmp, l.stream)
+                : launch_tc<Q, KV, D, false>(p, l.sm_count, l.alloc_tmp, l.stream);
   return rope ? launch<Q, KV, D, true>(p, l.sm_count, l.alloc_tmp, l.stream)
               : launch<Q, KV, D, false>(p, l.sm_count, l.alloc_tmp, l.stream);
 }

@@ -67,10 +67,16 @@ __host__ __device__ constexpr size_t tc_work_region(int head_dim, int kv_bytes) 
   const size_t merge = (size_t)4 * kTcRows * (tc_merge_row(head_dim) + 4) * 4;
   return stages > merge ? stages : merge;
 }
-// Work region, the swizzled query tile, token validity per stage, the per-row query scales (fp8 KV).
-__host__ __device__ constexpr size_t tc_smem_bytes(int head_dim, int kv_bytes) {
-  return tc_work_region(head_dim, kv_bytes) + (size_t)kTcRows * head_dim * 2 +
-         (size_t)tc_stages(head_dim, kv_bytes) * tc_tile(head_dim, kv_bytes) * 4 + (kv_bytes == 1 ? kTcRows * 4 : 0);
+// Bytes of the 16-bit K tile that fp8 K is rotated into under RoPE (none otherwise).
+__host__ __device__ constexpr size_t tc_rope_k_bytes(int head_dim, int kv_bytes, bool rope) {
+  return kv_bytes == 1 && rope ? (size_t)tc_tile(head_dim, kv_bytes) * head_dim * 2 : 0;
+}
+// Work region, the rotated K tile (fp8 KV under RoPE), the swizzled query tile, token validity per stage, the per-row
+// query scales (fp8 KV).
+__host__ __device__ constexpr size_t tc_smem_bytes(int head_dim, int kv_bytes, bool rope) {
+  return tc_work_region(head_dim, kv_bytes) + tc_rope_k_bytes(head_dim, kv_bytes, rope) +
+         (size_t)kTcRows * head_dim * 2 + (size_t)tc_stages(head_dim, kv_bytes) * tc_tile(head_dim, kv_bytes) * 4 +
+         (kv_bytes == 1 ? kTcRows * 4 : 0);
 }
 
 // fp8 KV. The query dim stored in k slot `slot` of a 16-dim chunk: slots (2t, 2t + 1) hold dims (4t, 4t + 1) and
@@ -89,8 +95,33 @@ __device__ __forceinline__ void fp8x4_to_f16x2(uint32_t x, uint32_t& lo, uint32_
   hi = (uint32_t)b.x | (uint32_t)b.y << 16;
 }
 
-// kRope: ROPE_LLAMA (16-bit KV), the query tile rotated to position len - 1 once, and each warp rotating the K rows
-// it reads (its quarter of the stage, in place) before its S product: no block barrier beyond the tile's own.
+// Chunk ch (8 dims) of fp8 K row r and its partner, from a staged tile (swizzle_fp8) to the 16-bit tile k16, rotated
+// by the angles whose cosines and sines are cs and sn. fp8 -> f16 is exact; the rotated values are rounded to T once.
+template <typename T, typename KV, int D>
+__device__ __forceinline__ void rope_convert_chunk(const KV* kt, T* k16, int r, int ch, const float (&cs)[8],
+                                                   const float (&sn)[8]) {
+  const int hi_ch = ch + D / 16;  // the partner chunk, D / 2 dims on; an fp8 16-byte chunk holds two 8-dim ones
+  const uint2 a = *reinterpret_cast<const uint2*>(kt + swizzle_fp8<D>(r, ch / 2) + ch % 2 * 8);
+  const uint2 b = *reinterpret_cast<const uint2*>(kt + swizzle_fp8<D>(r, hi_ch / 2) + hi_ch % 2 * 8);
+  const uint32_t wa[2] = {a.x, a.y}, wb[2] = {b.x, b.y};
+  Vec<T, 8> lo, hi;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 u = __half22float2(__half2(fp8x2_to_f16x2<KV>(wa[i / 2] >> (16 * (i % 2)))));
+    const float2 w = __half22float2(__half2(fp8x2_to_f16x2<KV>(wb[i / 2] >> (16 * (i % 2)))));
+    const int j = 2 * i;
+    lo.v[j] = from_float<T>(u.x * cs[j] - w.x * sn[j]), hi.v[j] = from_float<T>(w.x * cs[j] + u.x * sn[j]);
+    lo.v[j + 1] = from_float<T>(u.y * cs[j + 1] - w.y * sn[j + 1]);
+    hi.v[j + 1] = from_float<T>(w.y * cs[j + 1] + u.y * sn[j + 1]);
+  }
+  lo.store(k16 + swizzle<D>(r, ch));
+  hi.store(k16 + swizzle<D>(r, hi_ch));
+}
+
+// kRope: ROPE_LLAMA, the query tile rotated to position len - 1 once, and each warp rotating the K rows it reads (its
+// quarter of the stage) before its S product: no block barrier beyond the tile's own. 16-bit K is rotated in place;
+// fp8 K on its way into a 16-bit K tile (each warp its rows), the query tile then stays in T and S runs as for
+// 16-bit KV, while V keeps the fp8 path.
 template <typename T, typename KV, int D, bool kRope>
 __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel(Params p) {
   constexpr int kStages = tc_stages(D, sizeof(KV));
@@ -98,13 +129,15 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   constexpr int kSubs = kTile / 64;  // runs of 16 tokens per warp
   constexpr int kNT = D / 8;  // n-tiles of the output
   constexpr bool kFp8 = sizeof(KV) == 1;
-  static_assert(!(kRope && kFp8), "fp8 K is rotated on CUDA cores (decode.cuh): here it never leaves its bytes");
-  using MT = std::conditional_t<kFp8, __half, T>;  // the mma operand type
+  constexpr bool kRawK = kFp8 && !kRope;  // S reads fp8 K's bytes as staged
+  using QT = std::conditional_t<kRawK, __half, T>;  // S's operand type
+  using PT = std::conditional_t<kFp8, __half, T>;   // P V's operand type
   constexpr size_t kWork = tc_work_region(D, sizeof(KV));
   extern __shared__ __align__(128) unsigned char smem[];
   KV* k_s = reinterpret_cast<KV*>(smem);  // [kStages][kTile][D], swizzled (swizzle_fp8 for fp8)
   KV* v_s = k_s + kStages * kTile * D;
-  MT* q_s = reinterpret_cast<MT*>(smem + kWork);                             // [16][D], swizzled
+  T* k16_s = reinterpret_cast<T*>(smem + kWork);  // [kTile][D], swizzled: fp8 K rotated (kRope)
+  QT* q_s = reinterpret_cast<QT*>(smem + kWork + tc_rope_k_bytes(D, sizeof(KV), kRope));  // [16][D], swizzled
   int* valid_s = reinterpret_cast<int*>(q_s + kTcRows * D);                  // [kStages][kTile]
   float* qscale_s = reinterpret_cast<float*>(valid_s + kStages * kTile);  // [16]: fp8 KV, 2^e of row r
 
@@ -130,13 +163,13 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   TileLoader<Params, KV, D, kTile, kTcThreads, true, false, kShareLookups> loader(p, sl, kvh);
   loader.prologue<kStages>(k_s, v_s, valid_s);
 
-  // The query tile: row r is head h_base + r, zero past the group. q rows need not be 16-byte aligned. For fp8 KV
-  // the dims go in q_slot_dim order, as f16 scaled by 2^-e with e per row.
+  // The query tile: row r is head h_base + r, zero past the group. q rows need not be 16-byte aligned. For S on fp8
+  // K's bytes the dims go in q_slot_dim order, as f16 scaled by 2^-e with e per row.
   for (int c = tid; c < kTcRows * (D / 8); c += kTcThreads) {
     const int r = c / (D / 8), ch = c % (D / 8);
     const T* src = static_cast<const T*>(p.q) + b * p.q_stride_n + (int64_t)(h_base + r) * p.q_stride_h + ch * 8;
-    Vec<MT, 8> v;
-    if constexpr (!kFp8) {
+    Vec<QT, 8> v;
+    if constexpr (!kRawK) {
 #pragma unroll
       for (int j = 0; j < 8; ++j) v.v[j] = r < nheads ? src[j] : from_float<T>(0.f);
     } else {
@@ -177,7 +210,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   const bool cap = p.logits_soft_cap > 0.f;
   float qk_scale[2];
   qk_scale[0] = qk_scale[1] = p.sm_scale * p.k_scale * kLog2e * (cap ? 2.f / p.logits_soft_cap : 1.f);
-  if constexpr (kFp8) {
+  if constexpr (kRawK) {
     __syncthreads();
     qk_scale[0] *= qscale_s[lane / 4];
     qk_scale[1] *= qscale_s[lane / 4 + 8];
@@ -201,27 +234,38 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     const int stage = tile % kStages;
     const KV* kt = k_s + stage * kTile * D;
     const KV* vt = v_s + stage * kTile * D;
+    const QT* ks;  // the K tile S reads
+    if constexpr (kRawK) ks = nullptr;
+    else if constexpr (kFp8) ks = k16_s;
+    else ks = kt;
     if constexpr (kRope) {
-      // Only this warp reads these rows; the stage is refilled after the next loop barrier.
-      KV* rows = k_s + (stage * kTile + tok0) * D;
-      rope_tile_consecutive<KV, D, 16 * kSubs, 32>(p.rope_rcp_scale, p.rope_log2_theta, rows,
-                                                   sl.t0 + (int64_t)tile * kTile + tok0, lane % (D / 16),
-                                                   lane / (D / 16));
+      // Only this warp reads these rows; the stage (the 16-bit tile) is rewritten after the next loop barrier.
+      const int64_t pos0 = sl.t0 + (int64_t)tile * kTile + tok0;
+      const int ch = lane % (D / 16), r0 = lane / (D / 16);
+      if constexpr (!kFp8) {
+        rope_tile_consecutive<KV, D, 16 * kSubs, 32>(p.rope_rcp_scale, p.rope_log2_theta,
+                                                     k_s + (stage * kTile + tok0) * D, pos0, ch, r0);
+      } else {
+        rope_rows_consecutive<D, 16 * kSubs, 32>(p.rope_rcp_scale, p.rope_log2_theta, pos0, ch, r0,
+                                                 [&](int r, const float(&cs)[8], const float(&sn)[8]) {
+                                                   rope_convert_chunk<T, KV, D>(kt, k16_s, tok0 + r, ch, cs, sn);
+                                                 });
+      }
       __syncwarp();
     }
 
     // S = Q K^T over this warp's tokens: two 16x8 fragments per run of 16.
     float s[2 * kSubs][4] = {};
-    if constexpr (!kFp8) {
+    if constexpr (!kRawK) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t a[4], bk[4];
         ldmatrix_x4(a, q_s + swizzle<D>(lane % 16, kk * 2 + lane / 16));
 #pragma unroll
         for (int u = 0; u < kSubs; ++u) {
-          ldmatrix_x4(bk, kt + swizzle<D>(tok0 + 16 * u + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
-          mma_16816<MT>(s[2 * u], a, bk[0], bk[1]);
-          mma_16816<MT>(s[2 * u + 1], a, bk[2], bk[3]);
+          ldmatrix_x4(bk, ks + swizzle<D>(tok0 + 16 * u + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2));
+          mma_16816<QT>(s[2 * u], a, bk[0], bk[1]);
+          mma_16816<QT>(s[2 * u + 1], a, bk[2], bk[3]);
         }
       }
     } else {
@@ -237,7 +281,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
 #pragma unroll
           for (int m = 0; m < 4; ++m) {
             fp8x4_to_f16x2<KV>(bk[m], lo, hi);
-            mma_16816<MT>(s[2 * u + m % 2], m < 2 ? a0 : a1, lo, hi);
+            mma_16816<QT>(s[2 * u + m % 2], m < 2 ? a0 : a1, lo, hi);
           }
         }
       }
@@ -279,15 +323,15 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
 #pragma unroll
     for (int u = 0; u < kSubs; ++u) {
       uint32_t pa[4];
-      c_to_a<MT>(s, u, pa);
+      c_to_a<PT>(s, u, pa);
       const int tr = tok0 + 16 * u + (lane / 8) % 2 * 8 + lane % 8;  // this lane's ldmatrix row
       if constexpr (!kFp8) {
 #pragma unroll
         for (int n = 0; n < kNT; n += 2) {
           uint32_t bv[4];
           ldmatrix_x4_trans(bv, vt + swizzle<D>(tr, n + lane / 16));
-          mma_16816<MT>(o[n], pa, bv[0], bv[1]);
-          mma_16816<MT>(o[n + 1], pa, bv[2], bv[3]);
+          mma_16816<PT>(o[n], pa, bv[0], bv[1]);
+          mma_16816<PT>(o[n + 1], pa, bv[2], bv[3]);
         }
       } else {
         // One ldmatrix: tokens 0-7 and 8-15 of 16-dim chunks c and c + 1; each pair of registers gives the B fragments
@@ -299,9 +343,9 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             fp8x4_to_f16x2<KV>(__byte_perm(bv[2 * h], bv[2 * h + 1], 0x6420), lo, hi);
-            mma_16816<MT>(o[2 * (c + h)], pa, lo, hi);
+            mma_16816<PT>(o[2 * (c + h)], pa, lo, hi);
             fp8x4_to_f16x2<KV>(__byte_perm(bv[2 * h], bv[2 * h + 1], 0x7531), lo, hi);
-            mma_16816<MT>(o[2 * (c + h) + 1], pa, lo, hi);
+            mma_16816<PT>(o[2 * (c + h) + 1], pa, lo, hi);
           }
         }
       }
@@ -400,7 +444,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
 
 template <typename T, typename KV, int D, bool kRope = false, typename AllocTmp>
 cudaError_t launch_tc(const Params& p, int sm_count, AllocTmp&& alloc_tmp, cudaStream_t stream) {
-  return launch_split(decode_tc_kernel<T, KV, D, kRope>, kTcThreads, tc_smem_bytes(D, sizeof(KV)), kTcRows,
+  return launch_split(decode_tc_kernel<T, KV, D, kRope>, kTcThreads, tc_smem_bytes(D, sizeof(KV), kRope), kTcRows,
                       tc_prefetch_before_wait(D), p, sm_count, alloc_tmp, stream);
 }
 

@@ -58,15 +58,15 @@ __device__ __forceinline__ void rope_tile(float rcp_scale, float log2_theta, T* 
 }
 
 // Row r rotated to position pos0 + r (a K tile), by kThreads threads (a block, or one warp over its own rows) of which
-// this one takes chunk ch of rows r0, r0 + kStep, ... (ch = t % (D / 16), r0 = t / (D / 16) for thread t of them).
-// The sine and cosine of a thread's first row come from __sincosf, each next row's from the previous one's by the
-// angle-addition rotation through kStep * freq: four fma-pipe operations a pair in place of two special-function
-// ones, which bound the pass (the mma.sync mainloop's RoPE prefill 5-6% faster for it at head_dim 128, H200). The
-// rotation adds a few ulps a row over the at most seven further rows a thread takes, below the error of the fp32
-// angle itself.
-template <typename T, int D, int kRows, int kThreads, bool kWgLayout = false>
-__device__ __forceinline__ void rope_tile_consecutive(float rcp_scale, float log2_theta, T* tile, int64_t pos0,
-                                                      int ch, int r0) {
+// this one takes chunk ch of rows r0, r0 + kStep, ... (ch = t % (D / 16), r0 = t / (D / 16) for thread t of them):
+// rotate(r, cs, sn) does row r's chunk with the cosines and sines of its angles. The sine and cosine of a thread's
+// first row come from __sincosf, each next row's from the previous one's by the angle-addition rotation through
+// kStep * freq: four fma-pipe operations a pair in place of two special-function ones, which bound the pass (the
+// mma.sync mainloop's RoPE prefill 5-6% faster for it at head_dim 128, H200). The rotation adds a few ulps a row over
+// the at most seven further rows a thread takes, below the error of the fp32 angle itself.
+template <int D, int kRows, int kThreads, typename Rotate>
+__device__ __forceinline__ void rope_rows_consecutive(float rcp_scale, float log2_theta, int64_t pos0, int ch, int r0,
+                                                      Rotate&& rotate) {
   constexpr int kStep = kRopeStep<D, kThreads>;
   static_assert(kThreads % (D / 16) == 0 && kRows % kStep == 0, "every thread takes one chunk in whole passes");
   static_assert(kRows / kStep <= 8, "the rotation's rounding grows with the rows a thread takes");
@@ -80,7 +80,7 @@ __device__ __forceinline__ void rope_tile_consecutive(float rcp_scale, float log
   }
 #pragma unroll
   for (int k = 0; k < kRows / kStep; ++k) {
-    rope_rotate_chunk<T, D, kRows, kWgLayout>(tile, r0 + k * kStep, ch, cs, sn);
+    rotate(r0 + k * kStep, cs, sn);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const float c = cs[j] * step_cs[j] - sn[j] * step_sn[j];
@@ -88,6 +88,16 @@ __device__ __forceinline__ void rope_tile_consecutive(float rcp_scale, float log
       cs[j] = c;
     }
   }
+}
+
+// A swizzled [kRows][D] tile in shared memory rotated in place, row r to position pos0 + r (rope_rows_consecutive).
+template <typename T, int D, int kRows, int kThreads, bool kWgLayout = false>
+__device__ __forceinline__ void rope_tile_consecutive(float rcp_scale, float log2_theta, T* tile, int64_t pos0,
+                                                      int ch, int r0) {
+  rope_rows_consecutive<D, kRows, kThreads>(rcp_scale, log2_theta, pos0, ch, r0,
+                                            [&](int r, const float(&cs)[8], const float(&sn)[8]) {
+                                              rope_rotate_chunk<T, D, kRows, kWgLayout>(tile, r, ch, cs, sn);
+                                            });
 }
 
 }  // namespace flashinfer
