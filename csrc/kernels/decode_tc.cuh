@@ -222,6 +222,14 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   // This thread's rows of the fragments: lane / 4 and lane / 4 + 8; its columns 2 * (lane % 4) + {0, 1}.
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const int tok0 = warp * 16 * kSubs;
+  // The rotary constants of this lane's chunk of its warp's K rows (lane % (D / 16)), kept across the tile loop where
+  // registers allow (not at head_dim 256).
+  std::conditional_t<(D < 256), RopeChunk<D, 32>, RopeParams> rope;
+  if constexpr (D < 256) {
+    if constexpr (kRope) rope.init(RopeParams{p.rope_rcp_scale, p.rope_log2_theta}, lane % (D / 16));
+  } else {
+    rope = RopeParams{p.rope_rcp_scale, p.rope_log2_theta};
+  }
 
   for (int tile = 0; tile < sl.ntiles; ++tile) {
     cp_async_wait<kStages - 2>();
@@ -241,14 +249,13 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
     if constexpr (kRope) {
       // Only this warp reads these rows; the stage (the 16-bit tile) is rewritten after the next loop barrier.
       const int64_t pos0 = sl.t0 + (int64_t)tile * kTile + tok0;
-      const int ch = lane % (D / 16), r0 = lane / (D / 16);
+      const int rope_ch = lane % (D / 16), rope_r0 = lane / (D / 16);
       if constexpr (!kFp8) {
-        rope_tile_consecutive<KV, D, 16 * kSubs, 32>(p.rope_rcp_scale, p.rope_log2_theta,
-                                                     k_s + (stage * kTile + tok0) * D, pos0, ch, r0);
+        rope_tile_consecutive<KV, D, 16 * kSubs, 32>(rope, k_s + (stage * kTile + tok0) * D, pos0, rope_ch, rope_r0);
       } else {
-        rope_rows_consecutive<D, 16 * kSubs, 32>(p.rope_rcp_scale, p.rope_log2_theta, pos0, ch, r0,
+        rope_rows_consecutive<D, 16 * kSubs, 32>(rope, pos0, rope_ch, rope_r0,
                                                  [&](int r, const float(&cs)[8], const float(&sn)[8]) {
-                                                   rope_convert_chunk<T, KV, D>(kt, k16_s, tok0 + r, ch, cs, sn);
+                                                   rope_convert_chunk<T, KV, D>(kt, k16_s, tok0 + r, rope_ch, cs, sn);
                                                  });
       }
       __syncwarp();

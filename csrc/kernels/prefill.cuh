@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       // K rotated where the mma reads it, in place: the stage is refilled only after the next loop barrier.
       T* kt;
       if constexpr (kConvert) kt = kc_s; else kt = k_s + srow * D;
-      rope_tile_consecutive<T, D, kTile, kBlockThreads, kWg>(p.rope_rcp_scale, p.rope_log2_theta, kt, j0,
+      rope_tile_consecutive<T, D, kTile, kBlockThreads, kWg>(RopeParams{p.rope_rcp_scale, p.rope_log2_theta}, kt, j0,
                                                              threadIdx.x % (D / 16), threadIdx.x / (D / 16));
       publish();
     }

@@ -57,27 +57,36 @@ __device__ __forceinline__ void rope_tile(float rcp_scale, float log2_theta, T* 
   }
 }
 
-// Row r rotated to position pos0 + r (a K tile), by kThreads threads (a block, or one warp over its own rows) of which
-// this one takes chunk ch of rows r0, r0 + kStep, ... (ch = t % (D / 16), r0 = t / (D / 16) for thread t of them):
-// rotate(r, cs, sn) does row r's chunk with the cosines and sines of its angles. The sine and cosine of a thread's
-// first row come from __sincosf, each next row's from the previous one's by the angle-addition rotation through
-// kStep * freq: four fma-pipe operations a pair in place of two special-function ones, which bound the pass (the
-// mma.sync mainloop's RoPE prefill 5-6% faster for it at head_dim 128, H200). The rotation adds a few ulps a row over
-// the at most seven further rows a thread takes, below the error of the fp32 angle itself.
+// The constants of a K pass (rope_rows_consecutive) for a thread's chunk ch, rows kStep apart: the chunk's eight
+// frequencies and the sine and cosine of kStep times each. The same for every tile, so either computed on each pass
+// from RopeParams (the prefill mainloops, whose registers are taken) or once a kernel into a RopeChunk kept across its
+// tile loop (8 exp2 and 8 __sincosf a tile saved).
+struct RopeParams {
+  float rcp_scale, log2_theta;
+};
+template <int D, int kThreads>
+struct RopeChunk {
+  float freq[8], step_cs[8], step_sn[8];
+  __device__ __forceinline__ void init(const RopeParams& p, int ch) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      freq[j] = rope_inv_freq(p.rcp_scale, p.log2_theta, ch * 8 + j, D);
+      __sincosf((float)kRopeStep<D, kThreads> * freq[j], &step_sn[j], &step_cs[j]);
+    }
+  }
+};
+
+// The rows of a K pass from the first one's cosines and sines: rotate(r, cs, sn) for r = r0, r0 + kStep, ..., each
+// next row's angles by the angle-addition rotation through kStep * freq: four fma-pipe operations a pair in place of
+// two special-function ones, which bound the pass (the mma.sync mainloop's RoPE prefill 5-6% faster for it at head_dim
+// 128, H200). The rotation adds a few ulps a row over the at most seven further rows a thread takes, below the error
+// of the fp32 angle itself.
 template <int D, int kRows, int kThreads, typename Rotate>
-__device__ __forceinline__ void rope_rows_consecutive(float rcp_scale, float log2_theta, int64_t pos0, int ch, int r0,
-                                                      Rotate&& rotate) {
+__device__ __forceinline__ void rope_walk_rows(float (&cs)[8], float (&sn)[8], const float (&step_cs)[8],
+                                               const float (&step_sn)[8], int r0, Rotate&& rotate) {
   constexpr int kStep = kRopeStep<D, kThreads>;
   static_assert(kThreads % (D / 16) == 0 && kRows % kStep == 0, "every thread takes one chunk in whole passes");
   static_assert(kRows / kStep <= 8, "the rotation's rounding grows with the rows a thread takes");
-  float cs[8], sn[8], step_cs[8], step_sn[8];
-  const float x = (float)(pos0 + r0);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const float freq = rope_inv_freq(rcp_scale, log2_theta, ch * 8 + j, D);
-    __sincosf(x * freq, &sn[j], &cs[j]);
-    __sincosf((float)kStep * freq, &step_sn[j], &step_cs[j]);
-  }
 #pragma unroll
   for (int k = 0; k < kRows / kStep; ++k) {
     rotate(r0 + k * kStep, cs, sn);
@@ -90,11 +99,37 @@ __device__ __forceinline__ void rope_rows_consecutive(float rcp_scale, float log
   }
 }
 
-// A swizzled [kRows][D] tile in shared memory rotated in place, row r to position pos0 + r (rope_rows_consecutive).
-template <typename T, int D, int kRows, int kThreads, bool kWgLayout = false>
-__device__ __forceinline__ void rope_tile_consecutive(float rcp_scale, float log2_theta, T* tile, int64_t pos0,
-                                                      int ch, int r0) {
-  rope_rows_consecutive<D, kRows, kThreads>(rcp_scale, log2_theta, pos0, ch, r0,
+// Row r rotated to position pos0 + r (a K tile), by kThreads threads (a block, or one warp over its own rows) of which
+// this one takes chunk ch of rows r0, r0 + kStep, ... (ch = t % (D / 16), r0 = t / (D / 16) for thread t of them):
+// rotate(r, cs, sn) does row r's chunk with the cosines and sines of its angles, the first row's from __sincosf.
+template <int D, int kRows, int kThreads, typename Rotate>
+__device__ __forceinline__ void rope_rows_consecutive(const RopeParams& p, int64_t pos0, int ch, int r0,
+                                                      Rotate&& rotate) {
+  float cs[8], sn[8], step_cs[8], step_sn[8];
+  const float x = (float)(pos0 + r0);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float freq = rope_inv_freq(p.rcp_scale, p.log2_theta, ch * 8 + j, D);
+    __sincosf(x * freq, &sn[j], &cs[j]);
+    __sincosf((float)kRopeStep<D, kThreads> * freq, &step_sn[j], &step_cs[j]);
+  }
+  rope_walk_rows<D, kRows, kThreads>(cs, sn, step_cs, step_sn, r0, rotate);
+}
+template <int D, int kRows, int kThreads, typename Rotate>
+__device__ __forceinline__ void rope_rows_consecutive(const RopeChunk<D, kThreads>& c, int64_t pos0, int /*ch*/,
+                                                      int r0, Rotate&& rotate) {
+  float cs[8], sn[8];
+  const float x = (float)(pos0 + r0);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) __sincosf(x * c.freq[j], &sn[j], &cs[j]);
+  rope_walk_rows<D, kRows, kThreads>(cs, sn, c.step_cs, c.step_sn, r0, rotate);
+}
+
+// A swizzled [kRows][D] tile in shared memory rotated in place, row r to position pos0 + r (rope_rows_consecutive;
+// consts is RopeParams or the thread's RopeChunk).
+template <typename T, int D, int kRows, int kThreads, bool kWgLayout = false, typename Consts>
+__device__ __forceinline__ void rope_tile_consecutive(const Consts& consts, T* tile, int64_t pos0, int ch, int r0) {
+  rope_rows_consecutive<D, kRows, kThreads>(consts, pos0, ch, r0,
                                             [&](int r, const float(&cs)[8], const float(&sn)[8]) {
                                               rope_rotate_chunk<T, D, kRows, kWgLayout>(tile, r, ch, cs, sn);
                                             });
