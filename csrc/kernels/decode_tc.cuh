@@ -43,9 +43,13 @@ __host__ __device__ constexpr int tc_tile(int head_dim, int kv_bytes) {
 // Stages per block; two blocks share an SM at D = 64 and 128. 16-bit D = 128 takes three 32 KB stages: 1-2% faster
 // than two at batch >= 64 on an H200 (64 x 4096: 255 against 257 us; 128 x 8192: 981 against 1000), up to 3% slower
 // on short requests. fp8 D = 64 keeps four 8 KB stages. D = 256 runs one block per SM with 3 stages, so two tiles
-// stay in flight while it computes.
-__host__ __device__ constexpr int tc_stages(int head_dim, int kv_bytes) {
-  return head_dim == 64 ? (kv_bytes == 1 ? 4 : 2) : 3;
+// stay in flight while it computes; except fp8 under RoPE, whose rotation pass is more work than one block's four
+// warps hide: two stages and two blocks an SM (64 x 4096: 390 against 549 us, 16 x 4096: 108 against 143).
+__host__ __device__ constexpr int tc_stages(int head_dim, int kv_bytes, bool rope) {
+  return head_dim == 64 ? (kv_bytes == 1 ? 4 : 2) : head_dim == 256 && kv_bytes == 1 && rope ? 2 : 3;
+}
+__host__ __device__ constexpr int tc_blocks_per_sm(int head_dim, int kv_bytes, bool rope) {
+  return head_dim == 256 && tc_stages(head_dim, kv_bytes, rope) == 3 ? 1 : 2;
 }
 // Whether the first wave warms L2 before waiting for its predecessor (prefetch_slice_l2 in decode.cuh: what it
 // costs), and how many bytes of K and V each block then prefetches beside its page-table lines. Chained decodes
@@ -62,8 +66,9 @@ __host__ __device__ constexpr int tc_prefetch_bytes(int head_dim, int kv_bytes) 
 __host__ __device__ constexpr int tc_merge_row(int head_dim) { return head_dim + 4; }
 // The K/V work region: the stages, reused by the final merge (4 warps x 16 rows of partial output, (m, l) and the
 // merge weight, then the split weights), whichever is larger.
-__host__ __device__ constexpr size_t tc_work_region(int head_dim, int kv_bytes) {
-  const size_t stages = (size_t)tc_stages(head_dim, kv_bytes) * 2 * tc_tile(head_dim, kv_bytes) * head_dim * kv_bytes;
+__host__ __device__ constexpr size_t tc_work_region(int head_dim, int kv_bytes, bool rope) {
+  const size_t stages =
+      (size_t)tc_stages(head_dim, kv_bytes, rope) * 2 * tc_tile(head_dim, kv_bytes) * head_dim * kv_bytes;
   const size_t merge = (size_t)4 * kTcRows * (tc_merge_row(head_dim) + 4) * 4;
   return stages > merge ? stages : merge;
 }
@@ -74,9 +79,9 @@ __host__ __device__ constexpr size_t tc_rope_k_bytes(int head_dim, int kv_bytes,
 // Work region, the rotated K tile (fp8 KV under RoPE), the swizzled query tile, token validity per stage, the per-row
 // query scales (fp8 KV).
 __host__ __device__ constexpr size_t tc_smem_bytes(int head_dim, int kv_bytes, bool rope) {
-  return tc_work_region(head_dim, kv_bytes) + tc_rope_k_bytes(head_dim, kv_bytes, rope) +
-         (size_t)kTcRows * head_dim * 2 + (size_t)tc_stages(head_dim, kv_bytes) * tc_tile(head_dim, kv_bytes) * 4 +
-         (kv_bytes == 1 ? kTcRows * 4 : 0);
+  return tc_work_region(head_dim, kv_bytes, rope) + tc_rope_k_bytes(head_dim, kv_bytes, rope) +
+         (size_t)kTcRows * head_dim * 2 +
+         (size_t)tc_stages(head_dim, kv_bytes, rope) * tc_tile(head_dim, kv_bytes) * 4 + (kv_bytes == 1 ? kTcRows * 4 : 0);
 }
 
 // fp8 KV. The query dim stored in k slot `slot` of a 16-dim chunk: slots (2t, 2t + 1) hold dims (4t, 4t + 1) and
@@ -123,8 +128,8 @@ __device__ __forceinline__ void rope_convert_chunk(const KV* kt, T* k16, int r, 
 // fp8 K on its way into a 16-bit K tile (each warp its rows), the query tile then stays in T and S runs as for
 // 16-bit KV, while V keeps the fp8 path.
 template <typename T, typename KV, int D, bool kRope>
-__global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel(Params p) {
-  constexpr int kStages = tc_stages(D, sizeof(KV));
+__global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kRope)) decode_tc_kernel(Params p) {
+  constexpr int kStages = tc_stages(D, sizeof(KV), kRope);
   constexpr int kTile = tc_tile(D, sizeof(KV));
   constexpr int kSubs = kTile / 64;  // runs of 16 tokens per warp
   constexpr int kNT = D / 8;  // n-tiles of the output
@@ -132,7 +137,7 @@ __global__ void __launch_bounds__(kTcThreads, D == 256 ? 1 : 2) decode_tc_kernel
   constexpr bool kRawK = kFp8 && !kRope;  // S reads fp8 K's bytes as staged
   using QT = std::conditional_t<kRawK, __half, T>;  // S's operand type
   using PT = std::conditional_t<kFp8, __half, T>;   // P V's operand type
-  constexpr size_t kWork = tc_work_region(D, sizeof(KV));
+  constexpr size_t kWork = tc_work_region(D, sizeof(KV), kRope);
   extern __shared__ __align__(128) unsigned char smem[];
   KV* k_s = reinterpret_cast<KV*>(smem);  // [kStages][kTile][D], swizzled (swizzle_fp8 for fp8)
   KV* v_s = k_s + kStages * kTile * D;
