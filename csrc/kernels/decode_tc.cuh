@@ -21,6 +21,8 @@
 //   dims in the order fp8_out_dim gives, and only the epilogue maps them back.
 // - bf16 queries become f16 with a power-of-two scale per row (largest |q| near 2^13, exact in f16's wider
 //   mantissa; the scale goes back into the score scale), and P is rounded to f16, which is finer than bf16 on [0, 1].
+// - Under ROPE_LLAMA, K must be rotated per position before S: each warp converts its rows into a 16-bit K tile,
+//   rotating them (rope_convert_chunk), and S runs as for 16-bit KV; V stays as above.
 #pragma once
 #include <type_traits>
 
