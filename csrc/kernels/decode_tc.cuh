@@ -81,9 +81,9 @@ __host__ __device__ constexpr size_t tc_rope_k_bytes(int head_dim, int kv_bytes,
 // Work region, the rotated K tile (fp8 KV under RoPE), the swizzled query tile, token validity per stage, the per-row
 // query scales (fp8 KV).
 __host__ __device__ constexpr size_t tc_smem_bytes(int head_dim, int kv_bytes, bool rope) {
+  const size_t valid = (size_t)tc_stages(head_dim, kv_bytes, rope) * tc_tile(head_dim, kv_bytes) * 4;
   return tc_work_region(head_dim, kv_bytes, rope) + tc_rope_k_bytes(head_dim, kv_bytes, rope) +
-         (size_t)kTcRows * head_dim * 2 +
-         (size_t)tc_stages(head_dim, kv_bytes, rope) * tc_tile(head_dim, kv_bytes) * 4 + (kv_bytes == 1 ? kTcRows * 4 : 0);
+         (size_t)kTcRows * head_dim * 2 + valid + (kv_bytes == 1 ? kTcRows * 4 : 0);
 }
 
 // fp8 KV. The query dim stored in k slot `slot` of a 16-dim chunk: slots (2t, 2t + 1) hold dims (4t, 4t + 1) and
