@@ -81,8 +81,8 @@ TORCH_LIBRARY(flashinfer, m) {
   // q [B, Hq, D] -> (out [B, Hq, D], lse [B, Hq] fp32, log base 2). Softmax over sm_scale * q.k * k_scale
   // (soft-capped when logits_soft_cap > 0, only the last window_left + 1 keys when window_left >= 0; RoPE on
   // q at kv_len - 1 and on k at 0..kv_len-1 when rope_llama); values scaled by v_scale. Empty request: 0, -inf.
-  // backend: "auto" (tensor cores wherever the kernel has them: every case but fp8 KV with RoPE), "tensor_core" (the
-  // same choice, asked for explicitly) or "cuda_core"; every backend gives the same result within rounding.
+  // backend: "auto" (tensor cores, which take every case), "tensor_core" (the same, asked for explicitly) or
+  // "cuda_core"; every backend gives the same result within rounding.
   m.def(
       "batch_decode_with_paged_kv_cache(Tensor q, Tensor paged_k_cache, Tensor? paged_v_cache, Tensor kv_indptr, "
       "Tensor kv_indices, Tensor kv_last_page_len, str kv_layout, bool rope_llama, int window_left, "

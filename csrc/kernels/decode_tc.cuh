@@ -51,7 +51,7 @@ __host__ __device__ constexpr int tc_stages(int head_dim, int kv_bytes, bool rop
   return head_dim == 64 ? (kv_bytes == 1 ? 4 : 2) : head_dim == 256 && kv_bytes == 1 && rope ? 2 : 3;
 }
 __host__ __device__ constexpr int tc_blocks_per_sm(int head_dim, int kv_bytes, bool rope) {
-  return head_dim == 256 && tc_stages(head_dim, kv_bytes, rope) == 3 ? 1 : 2;
+  return head_dim == 256 && !(kv_bytes == 1 && rope) ? 1 : 2;
 }
 // Whether the first wave warms L2 before waiting for its predecessor (prefetch_slice_l2 in decode.cuh: what it
 // costs), and how many bytes of K and V each block then prefetches beside its page-table lines. Chained decodes
