@@ -21,8 +21,9 @@
 //   dims in the order fp8_out_dim gives, and only the epilogue maps them back.
 // - bf16 queries become f16 with a power-of-two scale per row (largest |q| near 2^13, exact in f16's wider
 //   mantissa; the scale goes back into the score scale), and P is rounded to f16, which is finer than bf16 on [0, 1].
-// - Under ROPE_LLAMA, K must be rotated per position before S: each warp converts its rows into a 16-bit K tile,
-//   rotating them (rope_convert_chunk), and S runs as for 16-bit KV; V stays as above.
+// - Under ROPE_LLAMA, K must be rotated per position before S: each warp converts its rows into an f16 K tile,
+//   rotating them in packed f16x2 arithmetic (rope_convert_chunk), and S runs as for 16-bit KV on f16 operands (the
+//   query tile in natural dim order, scaled as above); V stays as above.
 #pragma once
 #include <type_traits>
 
@@ -102,33 +103,42 @@ __device__ __forceinline__ void fp8x4_to_f16x2(uint32_t x, uint32_t& lo, uint32_
   hi = (uint32_t)b.x | (uint32_t)b.y << 16;
 }
 
-// Chunk ch (8 dims) of fp8 K row r and its partner, from a staged tile (swizzle_fp8) to the 16-bit tile k16, rotated
-// by the angles whose cosines and sines are cs and sn. fp8 -> f16 is exact; the rotated values are rounded to T once.
-template <typename T, typename KV, int D>
-__device__ __forceinline__ void rope_convert_chunk(const KV* kt, T* k16, int r, int ch, const float (&cs)[8],
+// Chunk ch (8 dims) of fp8 K row r and its partner, from a staged tile (swizzle_fp8) to the f16 tile k16, rotated by
+// the angles whose cosines and sines are cs and sn, in f16x2: x' = u c - w s and y' = w c + u s as one multiply and
+// one fma each, two dims at a time. fp8 -> f16 is exact; c and s are rounded to f16, and so are w s and the result:
+// about 2^-10 of |k| in all, finer than the bf16 K tile it replaces and about three f16 roundings for f16 queries,
+// for half the instructions of rotating in fp32 (the pass bounds this kernel). e5m2's range reaches f16's, so its
+// cosines and sines come at half amplitude (rope_rows_consecutive's amp) and the score scale takes the 2 back.
+template <typename KV, int D>
+__device__ __forceinline__ void rope_convert_chunk(const KV* kt, __half* k16, int r, int ch, const float (&cs)[8],
                                                    const float (&sn)[8]) {
   const int hi_ch = ch + D / 16;  // the partner chunk, D / 2 dims on; an fp8 16-byte chunk holds two 8-dim ones
   const uint2 a = *reinterpret_cast<const uint2*>(kt + swizzle_fp8<D>(r, ch / 2) + ch % 2 * 8);
   const uint2 b = *reinterpret_cast<const uint2*>(kt + swizzle_fp8<D>(r, hi_ch / 2) + hi_ch % 2 * 8);
   const uint32_t wa[2] = {a.x, a.y}, wb[2] = {b.x, b.y};
-  Vec<T, 8> lo, hi;
+  uint32_t lo[4], hi[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const float2 u = __half22float2(__half2(fp8x2_to_f16x2<KV>(wa[i / 2] >> (16 * (i % 2)))));
-    const float2 w = __half22float2(__half2(fp8x2_to_f16x2<KV>(wb[i / 2] >> (16 * (i % 2)))));
-    const int j = 2 * i;
-    lo.v[j] = from_float<T>(u.x * cs[j] - w.x * sn[j]), hi.v[j] = from_float<T>(w.x * cs[j] + u.x * sn[j]);
-    lo.v[j + 1] = from_float<T>(u.y * cs[j + 1] - w.y * sn[j + 1]);
-    hi.v[j + 1] = from_float<T>(w.y * cs[j + 1] + u.y * sn[j + 1]);
+    const __half2 u(fp8x2_to_f16x2<KV>(wa[i / 2] >> (16 * (i % 2))));
+    const __half2 w(fp8x2_to_f16x2<KV>(wb[i / 2] >> (16 * (i % 2))));
+    const __half2 c = __floats2half2_rn(cs[2 * i], cs[2 * i + 1]);
+    const __half2 sn2 = __floats2half2_rn(sn[2 * i], sn[2 * i + 1]);
+    const __half2 x = __hfma2(u, c, __hneg2(__hmul2(w, sn2)));
+    const __half2 y = __hfma2(w, c, __hmul2(u, sn2));
+    lo[i] = *reinterpret_cast<const uint32_t*>(&x);
+    hi[i] = *reinterpret_cast<const uint32_t*>(&y);
   }
-  lo.store(k16 + swizzle<D>(r, ch));
-  hi.store(k16 + swizzle<D>(r, hi_ch));
+  *reinterpret_cast<uint4*>(k16 + swizzle<D>(r, ch)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+  *reinterpret_cast<uint4*>(k16 + swizzle<D>(r, hi_ch)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
 }
+// The amplitude of e5m2's rotation (above).
+template <typename KV>
+constexpr float kRopeAmp = std::is_same_v<KV, __nv_fp8_e5m2> ? 0.5f : 1.f;
 
 // kRope: ROPE_LLAMA, the query tile rotated to position len - 1 once, and each warp rotating the K rows it reads (its
 // quarter of the stage) before its S product: no block barrier beyond the tile's own. 16-bit K is rotated in place;
-// fp8 K on its way into a 16-bit K tile (each warp its rows), the query tile then stays in T and S runs as for
-// 16-bit KV, while V keeps the fp8 path.
+// fp8 K on its way into an f16 K tile (each warp its rows), S then runs as for 16-bit KV on f16 operands, while V
+// keeps the fp8 path.
 template <typename T, typename KV, int D, bool kRope>
 __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kRope)) decode_tc_kernel(Params p) {
   constexpr int kStages = tc_stages(D, sizeof(KV), kRope);
@@ -137,13 +147,13 @@ __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kR
   constexpr int kNT = D / 8;  // n-tiles of the output
   constexpr bool kFp8 = sizeof(KV) == 1;
   constexpr bool kRawK = kFp8 && !kRope;  // S reads fp8 K's bytes as staged
-  using QT = std::conditional_t<kRawK, __half, T>;  // S's operand type
+  using QT = std::conditional_t<kFp8, __half, T>;  // S's operand type
   using PT = std::conditional_t<kFp8, __half, T>;   // P V's operand type
   constexpr size_t kWork = tc_work_region(D, sizeof(KV), kRope);
   extern __shared__ __align__(128) unsigned char smem[];
   KV* k_s = reinterpret_cast<KV*>(smem);  // [kStages][kTile][D], swizzled (swizzle_fp8 for fp8)
   KV* v_s = k_s + kStages * kTile * D;
-  T* k16_s = reinterpret_cast<T*>(smem + kWork);  // [kTile][D], swizzled: fp8 K rotated (kRope)
+  __half* k16_s = reinterpret_cast<__half*>(smem + kWork);  // [kTile][D], swizzled: fp8 K rotated (kRope)
   QT* q_s = reinterpret_cast<QT*>(smem + kWork + tc_rope_k_bytes(D, sizeof(KV), kRope));  // [16][D], swizzled
   int* valid_s = reinterpret_cast<int*>(q_s + kTcRows * D);                  // [kStages][kTile]
   float* qscale_s = reinterpret_cast<float*>(valid_s + kStages * kTile);  // [16]: fp8 KV, 2^e of row r
@@ -170,21 +180,21 @@ __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kR
   TileLoader<Params, KV, D, kTile, kTcThreads, true, false, kShareLookups> loader(p, sl, kvh);
   loader.prologue<kStages>(k_s, v_s, valid_s);
 
-  // The query tile: row r is head h_base + r, zero past the group. q rows need not be 16-byte aligned. For S on fp8
-  // K's bytes the dims go in q_slot_dim order, as f16 scaled by 2^-e with e per row.
+  // The query tile: row r is head h_base + r, zero past the group. q rows need not be 16-byte aligned. For fp8 KV it
+  // is f16 scaled by 2^-e with e per row, and for S on fp8 K's bytes the dims go in q_slot_dim order.
   for (int c = tid; c < kTcRows * (D / 8); c += kTcThreads) {
     const int r = c / (D / 8), ch = c % (D / 8);
     const T* src = static_cast<const T*>(p.q) + b * p.q_stride_n + (int64_t)(h_base + r) * p.q_stride_h + ch * 8;
     Vec<QT, 8> v;
-    if constexpr (!kRawK) {
+    if constexpr (!kFp8) {
 #pragma unroll
       for (int j = 0; j < 8; ++j) v.v[j] = r < nheads ? src[j] : from_float<T>(0.f);
     } else {
-      src -= ch % 2 * 8;  // the 16-dim chunk
+      if constexpr (kRawK) src -= ch % 2 * 8;  // the 16-dim chunk
       float x[8], mx = 0.f;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        x[j] = r < nheads ? to_float(src[q_slot_dim(ch % 2 * 8 + j)]) : 0.f;
+        x[j] = r < nheads ? to_float(src[kRawK ? q_slot_dim(ch % 2 * 8 + j) : j]) : 0.f;
         mx = fmaxf(mx, fabsf(x[j]));
       }
       // The D / 8 threads of a row are adjacent lanes; every lane runs the same number of passes.
@@ -208,19 +218,21 @@ __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kR
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         __sincosf(x * rope_inv_freq(p.rope_rcp_scale, p.rope_log2_theta, ch * 8 + j, D), &sn[j], &cs[j]);
-      rope_rotate_chunk<T, D, kTcRows, false>(q_s, c / (D / 16), ch, cs, sn);
+      rope_rotate_chunk<QT, D, kTcRows, false>(q_s, c / (D / 16), ch, cs, sn);
     }
   }
 
   // Scores in the log2 domain: sm_scale * k_scale * log2(e), under a soft cap times 2 / cap (the argument of
-  // cap_tanh_core, whose affine map then gives cap * log2(e) * tanh); for fp8 KV times the row's 2^e.
+  // cap_tanh_core, whose affine map then gives cap * log2(e) * tanh); for fp8 KV times the row's 2^e (and under RoPE
+  // over the rotation's amplitude).
   const bool cap = p.logits_soft_cap > 0.f;
   float qk_scale[2];
   qk_scale[0] = qk_scale[1] = p.sm_scale * p.k_scale * kLog2e * (cap ? 2.f / p.logits_soft_cap : 1.f);
-  if constexpr (kRawK) {
-    __syncthreads();
-    qk_scale[0] *= qscale_s[lane / 4];
-    qk_scale[1] *= qscale_s[lane / 4 + 8];
+  if constexpr (kFp8) {
+    if constexpr (!kRope) __syncthreads();  // under RoPE, the query rotation's barrier published qscale_s
+    const float amp = kRope ? kRopeAmp<KV> : 1.f;
+    qk_scale[0] *= qscale_s[lane / 4] / amp;
+    qk_scale[1] *= qscale_s[lane / 4 + 8] / amp;
   }
   const float cap_scale = p.logits_soft_cap * kLog2e;
   float o[kNT][4];
@@ -260,10 +272,12 @@ __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kR
       if constexpr (!kFp8) {
         rope_tile_consecutive<KV, D, 16 * kSubs, 32>(rope, k_s + (stage * kTile + tok0) * D, pos0, rope_ch, rope_r0);
       } else {
-        rope_rows_consecutive<D, 16 * kSubs, 32>(rope, pos0, rope_ch, rope_r0,
-                                                 [&](int r, const float(&cs)[8], const float(&sn)[8]) {
-                                                   rope_convert_chunk<T, KV, D>(kt, k16_s, tok0 + r, rope_ch, cs, sn);
-                                                 });
+        rope_rows_consecutive<D, 16 * kSubs, 32>(
+            rope, pos0, rope_ch, rope_r0,
+            [&](int r, const float(&cs)[8], const float(&sn)[8]) {
+              rope_convert_chunk<KV, D>(kt, k16_s, tok0 + r, rope_ch, cs, sn);
+            },
+            kRopeAmp<KV>);
       }
       __syncwarp();
     }

@@ -102,26 +102,31 @@ __device__ __forceinline__ void rope_walk_rows(float (&cs)[8], float (&sn)[8], c
 // Row r rotated to position pos0 + r (a K tile), by kThreads threads (a block, or one warp over its own rows) of which
 // this one takes chunk ch of rows r0, r0 + kStep, ... (ch = t % (D / 16), r0 = t / (D / 16) for thread t of them):
 // rotate(r, cs, sn) does row r's chunk with the cosines and sines of its angles, the first row's from __sincosf.
+// amp scales every cosine and sine (the walk keeps it): a rotation into f16 that would overflow takes 0.5.
 template <int D, int kRows, int kThreads, typename Rotate>
 __device__ __forceinline__ void rope_rows_consecutive(const RopeParams& p, int64_t pos0, int ch, int r0,
-                                                      Rotate&& rotate) {
+                                                      Rotate&& rotate, float amp = 1.f) {
   float cs[8], sn[8], step_cs[8], step_sn[8];
   const float x = (float)(pos0 + r0);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const float freq = rope_inv_freq(p.rcp_scale, p.log2_theta, ch * 8 + j, D);
     __sincosf(x * freq, &sn[j], &cs[j]);
+    cs[j] *= amp, sn[j] *= amp;
     __sincosf((float)kRopeStep<D, kThreads> * freq, &step_sn[j], &step_cs[j]);
   }
   rope_walk_rows<D, kRows, kThreads>(cs, sn, step_cs, step_sn, r0, rotate);
 }
 template <int D, int kRows, int kThreads, typename Rotate>
 __device__ __forceinline__ void rope_rows_consecutive(const RopeChunk<D, kThreads>& c, int64_t pos0, int /*ch*/,
-                                                      int r0, Rotate&& rotate) {
+                                                      int r0, Rotate&& rotate, float amp = 1.f) {
   float cs[8], sn[8];
   const float x = (float)(pos0 + r0);
 #pragma unroll
-  for (int j = 0; j < 8; ++j) __sincosf(x * c.freq[j], &sn[j], &cs[j]);
+  for (int j = 0; j < 8; ++j) {
+    __sincosf(x * c.freq[j], &sn[j], &cs[j]);
+    cs[j] *= amp, sn[j] *= amp;
+  }
   rope_walk_rows<D, kRows, kThreads>(cs, sn, c.step_cs, c.step_sn, r0, rotate);
 }
 
