@@ -75,7 +75,7 @@ __host__ __device__ constexpr size_t tc_work_region(int head_dim, int kv_bytes, 
   const size_t merge = (size_t)4 * kTcRows * (tc_merge_row(head_dim) + 4) * 4;
   return stages > merge ? stages : merge;
 }
-// Bytes of the 16-bit K tile that fp8 K is rotated into under RoPE (none otherwise).
+// Bytes of the f16 K tile that fp8 K is rotated into under RoPE (none otherwise).
 __host__ __device__ constexpr size_t tc_rope_k_bytes(int head_dim, int kv_bytes, bool rope) {
   return kv_bytes == 1 && rope ? (size_t)tc_tile(head_dim, kv_bytes) * head_dim * 2 : 0;
 }
@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kR
     else if constexpr (kFp8) ks = k16_s;
     else ks = kt;
     if constexpr (kRope) {
-      // Only this warp reads these rows; the stage (the 16-bit tile) is rewritten after the next loop barrier.
+      // Only this warp reads these rows; the stage (the f16 tile) is rewritten after the next loop barrier.
       const int64_t pos0 = sl.t0 + (int64_t)tile * kTile + tok0;
       const int rope_ch = lane % (D / 16), rope_r0 = lane / (D / 16);
       if constexpr (!kFp8) {
