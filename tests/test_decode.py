@@ -139,6 +139,26 @@ def test_batch_decode_rope(device, head_dim, dtype, kv_dtype, group, backend):
                              rope=rope), "rope")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_decode_rope_fp8_range(device, dtype, backend):
+    """e5m2 K and V at the top of their range (+-57344; a pair rotated by 45 degrees reaches 81100, past f16's 65504),
+    brought back by k_scale and v_scale: the rotation must not overflow on its way to the mma."""
+    d, hkv, group, page, rope = 128, 2, 4, 16, (1.0, 1e4)
+    lengths = [1, 100, 700]
+    cache, indices, indptr, last = _batch(lengths, page, hkv, d, torch.float8_e5m2, device, seed=5)
+    sign = torch.randint(0, 2, cache.shape, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    cache.copy_((sign * 57344.0).to(torch.float8_e5m2))
+    scale = 2.0**-16
+    q = torch.randn(len(lengths), hkv * group, d, dtype=dtype, device=device)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1, device=device), backend=backend)
+    wrapper.plan(indptr, indices, last, hkv * group, hkv, d, page, pos_encoding_mode="ROPE_LLAMA", q_data_type=dtype,
+                 rope_scale=rope[0], rope_theta=rope[1])
+    out, lse = wrapper.run(q, cache, k_scale=scale, v_scale=scale, return_lse=True)
+    _check(out, lse, _expect(q, cache, "NHD", indptr, indices, last, dtype, sm_scale=1 / math.sqrt(d), rope=rope,
+                             k_scale=scale, v_scale=scale), "rope fp8 range")
+
+
 @pytest.mark.parametrize("group", [5, 8, 16, 20, 40])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_decode_gqa_groups(device, group, backend):

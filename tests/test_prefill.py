@@ -287,6 +287,24 @@ def test_batch_prefill_rope_llama(device, head_dim, form):
            f"rope {form}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_batch_prefill_rope_fp8_range(device, dtype):
+    """e5m2 K and V at the top of their range (+-57344; a pair rotated by 45 degrees reaches 81100, past f16's 65504),
+    brought back by k_scale and v_scale: the rotation must not overflow on its way to the mma."""
+    hkv, group, d, scale, rope = 2, 4, 128, 2.0**-16, (1.0, 1e4)
+    q, k, v, qo, kv = _ragged(PAIRS, hkv * group, hkv, d, dtype, device, seed=11)
+    g = torch.Generator().manual_seed(12)
+    k, v = (((torch.randint(0, 2, x.shape, generator=g) * 2 - 1) * 57344.0).to(torch.float8_e5m2).to(device)
+            for x in (k, v))
+    wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(qo, kv, hkv * group, hkv, d, causal=True, pos_encoding_mode="ROPE_LLAMA", rope_scale=rope[0],
+                 rope_theta=rope[1])
+    out, lse = wrapper.run(q, k, v, k_scale=scale, v_scale=scale, return_lse=True)
+    ks, vs = ([x.cpu().double() * scale for x in _split(t, kv)] for t in (k, v))
+    _check(out, lse, _expect(q, ks, vs, qo, dtype, sm_scale=1 / math.sqrt(d), causal=True, rope=rope),
+           "rope fp8 range")
+
+
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("mode", ["causal", "mask", "plain", "rope"])
 def test_single_prefill(device, layout, mode):

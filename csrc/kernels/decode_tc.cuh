@@ -107,8 +107,8 @@ __device__ __forceinline__ void fp8x4_to_f16x2(uint32_t x, uint32_t& lo, uint32_
 // the angles whose cosines and sines are cs and sn, in f16x2: x' = u c - w s and y' = w c + u s as one multiply and
 // one fma each, two dims at a time. fp8 -> f16 is exact; c and s are rounded to f16, and so are w s and the result:
 // about 2^-10 of |k| in all, finer than the bf16 K tile it replaces and about three f16 roundings for f16 queries,
-// for half the instructions of rotating in fp32 (the pass bounds this kernel). e5m2's range reaches f16's, so its
-// cosines and sines come at half amplitude (rope_rows_consecutive's amp) and the score scale takes the 2 back.
+// for half the instructions of rotating in fp32 (the pass bounds this kernel). e5m2's cosines and sines come at half
+// amplitude (kRopeAmp, common/rotary.cuh).
 template <typename KV, int D>
 __device__ __forceinline__ void rope_convert_chunk(const KV* kt, __half* k16, int r, int ch, const float (&cs)[8],
                                                    const float (&sn)[8]) {
@@ -131,10 +131,6 @@ __device__ __forceinline__ void rope_convert_chunk(const KV* kt, __half* k16, in
   *reinterpret_cast<uint4*>(k16 + swizzle<D>(r, ch)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
   *reinterpret_cast<uint4*>(k16 + swizzle<D>(r, hi_ch)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
 }
-// The amplitude of e5m2's rotation (above).
-template <typename KV>
-constexpr float kRopeAmp = std::is_same_v<KV, __nv_fp8_e5m2> ? 0.5f : 1.f;
-
 // kRope: ROPE_LLAMA, the query tile rotated to position len - 1 once, and each warp rotating the K rows it reads (its
 // quarter of the stage) before its S product: no block barrier beyond the tile's own. 16-bit K is rotated in place;
 // fp8 K on its way into an f16 K tile (each warp its rows), S then runs as for 16-bit KV on f16 operands, while V
@@ -230,7 +226,7 @@ __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kR
   qk_scale[0] = qk_scale[1] = p.sm_scale * p.k_scale * kLog2e * (cap ? 2.f / p.logits_soft_cap : 1.f);
   if constexpr (kFp8) {
     if constexpr (!kRope) __syncthreads();  // under RoPE, the query rotation's barrier published qscale_s
-    const float amp = kRope ? kRopeAmp<KV> : 1.f;
+    const float amp = kRope ? kRopeAmp<__half, KV> : 1.f;
     qk_scale[0] *= qscale_s[lane / 4] / amp;
     qk_scale[1] *= qscale_s[lane / 4 + 8] / amp;
   }
@@ -277,7 +273,7 @@ __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kR
             [&](int r, const float(&cs)[8], const float(&sn)[8]) {
               rope_convert_chunk<KV, D>(kt, k16_s, tok0 + r, rope_ch, cs, sn);
             },
-            kRopeAmp<KV>);
+            kRopeAmp<__half, KV>);
       }
       __syncwarp();
     }

@@ -215,13 +215,15 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 
   // Scores to the log2 domain. The common case folds the scale into the exponent (exp2(x * e_scale - m), one
   // fma); a soft cap, or a scale that is not positive (which would turn a masked -inf into NaN), transforms each
-  // score first and leaves e_scale = 1.
+  // score first and leaves e_scale = 1. K rotated at an amplitude below 1 (kRopeAmp) is scaled back here.
+  constexpr float kAmp = kRope ? kRopeAmp<T, KV> : 1.f;
+  const float k_scale = p.k_scale / kAmp;
   const bool cap = p.logits_soft_cap > 0.f;
-  const float qk_scale = p.sm_scale * p.k_scale * kLog2e;
+  const float qk_scale = p.sm_scale * k_scale * kLog2e;
   const bool pre = cap || !(qk_scale > 0.f);
   const float e_scale = pre ? 1.f : qk_scale;
   const float cap_scale = p.logits_soft_cap * kLog2e;
-  const float tanh_scale = cap ? p.sm_scale * p.k_scale / p.logits_soft_cap : 0.f;
+  const float tanh_scale = cap ? p.sm_scale * k_scale / p.logits_soft_cap : 0.f;
   // This warp's rows: tile mi holds rows wrow + kMStep mi .. + 16; a thread owns two of each (lane / 4 and lane / 4
   // + 8). mma.sync: a warp's kM tiles are adjacent; wgmma: its 16 rows of each of its warpgroup's kM 64-row tiles
   // (warpgroup g holds tiles g kM .. g kM + kM - 1 of the block's rows).
@@ -302,7 +304,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       T* kt;
       if constexpr (kConvert) kt = kc_s; else kt = k_s + srow * D;
       rope_tile_consecutive<T, D, kTile, kBlockThreads, kWg>(RopeParams{p.rope_rcp_scale, p.rope_log2_theta}, kt, j0,
-                                                             threadIdx.x % (D / 16), threadIdx.x / (D / 16));
+                                                             threadIdx.x % (D / 16), threadIdx.x / (D / 16), kAmp);
       publish();
     }
 

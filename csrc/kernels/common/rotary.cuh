@@ -2,10 +2,17 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "vec.cuh"
 #include "wgmma.cuh"
 
 namespace flashinfer {
+
+// The amplitude at which fp8 KV is rotated into a tile of T: e5m2 reaches 57344, so a rotated pair (up to sqrt(2) times
+// that) could pass f16's 65504; at half amplitude it cannot, and the scores take the 2 back. bf16 has the range.
+template <typename T, typename KV>
+constexpr float kRopeAmp = std::is_same_v<T, __half> && std::is_same_v<KV, __nv_fp8_e5m2> ? 0.5f : 1.f;
 
 // Inverse frequency of rotary pair i of a head_dim-wide rotation: rcp_scale * theta^(-2 i / head_dim), with theta
 // given as log2(theta) so the device evaluates one exp2.
@@ -102,7 +109,7 @@ __device__ __forceinline__ void rope_walk_rows(float (&cs)[8], float (&sn)[8], c
 // Row r rotated to position pos0 + r (a K tile), by kThreads threads (a block, or one warp over its own rows) of which
 // this one takes chunk ch of rows r0, r0 + kStep, ... (ch = t % (D / 16), r0 = t / (D / 16) for thread t of them):
 // rotate(r, cs, sn) does row r's chunk with the cosines and sines of its angles, the first row's from __sincosf.
-// amp scales every cosine and sine (the walk keeps it): a rotation into f16 that would overflow takes 0.5.
+// amp scales every cosine and sine (the walk keeps it): kRopeAmp.
 template <int D, int kRows, int kThreads, typename Rotate>
 __device__ __forceinline__ void rope_rows_consecutive(const RopeParams& p, int64_t pos0, int ch, int r0,
                                                       Rotate&& rotate, float amp = 1.f) {
@@ -131,13 +138,16 @@ __device__ __forceinline__ void rope_rows_consecutive(const RopeChunk<D, kThread
 }
 
 // A swizzled [kRows][D] tile in shared memory rotated in place, row r to position pos0 + r (rope_rows_consecutive;
-// consts is RopeParams or the thread's RopeChunk).
+// consts is RopeParams or the thread's RopeChunk; amp as there).
 template <typename T, int D, int kRows, int kThreads, bool kWgLayout = false, typename Consts>
-__device__ __forceinline__ void rope_tile_consecutive(const Consts& consts, T* tile, int64_t pos0, int ch, int r0) {
-  rope_rows_consecutive<D, kRows, kThreads>(consts, pos0, ch, r0,
-                                            [&](int r, const float(&cs)[8], const float(&sn)[8]) {
-                                              rope_rotate_chunk<T, D, kRows, kWgLayout>(tile, r, ch, cs, sn);
-                                            });
+__device__ __forceinline__ void rope_tile_consecutive(const Consts& consts, T* tile, int64_t pos0, int ch, int r0,
+                                                      float amp = 1.f) {
+  rope_rows_consecutive<D, kRows, kThreads>(
+      consts, pos0, ch, r0,
+      [&](int r, const float(&cs)[8], const float(&sn)[8]) {
+        rope_rotate_chunk<T, D, kRows, kWgLayout>(tile, r, ch, cs, sn);
+      },
+      amp);
 }
 
 }  // namespace flashinfer
