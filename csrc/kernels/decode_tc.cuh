@@ -131,6 +131,7 @@ __device__ __forceinline__ void rope_convert_chunk(const KV* kt, __half* k16, in
   *reinterpret_cast<uint4*>(k16 + swizzle<D>(r, ch)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
   *reinterpret_cast<uint4*>(k16 + swizzle<D>(r, hi_ch)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
 }
+
 // kRope: ROPE_LLAMA, the query tile rotated to position len - 1 once, and each warp rotating the K rows it reads (its
 // quarter of the stage) before its S product: no block barrier beyond the tile's own. 16-bit K is rotated in place;
 // fp8 K on its way into an f16 K tile (each warp its rows), S then runs as for 16-bit KV on f16 operands, while V
