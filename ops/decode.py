@@ -7,7 +7,7 @@ request is split across blocks is decided on the device from the page tables.
 
 Two kernels compute decode on CUDA, each for every case: a tensor-core one (the query heads of a GQA group are the
 rows of an mma tile; fp8 K/V go through ldmatrix as bytes and are converted in registers, except fp8 K under
-ROPE_LLAMA, which is converted and rotated into a 16-bit tile) and a CUDA-core one. ``backend="auto"`` (the default,
+ROPE_LLAMA, which is converted and rotated into an f16 tile) and a CUDA-core one. ``backend="auto"`` (the default,
 also what ``use_tensor_cores=False`` means) takes tensor cores, since they are faster at every group size;
 ``use_tensor_cores=True`` asks for them explicitly; ``backend="cuda_core"`` forces CUDA cores. All give the same
 result within rounding.

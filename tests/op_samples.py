@@ -129,7 +129,7 @@ def batch_decode_with_paged_kv_cache(device):
     i32 = dict(dtype=torch.int32, device=device)
     tables = (torch.tensor([0, 2, 2, 3], **i32), torch.tensor([3, 0, 1], **i32), torch.tensor([5, 0, 16], **i32))
     out = []
-    # RoPE on both kernels: tensor cores (the default; 16-bit K rotated in place, fp8 K into a 16-bit tile) and CUDA
+    # RoPE on both kernels: tensor cores (the default; 16-bit K rotated in place, fp8 K into an f16 tile) and CUDA
     # cores.
     bf16, e4m3 = torch.bfloat16, torch.float8_e4m3fn
     for layout, form, rope, d, backend, kv in (("NHD", "5d", False, 64, "auto", bf16),

@@ -220,16 +220,16 @@ __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kR
   }
 
   // Scores in the log2 domain: sm_scale * k_scale * log2(e), under a soft cap times 2 / cap (the argument of
-  // cap_tanh_core, whose affine map then gives cap * log2(e) * tanh); for fp8 KV times the row's 2^e (and under RoPE
-  // over the rotation's amplitude).
+  // cap_tanh_core, whose affine map then gives cap * log2(e) * tanh); for fp8 KV times the row's 2^e. K rotated into
+  // the f16 tile at an amplitude below 1 (kRopeAmp) is scaled back here.
+  constexpr float kAmp = kRope ? kRopeAmp<__half, KV> : 1.f;
   const bool cap = p.logits_soft_cap > 0.f;
   float qk_scale[2];
-  qk_scale[0] = qk_scale[1] = p.sm_scale * p.k_scale * kLog2e * (cap ? 2.f / p.logits_soft_cap : 1.f);
+  qk_scale[0] = qk_scale[1] = p.sm_scale * (p.k_scale / kAmp) * kLog2e * (cap ? 2.f / p.logits_soft_cap : 1.f);
   if constexpr (kFp8) {
     if constexpr (!kRope) __syncthreads();  // under RoPE, the query rotation's barrier published qscale_s
-    const float amp = kRope ? kRopeAmp<__half, KV> : 1.f;
-    qk_scale[0] *= qscale_s[lane / 4] / amp;
-    qk_scale[1] *= qscale_s[lane / 4 + 8] / amp;
+    qk_scale[0] *= qscale_s[lane / 4];
+    qk_scale[1] *= qscale_s[lane / 4 + 8];
   }
   const float cap_scale = p.logits_soft_cap * kLog2e;
   float o[kNT][4];
@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(kTcThreads, tc_blocks_per_sm(D, sizeof(KV), kR
             [&](int r, const float(&cs)[8], const float(&sn)[8]) {
               rope_convert_chunk<KV, D>(kt, k16_s, tok0 + r, rope_ch, cs, sn);
             },
-            kRopeAmp<__half, KV>);
+            kAmp);
       }
       __syncwarp();
     }
