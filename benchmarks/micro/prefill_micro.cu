@@ -6,11 +6,10 @@
 //
 // Every request has QO_LEN queries over KV_LEN keys (causal is bottom-right aligned; mask: a packed custom mask,
 // little bit order, of random bits with about three in four kept, each request's bits from a byte boundary, which
-// runs the kernel's kMask instantiation). Prints one line: max error
-// of a few query rows of the first request against a float64 host reference, median time of one launch in us (with
-// CHAIN=n, of one of n back-to-back launches) and TFLOP/s (4 * head_dim flops per (query head, key) pair the mask
-// keeps). Built with -DMICRO_ROPE (NVCC_FLAGS in run.sh), it runs ROPE_LLAMA (theta 1e4) and the reference
-// rotates q and k the same way in float64.
+// runs the kernel's kMask instantiation). Prints one line: max error of a few query rows of the first and the last
+// request against a float64 host reference, median time of one launch in us (with CHAIN=n, of one of n back-to-back
+// launches) and TFLOP/s (4 * head_dim flops per (query head, key) pair the mask keeps). Built with -DMICRO_ROPE
+// (NVCC_FLAGS in run.sh), it runs ROPE_LLAMA (theta 1e4) and the reference rotates q and k the same way in float64.
 #include <cmath>
 #include <string>
 #include <vector>
@@ -60,10 +59,10 @@ int run(const Shape& sh) {
     }
   }
   for (int b = 0; b <= batch; ++b) mask_indptr[b] = (int32_t)(b * mask_bytes_per);
-  auto kept = [&](int i, int j) {  // request 0
+  auto kept = [&](int req, int i, int j) {
     if (sh.causal && j > kv_len - qo_len + i) return false;
     if (!sh.mask) return true;
-    const int64_t bit = (int64_t)i * kv_len + j;
+    const int64_t bit = (int64_t)mask_indptr[req] * 8 + (int64_t)i * kv_len + j;
     return ((h_mask[bit >> 3] >> (bit & 7)) & 1) != 0;
   };
   std::vector<T> h_q;
@@ -125,44 +124,50 @@ int run(const Shape& sh) {
   CHECK(cudaStreamSynchronize(stream));
   std::vector<T> h_out(total_q * hq * D);
   CHECK(cudaMemcpy(h_out.data(), out, h_out.size() * sizeof(T), cudaMemcpyDeviceToHost));
-  // Rows 0, a third, two thirds and the last of request 0, every head.
-  auto elem = [&](int which, int j, int kvh, int e) {  // 0: K, 1: V; key j of request 0
-    if (sh.ragged) return to_double(kv.host_kv0[(((int64_t)which * total_kv + j) * hkv + kvh) * D + e]);
-    const int64_t pg = kv.host_tables[0][j / page];
-    return to_double(kv.host_kv0[(((pg * 2 + which) * page + j % page) * hkv + kvh) * D + e]);
-  };
-  // Request 0's keys, rotated (when kRope) once: [kv_len][hkv][D].
-  std::vector<double> keys((int64_t)kv_len * hkv * D), row(D);
-  for (int j = 0; j < kv_len; ++j)
-    for (int kvh = 0; kvh < hkv; ++kvh) {
-      for (int e = 0; e < D; ++e) row[e] = elem(0, j, kvh, e);
-      micro::rope_rotate<D>(row, j);
-      std::copy(row.begin(), row.end(), keys.begin() + ((int64_t)j * hkv + kvh) * D);
-    }
+  // Rows 0, a third, two thirds and the last of the first and the last request, every head.
   double max_err = 0, max_ref = 0;
-  for (int i : {0, qo_len / 3, 2 * qo_len / 3, qo_len - 1}) {
-    for (int h = 0; h < hq; ++h) {
-      const int kvh = h / (hq / hkv);
-      std::vector<double> s(kv_len, -INFINITY), o(D, 0.0), qr(D);
-      for (int e = 0; e < D; ++e) qr[e] = to_double(h_q[((int64_t)i * hq + h) * D + e]);
-      micro::rope_rotate<D>(qr, kv_len - qo_len + i);
-      double mx = -INFINITY, den = 0;
-      for (int j = 0; j < kv_len; ++j) {
-        if (!kept(i, j)) continue;
-        double dot = 0;
-        for (int e = 0; e < D; ++e) dot += qr[e] * keys[((int64_t)j * hkv + kvh) * D + e];
-        s[j] = micro::ref_score(dot, p.sm_scale, p.logits_soft_cap), mx = std::max(mx, s[j]);
+  std::vector<int> reqs{0};
+  if (batch > 1) reqs.push_back(batch - 1);
+  for (int req : reqs) {
+    auto elem = [&](int which, int j, int kvh, int e) {  // 0: K, 1: V; key j of request req
+      if (sh.ragged)
+        return to_double(kv.host_kv0[(((int64_t)which * total_kv + (int64_t)req * kv_len + j) * hkv + kvh) * D + e]);
+      const int64_t pg = kv.host_tables[0][(int64_t)req * pages_per + j / page];
+      return to_double(kv.host_kv0[(((pg * 2 + which) * page + j % page) * hkv + kvh) * D + e]);
+    };
+    // The request's keys, rotated (when kRope) once: [kv_len][hkv][D].
+    std::vector<double> keys((int64_t)kv_len * hkv * D), row(D);
+    for (int j = 0; j < kv_len; ++j)
+      for (int kvh = 0; kvh < hkv; ++kvh) {
+        for (int e = 0; e < D; ++e) row[e] = elem(0, j, kvh, e);
+        micro::rope_rotate<D>(row, j);
+        std::copy(row.begin(), row.end(), keys.begin() + ((int64_t)j * hkv + kvh) * D);
       }
-      for (int j = 0; j < kv_len; ++j) {
-        if (s[j] == -INFINITY) continue;
-        const double w = std::exp(s[j] - mx);
-        den += w;
-        for (int e = 0; e < D; ++e) o[e] += w * elem(1, j, kvh, e);
-      }
-      for (int e = 0; e < D; ++e) {
-        const double ref = den > 0 ? o[e] / den : 0.0, got = to_double(h_out[((int64_t)i * hq + h) * D + e]);
-        max_err = std::max(max_err, std::isnan(got) ? INFINITY : std::fabs(got - ref));
-        max_ref = std::max(max_ref, std::fabs(ref));
+    for (int i : {0, qo_len / 3, 2 * qo_len / 3, qo_len - 1}) {
+      const int64_t qrow = (int64_t)req * qo_len + i;
+      for (int h = 0; h < hq; ++h) {
+        const int kvh = h / (hq / hkv);
+        std::vector<double> s(kv_len, -INFINITY), o(D, 0.0), qr(D);
+        for (int e = 0; e < D; ++e) qr[e] = to_double(h_q[(qrow * hq + h) * D + e]);
+        micro::rope_rotate<D>(qr, kv_len - qo_len + i);
+        double mx = -INFINITY, den = 0;
+        for (int j = 0; j < kv_len; ++j) {
+          if (!kept(req, i, j)) continue;
+          double dot = 0;
+          for (int e = 0; e < D; ++e) dot += qr[e] * keys[((int64_t)j * hkv + kvh) * D + e];
+          s[j] = micro::ref_score(dot, p.sm_scale, p.logits_soft_cap), mx = std::max(mx, s[j]);
+        }
+        for (int j = 0; j < kv_len; ++j) {
+          if (s[j] == -INFINITY) continue;
+          const double w = std::exp(s[j] - mx);
+          den += w;
+          for (int e = 0; e < D; ++e) o[e] += w * elem(1, j, kvh, e);
+        }
+        for (int e = 0; e < D; ++e) {
+          const double ref = den > 0 ? o[e] / den : 0.0, got = to_double(h_out[(qrow * hq + h) * D + e]);
+          max_err = std::max(max_err, std::isnan(got) ? INFINITY : std::fabs(got - ref));
+          max_ref = std::max(max_ref, std::fabs(ref));
+        }
       }
     }
   }
@@ -177,7 +182,7 @@ int run(const Shape& sh) {
     if (!sh.mask) {
       pairs += sh.causal ? std::clamp(kv_len - qo_len + i + 1, 0, kv_len) : kv_len;
     } else {
-      for (int j = 0; j < kv_len; ++j) pairs += kept(i, j);  // request 0's count, for every request
+      for (int j = 0; j < kv_len; ++j) pairs += kept(0, i, j);  // request 0's count, for every request
     }
   }
   const double flops = 4.0 * D * hq * batch * pairs;
