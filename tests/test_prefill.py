@@ -204,6 +204,32 @@ def test_batch_prefill_soft_cap_masked(device, head_dim, mode):
     _check(out, lse, _expect(q, ks, vs, qo, dtype, masks=masks, **kw), f"soft cap {mode}")
 
 
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("rise", ["steps", "spikes"])
+def test_batch_prefill_running_max(device, head_dim, rise):
+    """Row maxima that rise late in the KV range, by different amounts in the rows of one tile: the online softmax
+    must move its running maximum and rescale what it has summed. steps: keys scaled up by quarters of each request
+    (scores up to ~13 x the first quarter's); spikes: a few late keys scaled 40x, so that some rows' scores jump by
+    more than 128 in log2 units within one tile (exp2 against the old maximum would overflow float32)."""
+    dtype, hkv, group = torch.float16, 2, 4
+    pairs = [(40, 700), (1, 500), (129, 300), (17, 64)]
+    q, k, v, qo, kv = _ragged(pairs, hkv * group, hkv, head_dim, dtype, device, seed=21)
+    g = torch.Generator().manual_seed(22)
+    scale = []
+    for _, n in pairs:
+        pos = torch.arange(n, dtype=torch.float64) / n
+        if rise == "steps":
+            scale.append(1 + 4 * torch.floor(4 * pos))
+        else:
+            scale.append(torch.where((pos > 0.6) & (torch.rand(n, generator=g) < 0.02), 40.0, 1.0))
+    k = (k.double() * torch.cat(scale).to(device)[:, None, None]).to(dtype)
+    wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1, device=device))
+    wrapper.plan(qo, kv, hkv * group, hkv, head_dim, causal=True)
+    out, lse = wrapper.run(q, k, v, return_lse=True)
+    _check(out, lse, _expect(q, _split(k, kv), _split(v, kv), qo, dtype, sm_scale=1 / math.sqrt(head_dim),
+                             causal=True), f"running max {rise}")
+
+
 @pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
