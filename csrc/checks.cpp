@@ -386,7 +386,7 @@ std::pair<at::Tensor, at::Tensor> check_ragged_prefill(const at::Tensor& q, cons
   const at::Tensor kk = kv_layout == "NHD" ? k : k.transpose(0, 1), vv = kv_layout == "NHD" ? v : v.transpose(0, 1);
   check_indptr(kv_indptr, "kv_indptr", q, op);
   check_prefill(q, qo_indptr, kk, kv_indptr.size(0) - 1, mask, mask_indptr, op);
-  FI_CHECK(kk.size(0) < (int64_t(1) << 31), op, "k must hold fewer than 2^31 tokens");
+  FI_CHECK(kk.size(0) <= INT32_MAX - 256, op, "k must hold at most 2^31 - 257 tokens, got ", kk.size(0));
   return {kk, vv};
 }
 

@@ -71,7 +71,7 @@ void check_page_table(const at::Tensor& indptr, const char* indptr_name, const a
 // ---- attention (decode, prefill) ----
 // Token positions are 32-bit in the CUDA kernels; both devices accept the same inputs, so the limit is checked
 // here for both: a paged cache addresses fewer than 2^31 tokens (kv_indices.size(0) * page_size), a ragged one
-// holds fewer than 2^31 rows.
+// holds at most 2^31 - 257 rows (the ragged loader adds a thread's row within a tile to the slice's first row).
 
 // ---- decode ----
 // A whole decode call: q [batch, num_qo_heads, head_dim] (fp16/bf16) against a paged cache of q's dtype or fp8,

@@ -278,18 +278,23 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
     cp_async_wait<kStages - 2>();
     publish();
     if (tile == 0) BLOCK_TRACE(4);  // the first tile has landed
-    // Every token of the tile on a readable page and inside the slice (the common case)? The flags were written
-    // when the stage was issued, before the barrier above.
+    // Every token of the tile on a readable page and inside the slice (the common case)? Paged: the flags were
+    // written when the stage was issued, before the barrier above. Ragged: every row of the slice is readable.
     const int stage = tile % kStages;
     const int srow = stage * kTile;  // first row of this stage in k_s / v_s (and in valid_s)
-    int valid = 1;
+    const int64_t j0 = sl.t0 + (int64_t)tile * kTile;
+    bool all_valid;
+    if constexpr (kRagged) {
+      all_valid = j0 + kTile <= sl.t1;
+    } else {
+      int valid = 1;
 #pragma unroll
-    for (int t = lane; t < kTile; t += 32) valid &= valid_s[srow + t];
-    const bool all_valid = __all_sync(0xffffffffu, valid);
+      for (int t = lane; t < kTile; t += 32) valid &= valid_s[srow + t];
+      all_valid = __all_sync(0xffffffffu, valid);
+    }
     if (tile + kStages - 1 < sl.ntiles) loader.issue(k_s, v_s, valid_s, (tile + kStages - 1) % kStages);
     cp_async_commit();
     loader.find(tile + kStages);
-    const int64_t j0 = sl.t0 + (int64_t)tile * kTile;
     // First row of the tile the mma reads: the stage itself, or the converted copy of an fp8 stage. Every warp
     // finished reading the previous converted tile before the barrier above.
     int mrow = srow;
@@ -381,12 +386,16 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
       const int c = 2 * (lane % 4);
       uint64_t valid_bits = ~0ull;
       if (!all_valid) {
-        valid_bits = 0;
+        if constexpr (kRagged) {
+          valid_bits = low_bits(sl.t1 - j0 - c);
+        } else {
+          valid_bits = 0;
 #pragma unroll
-        for (int nt = 0; nt < kSN; ++nt)
+          for (int nt = 0; nt < kSN; ++nt)
 #pragma unroll
-          for (int e = 0; e < 2; ++e)
-            valid_bits |= (uint64_t)(valid_s[srow + nt * 8 + c + e] != 0) << (nt * 8 + e);
+            for (int e = 0; e < 2; ++e)
+              valid_bits |= (uint64_t)(valid_s[srow + nt * 8 + c + e] != 0) << (nt * 8 + e);
+        }
       }
 #pragma unroll
       for (int mi = 0; mi < kM; ++mi)
