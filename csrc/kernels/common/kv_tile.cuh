@@ -36,9 +36,9 @@ struct Slice {
 // is the last one's plus a fixed step: no lookup, no shuffle, no select in a tile that lies inside the slice, and no
 // validity flags (every row of the slice is readable; the kernel tests the slice end itself). Against the shared
 // lookups the paged form uses, that halves the loader's instructions a tile (bf16 D 128 prefill on mma.sync: 92
-// against 184 a thread) and made prefill over ragged KV 5-10% faster on both mainloops (H200, benchmarks/micro).
-// The page and entry strides are below 2^31 (checked by the adapter), so each offset is two 32 x 32 -> 64-bit
-// multiply-adds.
+// against 184 a thread) and made prefill over ragged KV 4.5-12% faster on both mainloops (H200, benchmarks/micro;
+// custom masks 0.5-10%). The page and entry strides are below 2^31 (checked by the adapter), so each offset is two
+// 32 x 32 -> 64-bit multiply-adds.
 //
 // Who looks up a row's page: without kShareLookups every thread looks up each of its kLoads rows, so the kChunks
 // threads of a row repeat the same page-table read, division and offset products. With it, each lane of a warp looks
@@ -153,9 +153,10 @@ struct TileLoader {
   // Shared-memory offset (elements) of copy i of this thread in a stage.
   __device__ __forceinline__ int dst_of(int stage, int i) const {
     // Rows kRowsPerStep apart share their swizzle when that is a multiple of its 8-row period.
-    return stage * kTile * D + (kRowsPerStep % 8 == 0 || !kSwizzle
-                                    ? dst0 + i * kRowsPerStep * kRowStride
-                                    : tile_offset((int)threadIdx.x / kChunks + i * kRowsPerStep, threadIdx.x % kChunks));
+    const int in_stage = kRowsPerStep % 8 == 0 || !kSwizzle
+                             ? dst0 + i * kRowsPerStep * kRowStride
+                             : tile_offset((int)threadIdx.x / kChunks + i * kRowsPerStep, threadIdx.x % kChunks);
+    return stage * kTile * D + in_stage;
   }
 
   // Ragged: tile `tile` (< s.ntiles) of the slice. A tile that ends inside the slice (all but a slice's last) copies
