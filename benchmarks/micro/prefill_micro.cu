@@ -77,7 +77,7 @@ int run(const Shape& sh) {
   if (sh.ragged) {
     p.k_stride_page = p.v_stride_page = 0;
     p.k_stride_entry = p.v_stride_entry = (int64_t)hkv * D;
-    p.num_indices = total_kv, p.num_pages = 1;  // the loader takes every ragged row as page 0
+    p.num_indices = total_kv, p.num_pages = 1;  // the ragged loader reads no page table
   } else {
     p.k_stride_page = p.v_stride_page = (int64_t)2 * page * hkv * D;
     p.k_stride_entry = p.v_stride_entry = (int64_t)hkv * D;

@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   T* kc_s = reinterpret_cast<T*>(v_s + kStages * kTile * D);   // fp8 KV: the converted tiles [kTile][D], swizzled
   T* vc_s = kc_s + (kConvert ? kTile * D : 0);
   T* q_s = vc_s + (kConvert ? kTile * D : 0);                   // [kRows][D], swizzled
-  int* valid_s = reinterpret_cast<int*>(q_s + kRows * D);       // [kStages][kTile]
+  int* valid_s = reinterpret_cast<int*>(q_s + kRows * D);       // [kStages][kTile]: paged KV only
   BlockTile* sched = reinterpret_cast<BlockTile*>(valid_s + kStages * kTile);
 
   BLOCK_TRACE_ENTRY();
