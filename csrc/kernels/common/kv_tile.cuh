@@ -28,9 +28,9 @@ struct Slice {
 // tid copies chunk tid % kChunks of token rows tid / kChunks + i * kRowsPerStep, i < kLoads. A load is two steps,
 // one pipeline iteration apart, so the page-table reads of the next tile overlap the compute of this one: find()
 // starts reading pages into registers, issue() checks them and starts the copies. Tokens past the slice or on a page
-// outside the cache are zero-filled and flagged invalid, so no read ever leaves the cache. Positions are 32-bit: t <
-// len <= num_indices * page_size < 2^31 (checked by the adapter). kSwizzle lays rows out for ldmatrix (swizzle(), or
-// swizzle_fp8() for 1-byte KV, in common/mma.cuh; with kWgLayout as wgmma reads it: tile_swizzle() in
+// outside the cache are zero-filled (and, paged, flagged invalid), so no read ever leaves the cache. Positions are
+// 32-bit: t < len <= num_indices * page_size < 2^31 (checked by the adapter). kSwizzle lays rows out for ldmatrix
+// (swizzle(), or swizzle_fp8() for 1-byte KV, in common/mma.cuh; with kWgLayout as wgmma reads it: tile_swizzle() in
 // common/wgmma.cuh). kRagged reads a contiguous KV tensor instead of pages: token t of the slice is row s.start + t
 // (p.k_stride_page is then unused), so a thread's rows of a tile lie kRowsPerStep rows apart and each copy's address
 // is the last one's plus a fixed step: no lookup, no shuffle, no select in a tile that lies inside the slice, and no
