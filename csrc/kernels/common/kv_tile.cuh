@@ -172,8 +172,9 @@ struct TileLoader {
 #pragma unroll
       for (int i = 0; i < kLoads; ++i) {
         const bool ok = inside || i * kRowsPerStep < left;
-        cp_async<16>(k_s + dst_of(stage, i), ok ? k : static_cast<const KV*>(p.k_cache), ok);
-        cp_async<16>(v_s + dst_of(stage, i), ok ? v : static_cast<const KV*>(p.v_cache), ok);
+        const int dst = dst_of(stage, i);
+        cp_async<16>(k_s + dst, ok ? k : static_cast<const KV*>(p.k_cache), ok);
+        cp_async<16>(v_s + dst, ok ? v : static_cast<const KV*>(p.v_cache), ok);
         k += k_step, v += v_step;
       }
     };
