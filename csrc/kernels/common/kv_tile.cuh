@@ -44,7 +44,9 @@ struct Slice {
 // threads of a row repeat the same page-table read, division and offset products. With it, each lane of a warp looks
 // up one of the warp's kLoads * kWarpRows rows and the copies take its byte offsets by shuffle: one lookup per token,
 // and kLoads - 1 fewer live lookups per thread (bf16 D 128 decode: 224 -> 176 registers). Each kernel picks the form
-// its benchmarks favour.
+// its benchmarks favour. (A row-major split, the kThreads / kTile threads of a token row copying its chunks so each
+// thread looks up its one row, halved the loader's instructions and made prefill 7-21% slower on both mainloops: a
+// warp's copy then touches 16 rows, against 2 rows of 256 contiguous bytes here.)
 template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false,
           bool kShareLookups = false, bool kWgLayout = false>
 struct TileLoader {
@@ -57,6 +59,10 @@ struct TileLoader {
   static_assert(kTile * kChunks % kThreads == 0, "whole copies per thread");
   static_assert(kThreads % kChunks == 0, "a thread copies the same chunk of every row it loads");
   static_assert(!kShareLookups || (32 % kChunks == 0 && kLoads * kWarpRows <= 32), "a lane looks up one whole row");
+  // Whether copy() hides the bases from the compiler (see there), where that measured faster: with shared lookups, on
+  // the wgmma layout and at head_dim 128 (H200, benchmarks/micro: prefill mma.sync D 128 +0.7-1.5%, wgmma D 256 +3.9%,
+  // decode_tc D 128 level to +0.9%; mma.sync D 64 and D 256 1-4% slower, their registers allocated worse).
+  static constexpr bool kOpaqueBases = kShareLookups && (kWgLayout || D == 128);
   // This thread's chunk of kv head kvh in entry 0 of page 0; ragged: in its first row of the slice's first tile.
   const KV* k_base;
   const KV* v_base;
@@ -196,6 +202,11 @@ struct TileLoader {
       k_off[j] += (int64_t)pg * (int32_t)p.k_stride_page;
       v_off[j] += (int64_t)pg * (int32_t)p.v_stride_page;
     }
+    // The bases as values the compiler cannot take apart: otherwise it re-associates base + row offset as the cache's
+    // (uniform) address + (this thread's offset + the row's), four instructions a copy address instead of two.
+    const KV* kb = k_base;
+    const KV* vb = v_base;
+    if constexpr (kOpaqueBases) asm("" : "+l"(kb), "+l"(vb));
     const int lane = threadIdx.x % 32;
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
@@ -209,8 +220,8 @@ struct TileLoader {
         ko = k_off[i], vo = v_off[i], rok = ok[i];
       }
       const int dst = dst_of(stage, i);
-      cp_async<16>(k_s + dst, k_base + ko, rok);
-      cp_async<16>(v_s + dst, v_base + vo, rok);
+      cp_async<16>(k_s + dst, kb + ko, rok);
+      cp_async<16>(v_s + dst, vb + vo, rok);
     }
     // The thread that looked a row up flags it (once per row: without sharing, the thread copying chunk 0).
 #pragma unroll
