@@ -45,8 +45,9 @@ struct Slice {
 // up one of the warp's kLoads * kWarpRows rows and the copies take its byte offsets by shuffle: one lookup per token,
 // and kLoads - 1 fewer live lookups per thread (bf16 D 128 decode: 224 -> 176 registers). Each kernel picks the form
 // its benchmarks favour. (A row-major split, the kThreads / kTile threads of a token row copying its chunks so each
-// thread looks up its one row, halved the loader's instructions and made prefill 7-21% slower on both mainloops: a
-// warp's copy then touches 16 rows, against 2 rows of 256 contiguous bytes here.)
+// thread looks up its one row, halved the loader's instructions and made prefill 6-21% slower on both mainloops, all
+// but wgmma at head_dim 256 (H200): likely because a warp's copy then touches 16 rows, 32 bytes of each, against 2
+// rows of 256 contiguous bytes here.)
 template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false,
           bool kShareLookups = false, bool kWgLayout = false>
 struct TileLoader {
@@ -61,7 +62,7 @@ struct TileLoader {
   static_assert(!kShareLookups || (32 % kChunks == 0 && kLoads * kWarpRows <= 32), "a lane looks up one whole row");
   // Whether copy() hides the bases from the compiler (see there), where that measured faster: with shared lookups, on
   // the wgmma layout and at head_dim 128 (H200, benchmarks/micro: prefill mma.sync D 128 +0.7-1.5%, wgmma D 256 +3.9%,
-  // decode_tc D 128 level to +0.9%; mma.sync D 64 and D 256 1-4% slower, their registers allocated worse).
+  // decode_tc D 128 level to +0.9%; mma.sync D 64 and D 256 1-4% slower, D 64 with a custom mask then spilling).
   static constexpr bool kOpaqueBases = kShareLookups && (kWgLayout || D == 128);
   // This thread's chunk of kv head kvh in entry 0 of page 0; ragged: in its first row of the slice's first tile.
   const KV* k_base;
