@@ -61,8 +61,9 @@ struct TileLoader {
   static_assert(kThreads % kChunks == 0, "a thread copies the same chunk of every row it loads");
   static_assert(!kShareLookups || (32 % kChunks == 0 && kLoads * kWarpRows <= 32), "a lane looks up one whole row");
   // Whether copy() hides the bases from the compiler (see there), where that measured faster: with shared lookups, on
-  // the wgmma layout and at head_dim 128 (H200, benchmarks/micro: prefill mma.sync D 128 +0.7-1.5%, wgmma D 256 +3.9%,
-  // decode_tc D 128 level to +0.9%; mma.sync D 64 and D 256 1-4% slower, D 64 with a custom mask then spilling).
+  // the wgmma layout and at head_dim 128 (H200, benchmarks/micro: prefill mma.sync D 128 +0.7-1.5%, +4.3% with RoPE,
+  // wgmma D 256 +3.9%, decode_tc D 128 level to +1.3%; mma.sync D 64 and D 256 1-4% slower, D 64 with a custom mask
+  // then spilling).
   static constexpr bool kOpaqueBases = kShareLookups && (kWgLayout || D == 128);
   // This thread's chunk of kv head kvh in entry 0 of page 0; ragged: in its first row of the slice's first tile.
   const KV* k_base;
