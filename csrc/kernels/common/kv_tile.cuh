@@ -44,10 +44,10 @@ struct Slice {
 // threads of a row repeat the same page-table read, division and offset products. With it, each lane of a warp looks
 // up one of the warp's kLoads * kWarpRows rows and the copies take its byte offsets by shuffle: one lookup per token,
 // and kLoads - 1 fewer live lookups per thread (bf16 D 128 decode: 224 -> 176 registers). Each kernel picks the form
-// its benchmarks favour. (A row-major split, the kThreads / kTile threads of a token row copying its chunks so each
-// thread looks up its one row, halved the loader's instructions and made prefill 6-21% slower on both mainloops, all
-// but wgmma at head_dim 256 (H200): likely because a warp's copy then touches 16 rows, 32 bytes of each, against 2
-// rows of 256 contiguous bytes here.)
+// its benchmarks favour. A row-major split (the kThreads / kTile threads of a token row copy its chunks, so each
+// thread looks up its one row) halved the loader's instructions yet made prefill 6-21% slower on both mainloops at
+// every shape but wgmma's head_dim 256 (H200), likely because one warp-wide copy then touches 16 rows, 32 bytes of
+// each, where this layout's touches 2 rows of 256 contiguous bytes.
 template <typename P, typename KV, int D, int kTile, int kThreads, bool kSwizzle, bool kRagged = false,
           bool kShareLookups = false, bool kWgLayout = false>
 struct TileLoader {
