@@ -148,11 +148,12 @@ constexpr double kRopeTheta = 1e4;
 // with e + D / 2.
 template <int D>
 void rope_rotate(std::vector<double>& x, double pos) {
-  if (!kRope) return;
-  for (int e = 0; e < D / 2; ++e) {
-    const double a = pos * std::pow(kRopeTheta, -2.0 * e / D), c = std::cos(a), s = std::sin(a);
-    const double u = x[e], w = x[e + D / 2];
-    x[e] = u * c - w * s, x[e + D / 2] = w * c + u * s;
+  if constexpr (kRope) {
+    for (int e = 0; e < D / 2; ++e) {
+      const double a = pos * std::pow(kRopeTheta, -2.0 * e / D), c = std::cos(a), s = std::sin(a);
+      const double u = x[e], w = x[e + D / 2];
+      x[e] = u * c - w * s, x[e + D / 2] = w * c + u * s;
+    }
   }
 }
 

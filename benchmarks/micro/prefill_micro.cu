@@ -187,9 +187,9 @@ int run(const Shape& sh) {
   }
   const double flops = 4.0 * D * hq * batch * pairs;
   const bool ok = max_err <= 2e-2 * std::max(max_ref, 1.0);
-  std::printf("%s batch %d qo %d kv %d hq %d hkv %d D %d %s%s %s %s splits %d: max err %.3g (%s), %.1f us, %.1f "
-              "TFLOP/s\n",
-              PREFILL_HEADER, batch, qo_len, kv_len, hq, hkv, D, micro::kRope ? "rope " : "",
+  std::printf("%s batch %d qo %d kv %d hq %d hkv %d D %d page %d %s%s %s %s splits %d: max err %.3g (%s), %.1f us, "
+              "%.1f TFLOP/s\n",
+              PREFILL_HEADER, batch, qo_len, kv_len, hq, hkv, D, page, micro::kRope ? "rope " : "",
               sh.mask ? "mask" : sh.causal ? "causal" : "full",
               sh.ragged ? "ragged" : "paged", sizeof(KV) == 1 ? "e4m3" : "bf16", splits, max_err, ok ? "ok" : "WRONG",
               us, flops / us * 1e-6);

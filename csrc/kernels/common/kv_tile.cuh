@@ -130,16 +130,16 @@ struct TileLoader {
         cp_async_commit();
       }
       find(kStages - 1);
-      return;
-    }
-    int page[kStages - 1][kLookups], entry[kStages - 1][kLookups];
+    } else {
+      int page[kStages - 1][kLookups], entry[kStages - 1][kLookups];
 #pragma unroll
-    for (int st = 0; st < kStages - 1; ++st) lookup(st, page[st], entry[st]);
-    find(kStages - 1);
+      for (int st = 0; st < kStages - 1; ++st) lookup(st, page[st], entry[st]);
+      find(kStages - 1);
 #pragma unroll
-    for (int st = 0; st < kStages - 1; ++st) {
-      if (st < s.ntiles) copy(page[st], entry[st], k_s, v_s, valid_s, st);
-      cp_async_commit();
+      for (int st = 0; st < kStages - 1; ++st) {
+        if (st < s.ntiles) copy(page[st], entry[st], k_s, v_s, valid_s, st);
+        cp_async_commit();
+      }
     }
   }
 
