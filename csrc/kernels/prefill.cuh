@@ -295,7 +295,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
     // Copies of tile + kStages - 1 (a stage every warp left before the barrier above), lookup of the tile after it.
     // Ragged bf16 / fp16 KV, which needs no lookups, issues them after this tile's S product: the tensor cores start
     // sooner (1-4% on H200). Paged KV needs the lead for its lookups; ragged fp8 KV measured 0.1-2.5% slower with
-    // it on both mainloops (its conversion pass sits between the barrier and the S product).
+    // it on both mainloops (not profiled; its conversion pass already sits between the barrier and the S product).
     constexpr bool kLateIssue = kRagged && !kConvert;
     auto issue_next = [&] {
       if (tile + kStages - 1 < sl.ntiles) loader.issue(k_s, v_s, valid_s, (tile + kStages - 1) % kStages);
