@@ -18,6 +18,10 @@
 #                                                        prefill's mma.sync mainloop (sm_90a builds run wgmma)
 #   NVCC_FLAGS=-DMICRO_ROPE bash benchmarks/micro/run.sh prefill|decode
 #                                                        with ROPE_LLAMA (theta 1e4)
+#   SPILLS=1 VARIANTS="a.cuh b.cuh" bash benchmarks/micro/run.sh prefill
+#                                                        builds only, and prints each kernel instantiation's spill
+#                                                        bytes per variant (ptxas -v; no GPU needed): a register
+#                                                        held across a tile loop shows here before it costs time
 # A variant is a copy of the kernel header (its includes resolve against csrc/kernels). A shape is the harness's
 # arguments: decode BATCH KV_LEN [HQ HKV HEAD_DIM PAGE bf16|e4m3]; prefill BATCH QO_LEN KV_LEN [HQ HKV HEAD_DIM
 # PAGE causal|full|mask paged|ragged bf16|e4m3] (mask: a random packed custom mask).
@@ -41,7 +45,8 @@ pids=()
 i=0
 for v in $variants; do
   nvcc -O3 -std=c++20 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc/kernels \
-    ${TRACE:+-DFLASHINFER_BLOCK_TRACE} ${NVCC_FLAGS:-} -D$macro="\"$(realpath "$v")\"" "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
+    ${TRACE:+-DFLASHINFER_BLOCK_TRACE} ${SPILLS:+-Xptxas -v} ${NVCC_FLAGS:-} -D$macro="\"$(realpath "$v")\"" \
+    "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
   pids+=($!)
   i=$((i + 1))
 done
@@ -50,6 +55,19 @@ for v in $variants; do
   wait "${pids[$i]}" || { echo "build of $v failed:"; cat "$bin/v$i.log"; exit 1; }
   i=$((i + 1))
 done
+if [ -n "${SPILLS:-}" ]; then
+  i=0
+  for v in $variants; do
+    echo "== $v"
+    # ptxas names each function, then gives its stack frame and spills on the next line.
+    awk '/Function properties for .*_kernel/ { match($0, /for [^ ]+/); name = substr($0, RSTART + 4, RLENGTH - 4); next }
+         name != "" && /spill stores/ { printf "%s:%s\n", name, $0; name = "" }' "$bin/v$i.log" |
+      sed -E 's/ +([0-9]+) bytes stack frame, ([0-9]+) bytes spill stores, ([0-9]+) bytes spill loads/  stores \2 loads \3/' |
+      { command -v c++filt > /dev/null && c++filt | sed 's/(flashinfer::[a-z_]*::Params)//' || cat; }
+    i=$((i + 1))
+  done
+  exit 0
+fi
 IFS=';' read -r -a modes <<< "${MODES:-}"
 [ ${#modes[@]} -gt 0 ] || modes=("")
 status=0
