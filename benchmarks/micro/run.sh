@@ -60,10 +60,10 @@ if [ -n "${SPILLS:-}" ]; then
   for v in $variants; do
     echo "== $v"
     # ptxas names each function, then gives its stack frame and spills on the next line.
-    awk '/Function properties for .*_kernel/ { match($0, /for [^ ]+/); name = substr($0, RSTART + 4, RLENGTH - 4); next }
+    awk '/Function properties for .*_kernel/ { match($0, /for [^ ]+/); name = substr($0, RSTART + 4, RLENGTH - 4) }
          name != "" && /spill stores/ { printf "%s:%s\n", name, $0; name = "" }' "$bin/v$i.log" |
-      sed -E 's/ +([0-9]+) bytes stack frame, ([0-9]+) bytes spill stores, ([0-9]+) bytes spill loads/  stores \2 loads \3/' |
-      { command -v c++filt > /dev/null && c++filt | sed 's/(flashinfer::[a-z_]*::Params)//' || cat; }
+      sed -E 's/ +[0-9]+ bytes stack frame, ([0-9]+) bytes spill stores, ([0-9]+) .*/  stores \1 loads \2/' |
+      if command -v c++filt > /dev/null; then c++filt | sed 's/(flashinfer::[a-z_]*::Params)//'; else cat; fi
     i=$((i + 1))
   done
   exit 0
