@@ -392,6 +392,49 @@ std::pair<at::Tensor, at::Tensor> check_ragged_prefill(const at::Tensor& q, cons
 
 // ---- layouts and failures of the CUDA adapters ----
 
+// ---- cascade ----
+
+namespace {
+void check_lse_of(const at::Tensor& s, const char* s_name, const at::Tensor& v, const char* v_name, const char* op) {
+  check_same_device(s, s_name, v, v_name, op);
+  FI_CHECK(s.scalar_type() == at::kFloat, op, s_name, " must be float32 (the log2-sum-exp of ", v_name,
+           "'s scores), got ", s.scalar_type());
+  const auto expected = v.sizes().slice(0, v.dim() - 1);
+  FI_CHECK(s.sizes() == expected, op, s_name, " must have shape ", expected, " (that of ", v_name,
+           " without head_dim), got ", s.sizes());
+}
+}  // namespace
+
+void check_state(const at::Tensor& v, const char* v_name, const at::Tensor& s, const char* s_name, const char* op) {
+  check_float_dtype(v, v_name, op);
+  FI_CHECK(v.dim() == 3, op, v_name, " must be 3-D [seq_len, num_heads, head_dim], got shape ", v.sizes());
+  FI_CHECK(v.size(2) > 0, op, v_name, " must have head_dim >= 1, got shape ", v.sizes());
+  check_lse_of(s, s_name, v, v_name, op);
+}
+
+void check_state_like(const at::Tensor& v, const char* v_name, const at::Tensor& s, const char* s_name,
+                      const at::Tensor& ref_v, const char* ref_name, const char* op) {
+  check_state(v, v_name, s, s_name, op);
+  check_same_device(v, v_name, ref_v, ref_name, op);
+  check_same_dtype(v, v_name, ref_v, ref_name, op);
+  FI_CHECK(v.sizes() == ref_v.sizes(), op, v_name, " must have the shape of ", ref_name, " (", ref_v.sizes(),
+           "), got ", v.sizes());
+}
+
+void check_state_mask(const at::Tensor& mask, const at::Tensor& v, const char* op) {
+  check_same_device(mask, "mask", v, "v", op);
+  FI_CHECK(mask.scalar_type() == at::kBool, op, "mask must be bool, got ", mask.scalar_type());
+  FI_CHECK(mask.dim() == 1 && mask.size(0) == v.size(0), op, "mask must have shape [", v.size(0),
+           "] (one flag per row of v), got ", mask.sizes());
+}
+
+void check_states(const at::Tensor& v, const at::Tensor& s, const char* op) {
+  check_float_dtype(v, "v", op);
+  FI_CHECK(v.dim() == 4, op, "v must be 4-D [seq_len, num_states, num_heads, head_dim], got shape ", v.sizes());
+  FI_CHECK(v.size(3) > 0, op, "v must have head_dim >= 1, got shape ", v.sizes());
+  check_lse_of(s, "s", v, "v", op);
+}
+
 std::optional<RowLayout> row_layout(const at::Tensor& t) {
   const int64_t n = t.dim();
   if (n == 0) return std::nullopt;

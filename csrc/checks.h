@@ -97,6 +97,17 @@ std::pair<at::Tensor, at::Tensor> check_ragged_prefill(const at::Tensor& q, cons
                                                        const std::optional<at::Tensor>& mask_indptr,
                                                        const std::string& kv_layout, const char* op);
 
+// ---- cascade ----
+// An attention state: v [seq, H, D] (float16 / bfloat16 / float32) and s [seq, H] float32 on v's device. With
+// `like`, a second state (or an in-place merge's other state) must have the first one's shape, dtype and device.
+void check_state(const at::Tensor& v, const char* v_name, const at::Tensor& s, const char* s_name, const char* op);
+void check_state_like(const at::Tensor& v, const char* v_name, const at::Tensor& s, const char* s_name,
+                      const at::Tensor& ref_v, const char* ref_name, const char* op);
+// merge_state_in_place's optional mask: bool [seq] on v's device.
+void check_state_mask(const at::Tensor& mask, const at::Tensor& v, const char* op);
+// merge_states: v [seq, num_states, H, D] and s [seq, num_states, H] float32.
+void check_states(const at::Tensor& v, const at::Tensor& s, const char* op);
+
 // ---- layouts and failures of the CUDA adapters ----
 // Leading dims of a [..., D] tensor collapsed to at most two (size, stride) levels; nullopt when the last dim
 // is strided or more levels are needed.

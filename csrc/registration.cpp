@@ -90,6 +90,16 @@ TORCH_LIBRARY(flashinfer, m) {
       "str backend=\"auto\") -> (Tensor, Tensor)",
       tags);
 
+  // ---- cascade: attention states v [seq, H, D] with s [seq, H] fp32, the log2-sum-exp of the scores behind v ----
+  // States over disjoint KV merge into the state over their union: s = log2(sum 2^s_k), v = sum 2^(s_k - s) v_k.
+  // A row whose states are all -inf (no key anywhere): 0, -inf.
+  m.def("merge_state(Tensor v_a, Tensor s_a, Tensor v_b, Tensor s_b) -> (Tensor, Tensor)", tags);
+  // (v, s) <- merge((v, s), (v_other, s_other)) in place, on the rows where mask (bool [seq]) is set, or all.
+  m.def("merge_state_in_place(Tensor(a!) v, Tensor(b!) s, Tensor v_other, Tensor s_other, Tensor? mask=None) -> ()",
+        tags);
+  // v [seq, num_states, H, D], s [seq, num_states, H] -> (v [seq, H, D], s [seq, H]).
+  m.def("merge_states(Tensor v, Tensor s) -> (Tensor, Tensor)", tags);
+
   // ---- prefill: ragged query tokens per request against its KV ----
   // q [total_q, Hq, D], request b's tokens at rows qo_indptr[b]..qo_indptr[b+1] -> (out [total_q, Hq, D],
   // lse [total_q, Hq] fp32, log base 2). Query i of a request of qo_len tokens over kv_len keys sees key j when

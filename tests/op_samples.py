@@ -183,6 +183,32 @@ def batch_prefill_with_paged_kv_cache(device):
     return out
 
 
+def _states(device, n=None):
+    """Attention states: v [seq, H, D] (or [seq, n, H, D]) and s float32 with a -inf row (no key)."""
+    out = []
+    for dtype, d in [(torch.bfloat16, 128), (torch.float32, 7)]:
+        lead = (5,) if n is None else (5, n)
+        v = torch.randn(*lead, 3, d, device=device).to(dtype)
+        s = torch.randn(*lead, 3, device=device) * 10
+        s[0] = float("-inf")
+        out.append((v, s))
+    return out
+
+
+def merge_state(device):
+    return [((va, sa, vb, sb), {}) for (va, sa), (vb, sb) in zip(_states(device), _states(device))]
+
+
+def merge_state_in_place(device):
+    mask = torch.tensor([True, False, True, True, False], device=device)
+    return [((va.clone(), sa.clone(), vb, sb), {"mask": m})
+            for ((va, sa), (vb, sb)), m in zip(zip(_states(device), _states(device)), (None, mask))]
+
+
+def merge_states(device):
+    return [((v, s), {}) for v, s in _states(device, 4)] + [((v, s), {}) for v, s in _states(device, 0)[:1]]
+
+
 SAMPLES = {
     "batch_prefill_with_ragged_kv_cache": batch_prefill_with_ragged_kv_cache,
     "batch_prefill_with_paged_kv_cache": batch_prefill_with_paged_kv_cache,
@@ -190,6 +216,9 @@ SAMPLES = {
     "append_paged_kv_cache": append_paged_kv_cache,
     "get_batch_indices_positions": get_batch_indices_positions,
     "get_seq_lens": get_seq_lens,
+    "merge_state": merge_state,
+    "merge_state_in_place": merge_state_in_place,
+    "merge_states": merge_states,
     "rmsnorm": rmsnorm,
     "rmsnorm_out": rmsnorm_out,
     "fused_add_rmsnorm": fused_add_rmsnorm,

@@ -234,3 +234,18 @@ def prefill_one(q, k, v, sm_scale, causal=False, mask=None, window_left=-1, logi
     p = torch.exp(s - torch.where(torch.isinf(lse), 0, lse)[..., None])
     out = torch.einsum("hqk,khd->qhd", p, vh)
     return out.double(), (lse.double() / math.log(2)).transpose(0, 1)
+
+
+# ---- cascade ----
+
+def merge_states(v, s, dtype=torch.float64):
+    """Attention states over disjoint KV merged into the state over their union: v [seq, N, H, D] with s [seq, N,
+    H], the log2-sum-exp of each state's scores. s' = log2 sum_k 2^s_k, v' = sum_k 2^(s_k - s') v_k; a row whose
+    states are all -inf gives 0 and -inf. The weights are computed in float64 (dtype float64) or float32 (s is
+    float32 data), the weighted sum of v in `dtype`."""
+    s = s.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    merged = torch.logsumexp(s * math.log(2), dim=1) / math.log(2)
+    w = torch.exp2(s - merged.unsqueeze(1))
+    w = torch.where(torch.isneginf(merged).unsqueeze(1), 0, w)
+    out = (w.to(dtype).unsqueeze(-1) * v.to(dtype)).sum(1)
+    return out, merged

@@ -60,6 +60,9 @@ flashinfer::gelu_tanh_and_mul_out(Tensor(a!) out, Tensor input) -> ()
 flashinfer::get_batch_indices_positions(Tensor append_indptr, Tensor seq_lens, int nnz) -> (Tensor, Tensor)
 flashinfer::get_seq_lens(Tensor kv_indptr, Tensor kv_last_page_len, int page_size) -> Tensor
 flashinfer::layernorm(Tensor input, Tensor gamma, Tensor beta, float eps) -> Tensor
+flashinfer::merge_state(Tensor v_a, Tensor s_a, Tensor v_b, Tensor s_b) -> (Tensor, Tensor)
+flashinfer::merge_state_in_place(Tensor(a!) v, Tensor(b!) s, Tensor v_other, Tensor s_other, Tensor? mask=None) -> ()
+flashinfer::merge_states(Tensor v, Tensor s) -> (Tensor, Tensor)
 flashinfer::rmsnorm(Tensor input, Tensor weight, float eps, bool gemma) -> Tensor
 flashinfer::rmsnorm_out(Tensor(a!) out, Tensor input, Tensor weight, float eps, bool gemma) -> ()
 flashinfer::silu_and_mul(Tensor input) -> Tensor
