@@ -13,7 +13,14 @@ from . import _C  # noqa: F401  registers the schemas and the CPU/CUDA kernels
 from . import meta_kernels  # noqa: F401  registers the fakes
 from . import activation, cascade, core, decode, norm, page, prefill, rope
 from .activation import gelu_and_mul, gelu_tanh_and_mul, silu_and_mul
-from .cascade import MultiLevelCascadeAttentionWrapper, merge_state, merge_state_in_place, merge_states
+from .cascade import (
+    BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
+    BatchPrefillWithSharedPrefixPagedKVCacheWrapper,
+    MultiLevelCascadeAttentionWrapper,
+    merge_state,
+    merge_state_in_place,
+    merge_states,
+)
 from .core import BatchDecodeWithPagedKVCache, BatchPrefillWithRaggedKVCache, PagedKVCache
 from .decode import (
     BatchDecodeWithPagedKVCacheWrapper,

@@ -15,9 +15,11 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from .prefill import BatchPrefillWithPagedKVCacheWrapper
+from .decode import BatchDecodeWithPagedKVCacheWrapper
+from .prefill import BatchPrefillWithPagedKVCacheWrapper, single_prefill_with_kv_cache
 
-__all__ = ["merge_state", "merge_state_in_place", "merge_states", "MultiLevelCascadeAttentionWrapper"]
+__all__ = ["merge_state", "merge_state_in_place", "merge_states", "MultiLevelCascadeAttentionWrapper",
+           "BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithSharedPrefixPagedKVCacheWrapper"]
 
 
 def merge_state(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor,
@@ -117,6 +119,76 @@ class MultiLevelCascadeAttentionWrapper:
         return out
 
     forward = run
+
+
+class BatchDecodeWithSharedPrefixPagedKVCacheWrapper:
+    """Decode for a batch whose requests share a prefix: the prefix as contiguous ``k_shared`` / ``v_shared``
+    (``[prefix_len, num_kv_heads, head_dim]``, NHD, or ``[num_kv_heads, prefix_len, head_dim]``, HND), each request's
+    own tokens in a paged cache. ``forward`` attends the batch's queries to the prefix as one request, decodes each
+    over its own pages, and merges the two states. Prefer :class:`MultiLevelCascadeAttentionWrapper`."""
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD") -> None:
+        self._batch_decode_wrapper = BatchDecodeWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+        self._kv_layout = kv_layout
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer) -> None:
+        self._batch_decode_wrapper.reset_workspace_buffer(float_workspace_buffer, int_workspace_buffer)
+
+    def begin_forward(self, unique_kv_indptr: torch.Tensor, unique_kv_indices: torch.Tensor,
+                      unique_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim: int,
+                      page_size: int, data_type: Union[str, torch.dtype] = "float16") -> None:
+        """Plans the requests' own pages (the prefix needs no plan)."""
+        self._batch_decode_wrapper.begin_forward(unique_kv_indptr, unique_kv_indices, unique_kv_last_page_len,
+                                                 num_qo_heads, num_kv_heads, head_dim, page_size,
+                                                 pos_encoding_mode="NONE", data_type=data_type)
+
+    def forward(self, q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor,
+                unique_kv_cache: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Attention of ``q [batch_size, num_qo_heads, head_dim]`` over the prefix, then each request's pages."""
+        v, s = single_prefill_with_kv_cache(q, k_shared, v_shared, causal=False, kv_layout=self._kv_layout,
+                                            return_lse=True)
+        v_unique, s_unique = self._batch_decode_wrapper.forward_return_lse(q, unique_kv_cache)
+        merge_state_in_place(v, s, v_unique, s_unique)
+        return v
+
+    def end_forward(self) -> None:
+        pass
+
+
+class BatchPrefillWithSharedPrefixPagedKVCacheWrapper:
+    """Prefill / append for a batch whose requests share a prefix: the prefix as contiguous ``k_shared`` /
+    ``v_shared`` (as :class:`BatchDecodeWithSharedPrefixPagedKVCacheWrapper`), each request's own tokens in a paged
+    cache. ``causal`` applies to the requests' own tokens (every query comes after the prefix). Prefer
+    :class:`MultiLevelCascadeAttentionWrapper`."""
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD") -> None:
+        self._batch_prefill_wrapper = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+        self._kv_layout = kv_layout
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer) -> None:
+        self._batch_prefill_wrapper.reset_workspace_buffer(float_workspace_buffer, int_workspace_buffer)
+
+    def begin_forward(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
+                      paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim: int,
+                      page_size: int) -> None:
+        """Plans the requests' queries over their own pages (the prefix needs no plan)."""
+        self._batch_prefill_wrapper.begin_forward(qo_indptr, paged_kv_indptr, paged_kv_indices,
+                                                  paged_kv_last_page_len, num_qo_heads, num_kv_heads, head_dim,
+                                                  page_size)
+
+    def forward(self, q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor,
+                unique_kv_cache: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], causal: bool = False,
+                use_fp16_qk_reduction: bool = False, sm_scale: Optional[float] = None,
+                rope_scale: Optional[float] = None, rope_theta: Optional[float] = None) -> torch.Tensor:
+        """Attention of ``q [qo_indptr[-1], num_qo_heads, head_dim]`` over the prefix, then each request's pages."""
+        v, s = single_prefill_with_kv_cache(q, k_shared, v_shared, causal=False, kv_layout=self._kv_layout,
+                                            use_fp16_qk_reduction=use_fp16_qk_reduction, sm_scale=sm_scale,
+                                            rope_scale=rope_scale, rope_theta=rope_theta, return_lse=True)
+        v_unique, s_unique = self._batch_prefill_wrapper.forward_return_lse(
+            q, unique_kv_cache, causal=causal, use_fp16_qk_reduction=use_fp16_qk_reduction, sm_scale=sm_scale,
+            rope_scale=rope_scale, rope_theta=rope_theta)
+        merge_state_in_place(v, s, v_unique, s_unique)
+        return v
 
     def end_forward(self) -> None:
         pass

@@ -220,6 +220,35 @@ def test_multi_level_cascade_compiles_fullgraph(device):
     levels.check(out, True, "compiled two-level cascade")
 
 
+def _shared_kv(levels):
+    """The prefix as contiguous K and V [shared_len, num_kv_heads, head_dim], gathered from its pages."""
+    pages = levels.shared_idx.long().to(levels.cache.device)
+    k = levels.cache[pages, 0].reshape(-1, HKV, HEAD_DIM)[: levels.shared_len].contiguous()
+    v = levels.cache[pages, 1].reshape(-1, HKV, HEAD_DIM)[: levels.shared_len].contiguous()
+    return k, v
+
+
+def test_shared_prefix_decode_wrapper(device):
+    levels = TwoLevels(device, [1, 1, 1, 1], [1, 16, 17, 40], 45)
+    _, (_, indptr), (_, indices), (_, last) = levels.tables()
+    ws = torch.empty(16 << 20, dtype=torch.uint8, device=device)
+    wrapper = flashinfer.BatchDecodeWithSharedPrefixPagedKVCacheWrapper(ws, "NHD")
+    wrapper.begin_forward(indptr, indices, last, HQ, HKV, HEAD_DIM, PAGE, data_type=levels.dtype)
+    levels.check(wrapper.forward(levels.q, *_shared_kv(levels), levels.cache), False, "shared-prefix decode")
+    wrapper.end_forward()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_shared_prefix_prefill_wrapper(device, causal):
+    levels = TwoLevels(device, [3, 1, 4], [3, 30, 17], 21)
+    (_, qo_indptr), (_, indptr), (_, indices), (_, last) = levels.tables()
+    ws = torch.empty(16 << 20, dtype=torch.uint8, device=device)
+    wrapper = flashinfer.BatchPrefillWithSharedPrefixPagedKVCacheWrapper(ws, "NHD")
+    wrapper.begin_forward(qo_indptr, indptr, indices, last, HQ, HKV, HEAD_DIM, PAGE)
+    out = wrapper.forward(levels.q, *_shared_kv(levels), levels.cache, causal=causal)
+    levels.check(out, causal, f"shared-prefix prefill causal={causal}")
+
+
 @pytest.mark.skipif(not HAS_GPU, reason=GPU_REASON)
 def test_multi_level_cascade_graph_replay():
     """use_cuda_graph=True: plan() copies each level's tables into fixed buffers, so one captured run replays for a
