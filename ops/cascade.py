@@ -8,7 +8,9 @@ over disjoint keys merge exactly into the state over their union: ``s = log2(sum
 Each merge is one ``torch.ops.flashinfer`` op, so cascades compile, capture and export like the rest.
 
 :class:`MultiLevelCascadeAttentionWrapper` runs a batch's levels (a prefix shared by many requests, then each
-request's own KV) as prefill wrappers over one paged cache and merges their states in place.
+request's own KV) as prefill wrappers over one paged cache and merges their states in place. The two older
+shared-prefix wrappers (upstream marks them for deprecation in favour of it) take the prefix as contiguous K/V
+tensors and each request's own tokens from a paged cache.
 """
 
 from typing import List, Optional, Tuple, Union
