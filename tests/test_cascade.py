@@ -300,6 +300,31 @@ def test_merge_compiles_fullgraph(device):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+class _Cascade(torch.nn.Module):
+    """Attention over two pieces of KV, merged in place, then merged again with a state of its own."""
+
+    def forward(self, q, k, v):
+        o, s = flashinfer.single_prefill_with_kv_cache(q, k[:64], v[:64], return_lse=True)
+        o2, s2 = flashinfer.single_prefill_with_kv_cache(q, k[64:], v[64:], return_lse=True)
+        flashinfer.merge_state_in_place(o, s, o2, s2)
+        return flashinfer.merge_states(torch.stack([o, o2], 1), torch.stack([s, s2], 1))
+
+
+def test_merge_export_save_load(device, tmp_path):
+    """torch.export with a dynamic number of query rows; the saved program, loaded back, runs other row counts."""
+    k, v = (torch.randn(160, 2, 128, device=device).to(torch.bfloat16) for _ in range(2))
+    q = torch.randn(5, 8, 128, device=device).to(torch.bfloat16)
+    rows = torch.export.Dim("rows", min=1, max=4096)
+    ep = torch.export.export(_Cascade(), (q, k, v), dynamic_shapes=({0: rows}, None, None))
+    assert "flashinfer.merge_state_in_place" in str(ep.graph) and "flashinfer.merge_states" in str(ep.graph)
+    torch.export.save(ep, tmp_path / "cascade.pt2")
+    loaded = torch.export.load(tmp_path / "cascade.pt2").module()
+    for n in (1, 9):
+        q = torch.randn(n, 8, 128, device=device).to(torch.bfloat16)
+        for a, b in zip(loaded(q, k, v), _Cascade()(q, k, v)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.skipif(not HAS_GPU, reason=GPU_REASON)
 def test_merge_state_in_place_graph_replay():
     """Captured once, replayed with new states and a new mask in the same buffers."""
