@@ -390,8 +390,6 @@ std::pair<at::Tensor, at::Tensor> check_ragged_prefill(const at::Tensor& q, cons
   return {kk, vv};
 }
 
-// ---- layouts and failures of the CUDA adapters ----
-
 // ---- cascade ----
 
 namespace {
@@ -434,6 +432,8 @@ void check_states(const at::Tensor& v, const at::Tensor& s, const char* op) {
   FI_CHECK(v.size(3) > 0, op, "v must have head_dim >= 1, got shape ", v.sizes());
   check_lse_of(s, "s", v, "v", op);
 }
+
+// ---- layouts and failures of the CUDA adapters ----
 
 std::optional<RowLayout> row_layout(const at::Tensor& t) {
   const int64_t n = t.dim();

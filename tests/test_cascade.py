@@ -6,7 +6,6 @@ import torch
 
 import flashinfer
 import reference as ref
-from conftest import HAS_GPU, GPU_REASON
 from helpers import assert_matches, page_table, paged_cache, poison_allocator, strided_rows
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -249,7 +248,7 @@ def test_shared_prefix_prefill_wrapper(device, causal):
     levels.check(out, causal, f"shared-prefix prefill causal={causal}")
 
 
-@pytest.mark.skipif(not HAS_GPU, reason=GPU_REASON)
+@pytest.mark.gpu
 def test_multi_level_cascade_graph_replay():
     """use_cuda_graph=True: plan() copies each level's tables into fixed buffers, so one captured run replays for a
     re-planned batch (same query rows, new prefix and request lengths)."""
@@ -325,7 +324,7 @@ def test_merge_export_save_load(device, tmp_path):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.skipif(not HAS_GPU, reason=GPU_REASON)
+@pytest.mark.gpu
 def test_merge_state_in_place_graph_replay():
     """Captured once, replayed with new states and a new mask in the same buffers."""
     seq, heads, d = 64, 8, 128
@@ -406,7 +405,7 @@ def test_bad_input_fake(case):
         fn("meta")
 
 
-@pytest.mark.skipif(not HAS_GPU, reason=GPU_REASON)
+@pytest.mark.gpu
 def test_bad_input_devices_and_layouts():
     v, s = _v("cuda", 4, 2, 8), _s("cuda", 4, 2)
     with pytest.raises(RuntimeError, match=r"merge_state: v_b must be on the same device as v_a \(cuda:0\), got cpu"):

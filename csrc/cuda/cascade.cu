@@ -16,6 +16,7 @@ cascade::States describe(const at::Tensor& v, const at::Tensor& s) {
           s3.stride(0),  s3.stride(1),         s3.stride(2), (int)v4.size(1)};
 }
 
+// Unlike rows_readable, any leading strides are kept: the kernels address v by (row, state, head) strides.
 at::Tensor last_dim_unit(const at::Tensor& t) { return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous(); }
 
 // Merges the states of p.in into out_v / out_s (the first state's own tensors for the in-place form). An unused
