@@ -12,7 +12,7 @@ from common import main  # noqa: E402
 
 H, D, DT = 32, 128, torch.bfloat16
 PAIR_SIZES = [1, 128, 2048, 16384]  # seq
-MANY_SIZES = [(64, 16), (64, 128), (2048, 8), (8192, 4)]  # (seq, num_states): decode splits, prefill pieces
+MANY_SIZES = [(64, 16), (64, 128), (256, 16), (2048, 8), (8192, 4)]  # (seq, num_states): decode splits, prefill pieces
 
 
 def _merge(v, s):

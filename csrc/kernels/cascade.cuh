@@ -49,6 +49,14 @@ constexpr int kThreads = 128;
 // states 91 us at 2, 112 at 4. One vector a lane repeats the index math and s reads over fewer bytes; four hold
 // twice the registers (128 a thread).
 constexpr int kVectorsPerLane = 2;
+// merge_states: a group of lanes walks at least this many of a pair's states before groups split them further;
+// with fewer, the combine in shared memory costs more than the parallelism gains (64 rows x 16 states, H200:
+// 8.7 us at one state a group, 5.5 at two, 5.2 at four, 6.9 at eight).
+constexpr int kMinStatesPerGroup = 4;
+// merge_states: threads an SM one round of its blocks holds (8 blocks of 128 at this kernel's registers, H200).
+// Splitting a pair's states past it starts a second, partial round: 64 x 128 states ran 23.4 us at 16 groups a
+// pair (2048 blocks) against 20.4 at 8 (1024 blocks, one round).
+constexpr int kStatesThreadsPerSM = 1024;
 
 // Weights are 2^(s - M); a state with s = -inf weighs 0 (and M = -inf only when every state does).
 __device__ __forceinline__ float state_weight(float s, float m) { return m == -INFINITY ? 0.f : exp2f(s - m); }
@@ -164,7 +172,10 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(Params p) {
   for (int c = 0; c < p.head_dim; c += kPer * step) {
     float acc[kQ] = {};
     m = -INFINITY, den = 0.f;  // every chunk recomputes them, in the same order: the same values
-#pragma unroll 4
+    // Not unrolled: one state's loads at a time keeps the kernel under 64 registers, 8 blocks an SM, and the other
+    // resident warps hide the latency; unrolled by 4 it held 70 (7 blocks) and ran 3-12% slower at every shape
+    // measured (64 x 16 to 8192 x 4 states, H200).
+#pragma unroll 1
     for (int k = at.sub; k < num; k += split) {
       const float sk = s[k * in.s_state];
       TV x[kPer];
@@ -210,15 +221,17 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(Params p) {
 }
 
 // How a launch covers the pairs: the fewest lanes whose kPer vectors reach across D (at most a warp; wider heads
-// loop over chunks), and for merge_states, states shared among 2^split_log2 groups while the launch would otherwise
-// hold fewer than about 1024 threads an SM (64 rows of 128 states: one block an SM without it).
+// loop over chunks), and for merge_states, a pair's states shared among 2^split_log2 groups (64 rows of 128 states:
+// 128 blocks in all without it) while the groups fit in a block, each keeps kMinStatesPerGroup states and the launch
+// stays within one round of resident blocks.
 inline void plan_cover(Params& p, int vec, int per, int sm_count, bool pair) {
   p.group_log2 = 0;
   while (p.group_log2 < 5 && (int64_t(per) * vec << p.group_log2) < p.head_dim) ++p.group_log2;
   p.split_log2 = 0;
-  const int64_t target = int64_t(sm_count) * 1024;
-  while (!pair && (2 << (p.group_log2 + p.split_log2)) <= kThreads && (2 << p.split_log2) <= p.in[0].num &&
-         (int64_t(p.pairs) << (p.group_log2 + p.split_log2)) < target)
+  const int64_t round = int64_t(sm_count) * kStatesThreadsPerSM;
+  while (!pair && (2 << (p.group_log2 + p.split_log2)) <= kThreads &&
+         (kMinStatesPerGroup << (p.split_log2 + 1)) <= p.in[0].num &&
+         (int64_t(p.pairs) << (p.group_log2 + p.split_log2 + 1)) <= round)
     ++p.split_log2;
 }
 
