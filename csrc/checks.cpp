@@ -433,6 +433,43 @@ void check_states(const at::Tensor& v, const at::Tensor& s, const char* op) {
   check_lse_of(s, "s", v, "v", op);
 }
 
+// ---- sampling ----
+
+void check_sampling_rows(const at::Tensor& t, const char* name, bool probs_only, const char* op) {
+  if (probs_only) {
+    FI_CHECK(t.scalar_type() == at::kFloat, op, name, " must be float32, got ", t.scalar_type());
+  } else {
+    check_float_dtype(t, name, op);
+  }
+  FI_CHECK(t.dim() == 2, op, name, " must be 2-D [batch_size, vocab_size], got shape ", t.sizes());
+  FI_CHECK(t.size(1) >= 1 && t.size(1) < (int64_t(1) << 24), op, name,
+           " must have 1 <= vocab_size < 16777216, got shape ", t.sizes());
+  FI_CHECK(t.size(1) == 1 || t.stride(1) == 1, op, name, " must have a contiguous last dim, got strides ",
+           t.strides());
+}
+
+void check_per_row(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t batch,
+                   const at::Tensor& ref, const char* op) {
+  FI_CHECK(t.device() == ref.device(), op, name, " must be on ", ref.device(), ", got ", t.device());
+  FI_CHECK(t.scalar_type() == dtype, op, name, " must be ", dtype, ", got ", t.scalar_type());
+  FI_CHECK(t.dim() == 1 && t.size(0) == batch, op, name, " must have shape [", batch, "] (one value per row), got ",
+           t.sizes());
+}
+
+void check_sample_indices(const at::Tensor& indices, const at::Tensor& ref, const char* op) {
+  FI_CHECK(indices.device() == ref.device(), op, "indices must be on ", ref.device(), ", got ", indices.device());
+  FI_CHECK(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong, op,
+           "indices must be int32 or int64, got ", indices.scalar_type());
+  FI_CHECK(indices.dim() == 1, op, "indices must be 1-D [batch_size], got shape ", indices.sizes());
+}
+
+void check_seed(const at::Tensor& t, const char* name, int64_t batch, const at::Tensor& ref, const char* op) {
+  FI_CHECK(t.device() == ref.device(), op, name, " must be on ", ref.device(), ", got ", t.device());
+  FI_CHECK(t.scalar_type() == at::kLong, op, name, " must be int64, got ", t.scalar_type());
+  FI_CHECK(t.dim() == 1 && (t.size(0) == 1 || t.size(0) == batch), op, name, " must have shape [1] or [", batch,
+           "], got ", t.sizes());
+}
+
 // ---- layouts and failures of the CUDA adapters ----
 
 std::optional<RowLayout> row_layout(const at::Tensor& t) {

@@ -108,6 +108,17 @@ void check_state_mask(const at::Tensor& mask, const at::Tensor& v, const char* o
 // merge_states: v [seq, num_states, H, D] and s [seq, num_states, H] float32.
 void check_states(const at::Tensor& v, const at::Tensor& s, const char* op);
 
+// ---- sampling ----
+// A batch of distributions: 2-D [rows, vocab], 1 <= vocab < 2^24, last dim contiguous; probs float32, logits
+// float16 / bfloat16 / float32 (`probs_only`).
+void check_sampling_rows(const at::Tensor& t, const char* name, bool probs_only, const char* op);
+// A per-row parameter: 1-D [batch] of `dtype` on ref's device.
+void check_per_row(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t batch,
+                   const at::Tensor& ref, const char* op);
+// Draw indices: 1-D int32 / int64 on ref's device. Seed / offset: 1-D int64 of length 1 or batch.
+void check_sample_indices(const at::Tensor& indices, const at::Tensor& ref, const char* op);
+void check_seed(const at::Tensor& t, const char* name, int64_t batch, const at::Tensor& ref, const char* op);
+
 // ---- layouts and failures of the CUDA adapters ----
 // Leading dims of a [..., D] tensor collapsed to at most two (size, stride) levels; nullopt when the last dim
 // is strided or more levels are needed.

@@ -100,6 +100,25 @@ TORCH_LIBRARY(flashinfer, m) {
   // v [seq, num_states, H, D], s [seq, num_states, H] -> (v [seq, H, D], s [seq, H]).
   m.def("merge_states(Tensor v, Tensor s) -> (Tensor, Tensor)", tags);
 
+  // ---- sampling: a batch of distributions over a vocabulary, rows of [batch, vocab] ----
+  // probs (fp32) = softmax(logits / temperature), temperature fp32 [batch] or the float; a row whose temperature is
+  // <= 0 puts probability 1 on its first largest logit.
+  m.def("softmax(Tensor logits, Tensor? temperature, float temperature_val) -> Tensor", tags);
+  // One draw a row from probs (fp32, not necessarily normalised; draw b reads row indices[b] when given) under
+  // the intersection of top-k (int32 [batch] or the int; <= 0 or >= vocab: off), top-p and min-p (fp32 [batch] or
+  // the float; top_p >= 1, min_p <= 0: off) -> (int32 samples, bool valid: the row had a positive finite total).
+  // seed and offset (int64 [1] or [batch]) key and count Philox4x32-10: the same values give the same draws.
+  m.def(
+      "sampling_from_probs(Tensor probs, Tensor? indices, Tensor? top_k, int top_k_val, Tensor? top_p, "
+      "float top_p_val, Tensor? min_p, float min_p_val, Tensor seed, Tensor offset) -> (Tensor, Tensor)",
+      tags);
+  // probs with the entries outside the top-k (ties at the k-th kept) zeroed, the rest renormalised to sum 1.
+  m.def("top_k_renorm_probs(Tensor probs, Tensor? top_k, int top_k_val) -> Tensor", tags);
+  // probs with the entries outside the top-p set zeroed, the rest renormalised to sum 1.
+  m.def("top_p_renorm_probs(Tensor probs, Tensor? top_p, float top_p_val) -> Tensor", tags);
+  // logits with the entries outside the top-k set to -inf.
+  m.def("top_k_mask_logits(Tensor logits, Tensor? top_k, int top_k_val) -> Tensor", tags);
+
   // ---- prefill: ragged query tokens per request against its KV ----
   // q [total_q, Hq, D], request b's tokens at rows qo_indptr[b]..qo_indptr[b+1] -> (out [total_q, Hq, D],
   // lse [total_q, Hq] fp32, log base 2). Query i of a request of qo_len tokens over kv_len keys sees key j when

@@ -11,7 +11,7 @@ import torch
 
 from . import _C  # noqa: F401  registers the schemas and the CPU/CUDA kernels
 from . import meta_kernels  # noqa: F401  registers the fakes
-from . import activation, cascade, core, decode, norm, page, prefill, rope
+from . import activation, cascade, core, decode, norm, page, prefill, rope, sampling
 from .activation import gelu_and_mul, gelu_tanh_and_mul, silu_and_mul
 from .cascade import (
     BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
@@ -48,6 +48,19 @@ from .rope import (
     apply_rope_pos_ids_inplace,
     apply_rope_with_cos_sin_cache,
     apply_rope_with_cos_sin_cache_inplace,
+)
+from .sampling import (
+    min_p_sampling_from_probs,
+    sampling_from_logits,
+    sampling_from_probs,
+    softmax,
+    top_k_mask_logits,
+    top_k_renorm_probs,
+    top_k_sampling_from_probs,
+    top_k_top_p_sampling_from_logits,
+    top_k_top_p_sampling_from_probs,
+    top_p_renorm_probs,
+    top_p_sampling_from_probs,
 )
 
 __version__ = "0.1.0"

@@ -209,7 +209,48 @@ def merge_states(device):
     return [((v, s), {}) for v, s in _states(device, 4)] + [((v, s), {}) for v, s in _states(device, 0)[:1]]
 
 
+def _dists(device):
+    """Rows of probabilities (a strided view among them) and of logits with -inf entries."""
+    probs = torch.softmax(torch.randn(4, 40, device=device) * 2, -1)
+    wide = torch.softmax(torch.randn(3, 70, device=device), -1)[:, 3:67]
+    logits = torch.randn(4, 33, device=device).to(torch.bfloat16)
+    logits[0, :5] = float("-inf")
+    return probs, wide, logits
+
+
+def softmax(device):
+    _, _, logits = _dists(device)
+    t = torch.tensor([1.0, 0.5, 0.0, 2.0], device=device)
+    return [((logits, None, 1.0), {}), ((logits.float(), t, 1.0), {})]
+
+
+def sampling_from_probs(device):
+    probs, wide, _ = _dists(device)
+    seed, offset = torch.tensor([3], device=device), torch.tensor([9], device=device)
+    k = torch.tensor([1, 5, 0, 40], dtype=torch.int32, device=device)
+    p = torch.tensor([0.5, 1.0, 0.9, 0.0], device=device)
+    idx = torch.tensor([2, 0, 1, 1, 2], dtype=torch.int32, device=device)
+    return [((probs, None, k, 0, p, 1.0, None, 0.2, seed, offset), {}),
+            ((wide, idx, None, 3, None, 0.8, None, 0.0, seed, offset.expand(5).contiguous()), {})]
+
+
+def _renorm_samples(device, which):
+    probs, wide, logits = _dists(device)
+    if which == "k":
+        k = torch.tensor([1, 5, 0, 40], dtype=torch.int32, device=device)
+        return [((probs, k, 0), {}), ((wide, None, 7), {})]
+    if which == "p":
+        return [((probs, torch.tensor([0.5, 1.0, 0.9, 0.0], device=device), 1.0), {}), ((wide, None, 0.7), {})]
+    return [((logits, None, 4), {}), ((logits.float(), torch.tensor([1, 2, 33, 0], dtype=torch.int32,
+                                                                       device=device), 0), {})]
+
+
 SAMPLES = {
+    "softmax": softmax,
+    "sampling_from_probs": sampling_from_probs,
+    "top_k_renorm_probs": lambda d: _renorm_samples(d, "k"),
+    "top_p_renorm_probs": lambda d: _renorm_samples(d, "p"),
+    "top_k_mask_logits": lambda d: _renorm_samples(d, "mask"),
     "batch_prefill_with_ragged_kv_cache": batch_prefill_with_ragged_kv_cache,
     "batch_prefill_with_paged_kv_cache": batch_prefill_with_paged_kv_cache,
     "batch_decode_with_paged_kv_cache": batch_decode_with_paged_kv_cache,

@@ -249,3 +249,43 @@ def merge_states(v, s, dtype=torch.float64):
     w = torch.where(torch.isneginf(merged).unsqueeze(1), 0, w)
     out = (w.to(dtype).unsqueeze(-1) * v.to(dtype)).sum(1)
     return out, merged
+
+
+# ---- sampling ----
+
+def softmax(logits, temperature):
+    """float64 softmax(logits / t) per row, t a float or [batch] tensor; t <= 0: one-hot at the first largest."""
+    x = logits.double()
+    t = torch.as_tensor(temperature, dtype=torch.float64).expand(x.shape[0]).clone()
+    greedy = t <= 0
+    out = torch.softmax(x / torch.where(greedy, 1.0, t)[:, None], dim=-1)
+    hot = torch.zeros_like(x).scatter_(1, x.argmax(1, keepdim=True), 1.0)
+    return torch.where(greedy[:, None], hot, out)
+
+
+def kept(probs, top_k=0, top_p=1.0, min_p=0.0):
+    """The filters' kept entries, bool [batch, vocab], from their definitions in float64: top-k keeps i when fewer
+    than k entries are larger than p_i; top-p when the entries larger than p_i hold less than top_p of the row's
+    mass (top_p <= 0: the largest only); min-p when p_i >= min_p * max. Parameters: numbers or [batch] tensors;
+    top_k <= 0 or >= vocab, top_p >= 1, min_p <= 0 are off."""
+    p = probs.double()
+    b, v = p.shape
+    k = torch.as_tensor(top_k).expand(b)
+    tp = torch.as_tensor(top_p, dtype=torch.float64).expand(b)
+    mp = torch.as_tensor(min_p, dtype=torch.float64).expand(b)
+    greater = p[:, None, :] > p[:, :, None]  # [b, i, j]: p_j > p_i
+    count_gt = greater.sum(-1)
+    mass_gt = (greater * p[:, None, :]).sum(-1)
+    keep = torch.ones(b, v, dtype=torch.bool)
+    k_on = (k > 0) & (k < v)
+    keep &= ~k_on[:, None] | (count_gt < k[:, None])
+    p_keep = torch.where(tp[:, None] > 0, mass_gt < tp[:, None] * p.sum(-1, keepdim=True), count_gt == 0)
+    keep &= ~(tp < 1)[:, None] | p_keep
+    keep &= ~(mp > 0)[:, None] | (p >= mp[:, None] * p.max(-1, keepdim=True).values)
+    return keep
+
+
+def renorm(probs, keep):
+    """probs restricted to `keep`, each row over its kept mass (float64)."""
+    p = torch.where(keep, probs.double(), 0.0)
+    return p / p.sum(-1, keepdim=True)

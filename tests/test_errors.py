@@ -95,6 +95,22 @@ CASES = {
     "seq_lens indptr length": (lambda d: flashinfer.get_seq_lens(torch.tensor([0, 2], dtype=torch.int32, device=d),
                                                                  torch.ones(2, dtype=torch.int32, device=d), 16),
                                r"get_seq_lens: kv_indptr must have batch_size \+ 1 = 3 entries"),
+    "sampling probs dtype": (lambda d: flashinfer.sampling_from_probs(_x(d, 2, 8), seed=1, offset=0),
+                             r"sampling_from_probs: probs must be float32, got BFloat16"),
+    "sampling probs rank": (lambda d: flashinfer.sampling_from_probs(_x(d, 8, dtype=torch.float32), seed=1, offset=0),
+                            r"sampling_from_probs: probs must be 2-D \[batch_size, vocab_size\], got shape \[8\]"),
+    "sampling top_k length": (lambda d: flashinfer.top_k_sampling_from_probs(
+        _x(d, 2, 8, dtype=torch.float32), torch.ones(3, dtype=torch.int32, device=d), seed=1, offset=0),
+        r"sampling_from_probs: top_k must have shape \[2\] \(one value per row\), got \[3\]"),
+    "sampling seed dtype": (lambda d: flashinfer.sampling_from_probs(
+        _x(d, 2, 8, dtype=torch.float32), seed=torch.ones(1, dtype=torch.int32, device=d),
+        offset=torch.ones(1, dtype=torch.int64, device=d)), r"sampling_from_probs: seed must be int64, got Int"),
+    "softmax temperature length": (lambda d: flashinfer.softmax(_x(d, 2, 8), torch.ones(3, device=d)),
+                                   r"softmax: temperature must have shape \[2\] \(one value per row\)"),
+    "mask logits int": (lambda d: flashinfer.top_k_mask_logits(torch.ones(2, 8, dtype=torch.int32, device=d), 2),
+                        r"top_k_mask_logits: logits must be float16, bfloat16 or float32, got Int"),
+    "renorm strided last dim": (lambda d: flashinfer.top_k_renorm_probs(_x(d, 8, 2, dtype=torch.float32).t(), 2),
+                                r"top_k_renorm_probs: probs must have a contiguous last dim"),
 }
 
 

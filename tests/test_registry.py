@@ -65,5 +65,10 @@ flashinfer::merge_state_in_place(Tensor(a!) v, Tensor(b!) s, Tensor v_other, Ten
 flashinfer::merge_states(Tensor v, Tensor s) -> (Tensor, Tensor)
 flashinfer::rmsnorm(Tensor input, Tensor weight, float eps, bool gemma) -> Tensor
 flashinfer::rmsnorm_out(Tensor(a!) out, Tensor input, Tensor weight, float eps, bool gemma) -> ()
+flashinfer::sampling_from_probs(Tensor probs, Tensor? indices, Tensor? top_k, int top_k_val, Tensor? top_p, float top_p_val, Tensor? min_p, float min_p_val, Tensor seed, Tensor offset) -> (Tensor, Tensor)
 flashinfer::silu_and_mul(Tensor input) -> Tensor
-flashinfer::silu_and_mul_out(Tensor(a!) out, Tensor input) -> ()""")
+flashinfer::silu_and_mul_out(Tensor(a!) out, Tensor input) -> ()
+flashinfer::softmax(Tensor logits, Tensor? temperature, float temperature_val) -> Tensor
+flashinfer::top_k_mask_logits(Tensor logits, Tensor? top_k, int top_k_val) -> Tensor
+flashinfer::top_k_renorm_probs(Tensor probs, Tensor? top_k, int top_k_val) -> Tensor
+flashinfer::top_p_renorm_probs(Tensor probs, Tensor? top_p, float top_p_val) -> Tensor""")

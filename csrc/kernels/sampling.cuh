@@ -1,0 +1,454 @@
+// Sampling: softmax with a temperature, draws from a row's distribution under top-k / top-p / min-p filters, and
+// the filters' renormalised probabilities and masked logits. One block a row. Torch-free.
+//
+// A row p of `vocab` non-negative weights (probabilities, not necessarily normalised; total = sum p):
+//   top-k keeps i when fewer than k entries are larger than p_i (every entry tied with the k-th largest is kept);
+//   top-p keeps i when the entries larger than p_i hold less than top_p * total: the smallest set of largest entries
+//         whose mass reaches top_p, ties with its smallest kept;
+//   min-p keeps i when p_i >= min_p * max p.
+// Filters given together keep the intersection (FlashInfer's "joint" order). A draw picks a kept i with probability
+// p_i / (mass kept). top_k <= 0 or >= vocab, top_p >= 1 and min_p <= 0 switch a filter off.
+//
+// Draws are rejection rounds over a shrinking candidate set {p > low} (every entry <= low is known to be filtered
+// out): draw i from the candidates by one scan of the row, then one pass counts the entries and the mass above p_i
+// and above a second pivot halfway to `high`; i is kept -> done, else low rises to the larger pivot known to be
+// filtered out. Every round is exact (a kept draw is distributed as the kept set's weights), so no threshold is
+// ever computed; the largest entry is always kept, so the rounds end (capped at kMaxRounds, then the largest).
+// The renormalising and masking ops need the threshold itself: a bisection over the floats' order-preserving
+// 32-bit keys that stops as soon as a pass shows which entry is the boundary.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "common/pdl.cuh"
+#include "common/philox.cuh"
+#include "common/reduce.cuh"
+#include "common/vec.cuh"
+
+namespace flashinfer {
+namespace sampling {
+
+constexpr int kThreads = 1024;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxRounds = 64;
+
+// A filter parameter of draw b: arr[b] when the per-row tensor is given, else the scalar.
+template <typename V>
+struct PerRow {
+  const V* arr;
+  V val;
+  __device__ __forceinline__ V at(int b) const { return arr ? arr[b] : val; }
+};
+
+struct SampleParams {
+  const float* probs;      // [rows, vocab], row stride `stride` (elements), last dim contiguous
+  int64_t stride;
+  int rows, vocab;         // vocab < 2^24: counts are kept exactly in fp32
+  const int32_t* indices;  // [batch]: the row of probs draw b uses; null: row b
+  PerRow<int32_t> top_k;   // [batch] or scalar
+  PerRow<float> top_p, min_p;
+  const int64_t* seed;     // [1] or [batch] (seed_step 0 or 1)
+  const int64_t* offset;   // [1] or [batch]
+  int seed_step, offset_step;
+  int32_t* out;            // [batch]
+  bool* valid;             // [batch]: the row has a positive, finite total (else out = its first largest entry)
+};
+
+enum class Renorm { kTopK, kTopP, kMaskLogits };
+
+struct RenormParams {
+  const void* in;          // [rows, vocab] (float probs; logits of T for kMaskLogits), row stride in elements
+  int64_t stride;
+  void* out;               // [rows, vocab] contiguous, the input's dtype
+  int vocab;
+  PerRow<int32_t> top_k;
+  PerRow<float> top_p;
+};
+
+struct SoftmaxParams {
+  const void* logits;      // [rows, vocab] of T, row stride in elements
+  int64_t stride;
+  float* probs;            // [rows, vocab] contiguous
+  int vocab;
+  PerRow<float> temperature;  // <= 0: the row's first largest logit gets probability 1 (greedy)
+};
+
+// Order-preserving 32-bit keys of floats (NaN aside): a < b <=> key(a) < key(b).
+__device__ __forceinline__ uint32_t float_key(float x) {
+  const uint32_t u = __float_as_uint(x);
+  return u ^ ((u >> 31) ? 0xffffffffu : 0x80000000u);
+}
+__device__ __forceinline__ float key_float(uint32_t k) {
+  return __uint_as_float(k ^ ((k >> 31) ? 0x80000000u : 0xffffffffu));
+}
+
+// Calls f(i, x) for the thread's entries of a row, VEC consecutive entries a load (VEC 4: vocab % 4 == 0 and the
+// rows 16-byte aligned, checked by the launcher), in the same order every pass.
+template <int VEC, typename T, typename F>
+__device__ __forceinline__ void for_row(const T* row, int vocab, F&& f) {
+  for (int base = threadIdx.x * VEC; base < vocab; base += kThreads * VEC) {
+    const Vec<T, VEC> v = Vec<T, VEC>::load(row + base);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) f(base + j, to_float(v.v[j]));
+  }
+}
+
+// Sums of N values over the block, in a fixed order (the same bits every run), returned to every thread.
+template <int N>
+__device__ __forceinline__ void block_sums(float (&v)[N], float* scratch /* N * kWarps */) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    v[n] = warp_sum(v[n]);
+    if (lane == 0) scratch[n * kWarps + warp] = v[n];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int n = 0; n < N; ++n) v[n] = warp_sum(lane < kWarps ? scratch[n * kWarps + lane] : 0.f);
+  __syncthreads();
+}
+
+// Maximum over the block (NaN ignored), returned to every thread.
+__device__ __forceinline__ float block_max(float x, float* scratch /* kWarps */) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  x = lane < kWarps ? scratch[lane] : -INFINITY;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+  __syncthreads();
+  return x;
+}
+
+// The row's largest entry (the first on ties; NaN never wins), its index and the row's total.
+struct RowTop {
+  float max, total;
+  int argmax;
+};
+
+__device__ __forceinline__ void better_max(float& m, int& i, float om, int oi) {
+  if (om > m || (om == m && oi < i)) m = om, i = oi;
+}
+
+template <int VEC, typename T>
+__device__ RowTop row_top(const T* row, int vocab, float* scratch, int* iscratch) {
+  float m = -INFINITY, s = 0.f;
+  int i = INT_MAX;
+  for_row<VEC>(row, vocab, [&](int j, float x) {
+    better_max(m, i, x, j);
+    s += x;
+  });
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2)
+    better_max(m, i, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, i, off));
+  if (lane == 0) scratch[warp] = m, iscratch[warp] = i;
+  __syncthreads();
+  m = lane < kWarps ? scratch[lane] : -INFINITY;
+  i = lane < kWarps ? iscratch[lane] : INT_MAX;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2)
+    better_max(m, i, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, i, off));
+  __syncthreads();
+  float t[1] = {s};
+  block_sums(t, scratch);
+  return {m, t[0], i == INT_MAX ? 0 : i};
+}
+
+// The first candidate i (cand(x) true, weight x) whose running sum over the row passes target, or -1 when target
+// is at or past the candidates' total. The threads' intervals [before, before + own) tile the row exactly: each
+// bound is computed by the same float operations as its neighbour's, so exactly one thread claims a target below
+// the total.
+template <int VEC, typename C>
+__device__ int scan_pick(const float* row, int vocab, float target, C&& cand, float* warp_tot, int* found) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (threadIdx.x == 0) *found = INT_MAX;
+  float running = 0.f;
+  for (int tile = 0; tile < vocab; tile += kThreads * VEC) {
+    const int base = tile + threadIdx.x * VEC;
+    float w[VEC], own = 0.f;
+    if (base < vocab) {
+      const Vec<float, VEC> v = Vec<float, VEC>::load(row + base);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) own += (w[j] = cand(v.v[j]) ? v.v[j] : 0.f);
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) w[j] = 0.f;
+    }
+    float incl = own;
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const float t = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += t;
+    }
+    float excl = __shfl_up_sync(0xffffffffu, incl, 1);
+    if (lane == 0) excl = 0.f;
+    if (lane == 31) warp_tot[warp] = incl;
+    __syncthreads();
+    float before = 0.f, tile_total = 0.f;
+    for (int w2 = 0; w2 < kWarps; ++w2) {
+      if (w2 == warp) before = tile_total;
+      tile_total += warp_tot[w2];
+    }
+    const float lo = running + (before + excl), hi = running + (before + incl);
+    if (own > 0.f && target >= lo && target < hi) {
+      float acc = lo;
+      int pick = -1;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j)
+        if (w[j] > 0.f && (pick < 0 || acc <= target)) acc += w[j], pick = base + j;  // the last if rounding runs out
+      atomicMin(found, pick);
+    }
+    __syncthreads();
+    const int f = *found;
+    if (f != INT_MAX) return f;
+    running += tile_total;
+  }
+  return -1;
+}
+
+template <int VEC>
+__global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
+  __shared__ float scratch[4 * kWarps];
+  __shared__ int iscratch[kWarps];
+  __shared__ int found;
+  const int b = blockIdx.x;
+  pdl_enter();
+  const int src = p.indices ? p.indices[b] : b;
+  if (src < 0 || src >= p.rows) {  // an index out of range reads nothing
+    if (threadIdx.x == 0) p.out[b] = 0, p.valid[b] = false;
+    return;
+  }
+  const float* row = p.probs + (int64_t)src * p.stride;
+  const int k = p.top_k.at(b);
+  const float top_p = p.top_p.at(b), min_p = p.min_p.at(b);
+  const bool use_k = k > 0 && k < p.vocab, use_p = top_p < 1.f, use_min = min_p > 0.f;
+  const RowTop top = row_top<VEC>(row, p.vocab, scratch, iscratch);
+  const bool ok = top.total > 0.f && top.total < INFINITY;
+  int pick = top.argmax;
+  // No mass to draw from, or a top-p of 0 (only the largest entry): the first largest entry.
+  if (ok && !(use_p && !(top_p > 0.f))) {
+    const float floor_p = use_min ? min_p * top.max : -INFINITY;
+    const float p_mass = top_p * top.total;
+    float low = -INFINITY, high = top.max, q = top.total;
+    if (use_min) {
+      float t[1] = {0.f};
+      for_row<VEC>(row, p.vocab, [&](int, float x) { t[0] += x >= floor_p ? x : 0.f; });
+      block_sums(t, scratch);
+      q = t[0];
+    }
+    const uint64_t seed = (uint64_t)p.seed[b * p.seed_step], offset = (uint64_t)p.offset[b * p.offset_step];
+    for (int round = 0; round < kMaxRounds; ++round) {
+      const float target = philox_uniform(seed, offset, (uint32_t)b, (uint32_t)round) * q;
+      const int i = scan_pick<VEC>(row, p.vocab, target, [&](float x) { return x > low && x >= floor_p; }, scratch,
+                                   &found);
+      const int cand = i < 0 ? top.argmax : i;  // a target at the candidates' total by rounding: the largest entry
+      if (!use_k && !use_p) {  // min-p alone (or no filter): every candidate is kept
+        pick = cand;
+        break;
+      }
+      const float pivot0 = row[cand], pivot1 = 0.5f * (pivot0 + high);
+      float a[4] = {0.f, 0.f, 0.f, 0.f};  // count and mass above pivot0, above pivot1
+      for_row<VEC>(row, p.vocab, [&](int, float x) {
+        if (x > pivot0) a[0] += 1.f, a[1] += x;
+        if (x > pivot1) a[2] += 1.f, a[3] += x;
+      });
+      block_sums(a, scratch);
+      if ((!use_k || a[0] < (float)k) && (!use_p || a[1] < p_mass)) {
+        pick = cand;
+        break;
+      }
+      if ((!use_k || a[2] < (float)k) && (!use_p || a[3] < p_mass)) {
+        low = pivot0, high = pivot1, q = a[1];
+      } else {
+        low = pivot1, q = a[3];
+      }
+    }
+  }
+  if (threadIdx.x == 0) p.out[b] = pick, p.valid[b] = ok;
+}
+
+// The boundary entry v of a row for a filter on the measure `meas` of {x >= v} (count for top-k, mass for
+// top-p): the largest entry with meas(x >= v) >= target, and mass(x >= v). Bisection over keys, kept invariant
+// meas(>= lo) >= target > meas(>= hi); each pass also finds the smallest entry at or above mid and the largest
+// below it with their measures, and stops when either is the boundary.
+template <int VEC, bool kCount, typename T>
+__device__ void boundary(const T* row, int vocab, float lo_val, float hi_val, float target, float* scratch,
+                         float& v_out, float& mass_out) {
+  uint32_t lo = float_key(lo_val), hi = float_key(hi_val) + 1;
+  while (true) {
+    const uint32_t mid_key = lo + (hi - lo) / 2;
+    const float mid = key_float(mid_key);
+    // [0] meas(>= mid), [1] mass(>= mid), then per thread: min entry >= mid, its meas and mass; max entry < mid...
+    float a[2] = {0.f, 0.f};
+    float ge = INFINITY, ge_meas = 0.f, ge_mass = 0.f, lt = -INFINITY, lt_meas = 0.f, lt_mass = 0.f;
+    for_row<VEC>(row, vocab, [&](int, float x) {
+      const float m = kCount ? 1.f : x;
+      if (x >= mid) {
+        a[0] += m, a[1] += x;
+        if (x < ge) ge = x, ge_meas = m, ge_mass = x;
+        else if (x == ge) ge_meas += m, ge_mass += x;
+      } else if (x == x) {  // not NaN
+        if (x > lt) lt = x, lt_meas = m, lt_mass = x;
+        else if (x == lt) lt_meas += m, lt_mass += x;
+      }
+    });
+    block_sums(a, scratch);
+    // The extremes over the block, then their measures summed over the threads holding them.
+    const float ge_all = -block_max(-ge, scratch), lt_all = block_max(lt, scratch);
+    float c[4] = {ge == ge_all ? ge_meas : 0.f, ge == ge_all ? ge_mass : 0.f, lt == lt_all ? lt_meas : 0.f,
+                  lt == lt_all ? lt_mass : 0.f};
+    block_sums(c, scratch);
+    if (a[0] >= target) {
+      if (a[0] - c[0] < target) {  // dropping the smallest entry at or above mid falls short
+        v_out = ge_all, mass_out = a[1];
+        return;
+      }
+      lo = mid_key;
+    } else {
+      if (lt_all == -INFINITY || a[0] + c[2] >= target) {  // the largest entry below mid reaches the target
+        v_out = lt_all, mass_out = a[1] + c[3];
+        return;
+      }
+      hi = mid_key;
+    }
+    if (hi - lo <= 1) {  // unreachable with the invariant, kept so a pass count is bounded whatever the input
+      v_out = key_float(lo), mass_out = a[1];
+      return;
+    }
+  }
+}
+
+template <Renorm kMode, int VEC, typename T>
+__global__ void __launch_bounds__(kThreads) renorm_kernel(RenormParams p) {
+  __shared__ float scratch[4 * kWarps];
+  __shared__ int iscratch[kWarps];
+  const int r = blockIdx.x;
+  pdl_enter();
+  const T* row = static_cast<const T*>(p.in) + (int64_t)r * p.stride;
+  T* out = static_cast<T*>(p.out) + (int64_t)r * p.vocab;
+  const int k = p.top_k.at(r);
+  const float top_p = p.top_p.at(r);
+  const bool on = kMode == Renorm::kTopP ? top_p < 1.f : k > 0 && k < p.vocab;
+  // The search runs between the row's smallest and largest entries.
+  float mn = INFINITY;
+  for_row<VEC>(row, p.vocab, [&](int, float x) { mn = fminf(mn, x); });
+  mn = -block_max(-mn, scratch);
+  const RowTop top = row_top<VEC>(row, p.vocab, scratch, iscratch);
+  float v = -INFINITY, kept = top.total;
+  if (kMode == Renorm::kTopP) {
+    if (on && top_p > 0.f && top.total > 0.f && top.total < INFINITY)
+      boundary<VEC, false>(row, p.vocab, mn, top.max, top_p * top.total, scratch, v, kept);
+    if (on && !(top_p > 0.f)) v = top.max;  // top-p 0: the largest entries only
+  } else if (on && mn == mn && top.max == top.max) {
+    boundary<VEC, true>(row, p.vocab, mn, top.max, (float)k, scratch, v, kept);
+  }
+  if (kMode == Renorm::kMaskLogits) {
+    for (int base = threadIdx.x * VEC; base < p.vocab; base += kThreads * VEC) {
+      Vec<T, VEC> x = Vec<T, VEC>::load(row + base);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j)
+        if (!(to_float(x.v[j]) >= v)) x.v[j] = from_float<T>(-INFINITY);
+      x.store(out + base);
+    }
+  } else {
+    if (on && !(top_p > 0.f) && kMode == Renorm::kTopP) {
+      float t[1] = {0.f};
+      for_row<VEC>(row, p.vocab, [&](int, float x) { t[0] += x >= v ? x : 0.f; });
+      block_sums(t, scratch);
+      kept = t[0];
+    }
+    const bool ok = kept > 0.f && kept < INFINITY;
+    const float inv = ok ? 1.f / kept : 0.f;
+    for (int base = threadIdx.x * VEC; base < p.vocab; base += kThreads * VEC) {
+      Vec<T, VEC> x = Vec<T, VEC>::load(row + base);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const float f = to_float(x.v[j]);
+        x.v[j] = from_float<T>(ok && f >= v ? f * inv : 0.f);
+      }
+      x.store(out + base);
+    }
+  }
+}
+
+// Online softmax over a row: pass one keeps each thread's running maximum and sum of exponentials, merged over the
+// block; pass two writes. Scaled logits x / temperature; a row whose maximum is -inf (or NaN) is written as zeros.
+template <int VEC, typename T>
+__global__ void __launch_bounds__(kThreads) softmax_kernel(SoftmaxParams p) {
+  __shared__ float scratch[4 * kWarps];
+  __shared__ int iscratch[kWarps];
+  const int r = blockIdx.x;
+  pdl_enter();
+  const T* row = static_cast<const T*>(p.logits) + (int64_t)r * p.stride;
+  float* out = p.probs + (int64_t)r * p.vocab;
+  const float temp = p.temperature.at(r);
+  if (!(temp > 0.f)) {  // greedy: probability 1 on the first largest logit
+    const RowTop top = row_top<VEC>(row, p.vocab, scratch, iscratch);
+    for (int i = threadIdx.x; i < p.vocab; i += kThreads) out[i] = i == top.argmax ? 1.f : 0.f;
+    return;
+  }
+  const float scale = 1.f / temp;
+  float m = -INFINITY, s = 0.f;
+  for_row<VEC>(row, p.vocab, [&](int, float x) {
+    const float y = x * scale;
+    if (y > m) s = s * expf(m - y) + 1.f, m = y;  // m = -inf first: exp(-inf) = 0
+    else if (y > -INFINITY) s += expf(y - m);       // -inf adds nothing (and would give exp(NaN) while m is -inf)
+  });
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  auto merge = [](float& m, float& s, float om, float os) {
+    const float nm = fmaxf(m, om);
+    if (nm == -INFINITY) return;
+    s = (m == -INFINITY ? 0.f : s * expf(m - nm)) + (om == -INFINITY ? 0.f : os * expf(om - nm));
+    m = nm;
+  };
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2)
+    merge(m, s, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, s, off));
+  if (lane == 0) scratch[warp] = m, scratch[kWarps + warp] = s;
+  __syncthreads();
+  m = lane < kWarps ? scratch[lane] : -INFINITY;
+  s = lane < kWarps ? scratch[kWarps + lane] : 0.f;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2)
+    merge(m, s, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, s, off));
+  const bool ok = m > -INFINITY && m < INFINITY && s > 0.f;
+  const float inv = ok ? 1.f / s : 0.f;
+  for (int base = threadIdx.x * VEC; base < p.vocab; base += kThreads * VEC) {
+    const Vec<T, VEC> x = Vec<T, VEC>::load(row + base);
+    Vec<float, VEC> y;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) y.v[j] = ok ? expf(to_float(x.v[j]) * scale - m) * inv : 0.f;
+    y.store(out + base);
+  }
+}
+
+// Launchers: one block a row; VEC 4 when every row starts on a 16-byte boundary of 4-element groups (the caller
+// passes vec4 = vocab % 4 == 0, row stride % 4 == 0, 16-byte aligned base), else 1.
+inline cudaError_t launch_sample(const SampleParams& p, int batch, bool vec4, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  return vec4 ? launch_pdl(sample_kernel<4>, dim3(batch), dim3(kThreads), 0, stream, p)
+              : launch_pdl(sample_kernel<1>, dim3(batch), dim3(kThreads), 0, stream, p);
+}
+
+template <Renorm kMode, typename T>
+cudaError_t launch_renorm(const RenormParams& p, int rows, bool vec4, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  return vec4 ? launch_pdl(renorm_kernel<kMode, 4, T>, dim3(rows), dim3(kThreads), 0, stream, p)
+              : launch_pdl(renorm_kernel<kMode, 1, T>, dim3(rows), dim3(kThreads), 0, stream, p);
+}
+
+template <typename T>
+cudaError_t launch_softmax(const SoftmaxParams& p, int rows, bool vec4, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  return vec4 ? launch_pdl(softmax_kernel<4, T>, dim3(rows), dim3(kThreads), 0, stream, p)
+              : launch_pdl(softmax_kernel<1, T>, dim3(rows), dim3(kThreads), 0, stream, p);
+}
+
+}  // namespace sampling
+}  // namespace flashinfer

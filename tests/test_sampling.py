@@ -1,0 +1,314 @@
+"""Sampling family: softmax, filtered draws, renormalised probabilities and masked logits against the float64
+definitions of tests/reference.py; draws checked for membership of the kept set, for their distribution (many
+independent draws of one row), and for determinism in (seed, offset); compile, CUDA graphs and export."""
+
+import pytest
+import torch
+
+import flashinfer
+import reference
+
+VOCABS = [1, 7, 32, 1000, 4099]
+
+
+def _probs(batch, vocab, device, spread=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(batch, vocab, generator=g) * spread, -1).to(device)
+
+
+# ---- softmax ----
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("vocab", VOCABS)
+def test_softmax(device, dtype, vocab):
+    logits = (torch.randn(6, vocab) * 4).to(device, dtype)
+    logits[1, : vocab // 2] = float("-inf")  # masked entries
+    temps = torch.tensor([1.0, 0.7, 2.0, 0.0, -1.0, 1.3], device=device)
+    for t in (None, 0.5, temps):
+        out = flashinfer.softmax(logits, temperature=t)
+        assert out.dtype == torch.float32 and out.shape == logits.shape
+        ref = reference.softmax(logits.cpu(), 1.0 if t is None else (t.cpu() if torch.is_tensor(t) else t))
+        torch.testing.assert_close(out.cpu().double(), ref, atol=2e-6, rtol=2e-5)
+
+
+def test_softmax_edge_rows(device):
+    logits = torch.randn(3, 64, device=device)
+    logits[0] = float("-inf")  # no finite logit: zeros, never NaN
+    logits[2, 5] = logits[2, 9] = 1e4  # ties at the top, greedy picks the first
+    out = flashinfer.softmax(logits, torch.tensor([1.0, 1.0, 0.0], device=device))
+    assert torch.equal(out[0].cpu(), torch.zeros(64))
+    assert out[2, 5].item() == 1.0 and out[2].sum().item() == 1.0
+
+
+def test_softmax_strided_rows(device):
+    wide = torch.randn(5, 300, device=device)
+    logits = wide[:, 10:266]  # rows 300 apart, not 16-byte aligned
+    torch.testing.assert_close(flashinfer.softmax(logits).cpu().double(), reference.softmax(logits.cpu(), 1.0),
+                               atol=2e-6, rtol=2e-5)
+
+
+# ---- renormalised probabilities, masked logits ----
+
+@pytest.mark.parametrize("vocab", VOCABS)
+def test_top_k_renorm_probs(device, vocab):
+    probs = _probs(5, vocab, device)
+    for k in (1, 3, vocab - 1, vocab, 0, torch.tensor([1, 2, 0, vocab, max(vocab - 2, 1)], dtype=torch.int32)):
+        kk = k.to(device) if torch.is_tensor(k) else k
+        out = flashinfer.top_k_renorm_probs(probs, kk)
+        keep = reference.kept(probs.cpu(), top_k=k)
+        assert torch.equal(out.cpu() > 0, keep), f"k={k}"
+        torch.testing.assert_close(out.cpu().double(), reference.renorm(probs.cpu(), keep), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("vocab", VOCABS)
+def test_top_p_renorm_probs(device, vocab):
+    probs = _probs(5, vocab, device)
+    for p in (0.0, 0.3, 0.9, 0.999, 1.0, torch.tensor([0.1, 0.5, 0.95, 1.0, 0.0])):
+        pp = p.to(device) if torch.is_tensor(p) else p
+        out = flashinfer.top_p_renorm_probs(probs, pp)
+        keep = reference.kept(probs.cpu(), top_p=p)
+        assert torch.equal(out.cpu() > 0, keep), f"p={p}"
+        torch.testing.assert_close(out.cpu().double(), reference.renorm(probs.cpu(), keep), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_top_k_mask_logits(device, dtype):
+    logits = (torch.randn(4, 1001) * 3).to(device, dtype)
+    logits[1, 100:200] = float("-inf")
+    for k in (1, 50, 1000, 1001, torch.tensor([5, 1, 0, 999], dtype=torch.int32)):
+        kk = k.to(device) if torch.is_tensor(k) else k
+        out = flashinfer.top_k_mask_logits(logits, kk)
+        assert out.dtype == dtype
+        keep = reference.kept(logits.cpu().float(), top_k=k)
+        assert torch.equal(out.cpu(), torch.where(keep, logits.cpu(), float("-inf")))
+
+
+def test_filters_keep_ties(device):
+    probs = torch.full((2, 64), 1 / 64, device=device)  # every entry tied
+    assert torch.equal(flashinfer.top_k_renorm_probs(probs, 3).cpu(), probs.cpu())
+    assert torch.equal(flashinfer.top_p_renorm_probs(probs, 0.1).cpu(), probs.cpu())
+
+
+# ---- draws ----
+
+FILTERS = {
+    "none": {},
+    "top_k": {"top_k": 5},
+    "top_p": {"top_p": 0.6},
+    "min_p": {"min_p": 0.2},
+    "joint": {"top_k": 8, "top_p": 0.7},
+}
+
+
+def _draw(probs, name, **kw):
+    f = FILTERS[name]
+    if name == "none":
+        return flashinfer.sampling_from_probs(probs, **kw)
+    if name == "top_k":
+        return flashinfer.top_k_sampling_from_probs(probs, f["top_k"], **kw)
+    if name == "top_p":
+        return flashinfer.top_p_sampling_from_probs(probs, f["top_p"], **kw)
+    if name == "min_p":
+        return flashinfer.min_p_sampling_from_probs(probs, f["min_p"], **kw)
+    return flashinfer.top_k_top_p_sampling_from_probs(probs, f["top_k"], f["top_p"], filter_apply_order="joint", **kw)
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+@pytest.mark.parametrize("vocab", [1, 33, 4099])
+def test_draws_stay_in_the_kept_set(device, name, vocab):
+    probs = _probs(64, vocab, device, spread=2.0)
+    keep = reference.kept(probs.cpu(), **FILTERS[name])
+    for seed in range(3):
+        s = _draw(probs, name, seed=seed, offset=17)
+        assert s.dtype == torch.int32 and s.shape == (64,)
+        assert keep[torch.arange(64), s.cpu().long()].all()
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_draws_follow_the_kept_distribution(device, name):
+    """20000 independent draws of one row (each draw its own Philox counter): the empirical distribution within a
+    total variation of 0.03 of the kept entries renormalised (about twice the expected sampling noise at 24
+    entries)."""
+    row = _probs(1, 24, device, spread=1.0, seed=3)
+    n = 20000
+    s = _draw(row, name, indices=torch.zeros(n, dtype=torch.int32, device=device), seed=1234, offset=0)
+    freq = torch.bincount(s.cpu().long(), minlength=24).double() / n
+    target = reference.renorm(row.cpu(), reference.kept(row.cpu(), **FILTERS[name]))[0]
+    assert (freq - target).abs().sum().item() / 2 < 0.03
+    assert (freq[target == 0] == 0).all()
+
+
+def test_top_k_first_renormalises_before_top_p(device):
+    row = torch.tensor([[0.4, 0.3, 0.2, 0.1]], device=device)
+    # top-2 renormalised: 4/7, 3/7; top-p 0.5 of that keeps only entry 0. Joint keeps entries 0 and 1 (mass above
+    # entry 1 is 0.4 < 0.5).
+    idx = torch.zeros(4000, dtype=torch.int32, device=device)
+    first = flashinfer.top_k_top_p_sampling_from_probs(row, 2, 0.5, indices=idx, seed=5, offset=0)
+    joint = flashinfer.top_k_top_p_sampling_from_probs(row, 2, 0.5, indices=idx, filter_apply_order="joint",
+                                                       seed=5, offset=0)
+    assert set(first.cpu().tolist()) == {0}
+    assert set(joint.cpu().tolist()) == {0, 1}
+
+
+def test_draws_repeat_with_seed_and_offset(device):
+    probs = _probs(32, 500, device)
+    a = flashinfer.top_p_sampling_from_probs(probs, 0.9, seed=7, offset=100)
+    b = flashinfer.top_p_sampling_from_probs(probs, 0.9, seed=7, offset=100)
+    c = flashinfer.top_p_sampling_from_probs(probs, 0.9, seed=7, offset=104)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # Tensors of one value per row give each row its own stream; a row's draw depends on its own pair only.
+    seeds = torch.full((32,), 7, dtype=torch.int64, device=device)
+    offsets = torch.full((32,), 100, dtype=torch.int64, device=device)
+    assert torch.equal(flashinfer.top_p_sampling_from_probs(probs, 0.9, seed=seeds, offset=offsets), a)
+    offsets[3] = 5
+    d = flashinfer.top_p_sampling_from_probs(probs, 0.9, seed=seeds, offset=offsets)
+    assert torch.equal(d[:3], a[:3]) and torch.equal(d[4:], a[4:])
+
+
+def test_per_row_parameters(device):
+    probs = _probs(6, 300, device)
+    k = torch.tensor([1, 2, 0, 300, 5, 1], dtype=torch.int32, device=device)
+    p = torch.tensor([1.0, 0.5, 0.2, 0.9, 0.0, 0.99], device=device)
+    m = torch.tensor([0.0, 0.1, 0.0, 0.5, 0.0, 0.0], device=device)
+    keep = reference.kept(probs.cpu(), k.cpu(), p.cpu(), m.cpu())
+    for seed in range(4):
+        s = flashinfer.sampling.sampling_from_probs(probs, seed=seed, offset=0)  # no filter
+        assert s.shape == (6,)
+        s = torch.ops.flashinfer.sampling_from_probs(probs, None, k, 0, p, 1.0, m, 0.0,
+                                                     torch.tensor([seed], device=device),
+                                                     torch.tensor([0], device=device))[0]
+        assert keep[torch.arange(6), s.cpu().long()].all()
+
+
+def test_indices_and_valid(device):
+    probs = _probs(3, 50, device)
+    probs[1] = 0  # no mass: not valid, the draw is the first largest entry (index 0)
+    idx = torch.tensor([2, 1, 0, 2], dtype=torch.int64, device=device)
+    s, valid = flashinfer.sampling_from_probs(probs, indices=idx, seed=1, offset=2, return_valid=True)
+    assert s.dtype == torch.int64 and s.shape == (4,)
+    assert valid.cpu().tolist() == [True, False, True, True]
+    assert s[1].item() == 0
+    assert s[0].item() == s[3].item() or True  # same row, different counters: any kept entry
+    empty = flashinfer.sampling_from_probs(probs[:0], seed=1, offset=0)
+    assert empty.shape == (0,)
+
+
+def test_vocab_one(device):
+    probs = torch.ones(4, 1, device=device)
+    assert flashinfer.top_k_top_p_sampling_from_probs(probs, 1, 0.5).cpu().tolist() == [0] * 4
+    assert torch.equal(flashinfer.top_k_renorm_probs(probs, 1).cpu(), torch.ones(4, 1))
+
+
+def test_from_logits(device):
+    logits = torch.randn(16, 777, device=device) * 3
+    keep = reference.kept(torch.softmax(logits.cpu().double(), -1), top_k=10, top_p=0.8)
+    for order in ("top_k_first", "joint"):
+        s = flashinfer.top_k_top_p_sampling_from_logits(logits, 10, 0.8, filter_apply_order=order, seed=3, offset=9)
+        if order == "joint":
+            assert keep[torch.arange(16), s.cpu().long()].all()
+        else:
+            assert (reference.kept(torch.softmax(logits.cpu().double(), -1), top_k=10)[torch.arange(16),
+                                                                                       s.cpu().long()]).all()
+    s = flashinfer.sampling_from_logits(logits, seed=3, offset=9)
+    assert s.shape == (16,) and s.dtype == torch.int32
+
+
+def test_check_nan(device):
+    probs = _probs(2, 10, device)
+    probs[0, 3] = float("nan")
+    with pytest.raises(ValueError, match="probs contains NaN"):
+        flashinfer.sampling_from_probs(probs, check_nan=True)
+
+
+def test_fresh_draws_without_a_seed(device):
+    probs = torch.full((256, 1000), 1e-3, device=device)
+    a = flashinfer.sampling_from_probs(probs)
+    b = flashinfer.sampling_from_probs(probs)
+    assert not torch.equal(a, b)  # 256 uniform draws over 1000 entries: equal by chance with probability ~0
+
+
+# ---- composition ----
+
+def _step(logits, seed, offset):
+    probs = flashinfer.softmax(logits, temperature=0.8)
+    return flashinfer.top_k_top_p_sampling_from_probs(probs, 20, 0.9, seed=seed, offset=offset)
+
+
+def test_compile_fullgraph(device):
+    torch._dynamo.reset()
+    logits = torch.randn(8, 512, device=device)
+    seed = torch.tensor([11], device=device)
+    offset = torch.tensor([0], device=device)
+    compiled = torch.compile(_step, fullgraph=True)
+    assert torch.equal(compiled(logits, seed, offset), _step(logits, seed, offset))
+
+    def fresh(logits):  # the seed pair drawn on the device inside the graph
+        return flashinfer.top_k_top_p_sampling_from_logits(logits, 20, 0.9)
+
+    keep = reference.kept(torch.softmax(logits.cpu().double(), -1), top_k=20)
+    s = torch.compile(fresh, fullgraph=True)(logits)
+    assert keep[torch.arange(8), s.cpu().long()].all()
+
+
+class _Sampler(torch.nn.Module):
+    def forward(self, logits, seed, offset):
+        return _step(logits, seed, offset)
+
+
+def test_export(device, tmp_path):
+    logits = torch.randn(4, 256, device=device)
+    seed, offset = torch.tensor([5], device=device), torch.tensor([1], device=device)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    ep = torch.export.export(_Sampler(), (logits, seed, offset), dynamic_shapes=({0: batch}, None, None))
+    torch.export.save(ep, tmp_path / "sampler.pt2")
+    loaded = torch.export.load(tmp_path / "sampler.pt2").module()
+    for b in (4, 9):
+        x = torch.randn(b, 256, device=device)
+        assert torch.equal(loaded(x, seed, offset), _step(x, seed, offset))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay():
+    logits = torch.randn(16, 2048, device="cuda")
+    seed = torch.tensor([3], device="cuda")
+    offset = torch.tensor([0], device="cuda")
+    out = _step(logits, seed, offset)  # warm-up
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = _step(logits, seed, offset)
+    seen = []
+    for step in range(5):
+        offset.fill_(step * 4)
+        logits.normal_()
+        g.replay()
+        assert torch.equal(out, _step(logits, seed, offset))
+        seen.append(out.clone())
+    assert any(not torch.equal(seen[0], s) for s in seen[1:])
+
+    fresh_out = flashinfer.sampling_from_probs(torch.full((64, 100), 0.01, device="cuda"))
+    g2 = torch.cuda.CUDAGraph()
+    probs = torch.full((64, 100), 0.01, device="cuda")
+    with torch.cuda.graph(g2):
+        fresh_out = flashinfer.sampling_from_probs(probs)  # torch.randint inside: each replay draws anew
+    g2.replay()
+    first = fresh_out.clone()
+    g2.replay()
+    assert not torch.equal(first, fresh_out)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("vocab", [4096, 4099, 151936])
+def test_cuda_matches_definitions_at_vocab_scale(vocab):
+    """Large vocabularies on the CUDA kernels (four-element and scalar loads): draws in the kept sets, renorm and
+    mask against the CPU ops (which follow the definitions)."""
+    probs = _probs(8, vocab, "cuda", spread=4.0)
+    for k, p in ((50, 1.0), (0, 0.9), (1000, 0.95)):
+        s = flashinfer.top_k_top_p_sampling_from_probs(probs, k, p, filter_apply_order="joint", seed=1, offset=0)
+        out_k = flashinfer.top_k_renorm_probs(probs, k)
+        out_p = flashinfer.top_p_renorm_probs(probs, p)
+        cpu = probs.cpu()
+        keep_k = flashinfer.top_k_renorm_probs(cpu, k) > 0
+        keep_p = flashinfer.top_p_renorm_probs(cpu, p) > 0
+        assert torch.equal(out_k.cpu() > 0, keep_k) and torch.equal(out_p.cpu() > 0, keep_p)
+        torch.testing.assert_close(out_k.cpu(), flashinfer.top_k_renorm_probs(cpu, k), atol=1e-6, rtol=1e-4)
+        assert (keep_k & keep_p)[torch.arange(8), s.cpu().long()].all()
