@@ -31,7 +31,7 @@
 namespace flashinfer {
 namespace sampling {
 
-constexpr int kThreads = 1024;
+constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxRounds = 64;
 
@@ -85,14 +85,57 @@ __device__ __forceinline__ float key_float(uint32_t k) {
   return __uint_as_float(k ^ ((k >> 31) ? 0x80000000u : 0xffffffffu));
 }
 
-// Calls f(i, x) for the thread's entries of a row, VEC consecutive entries a load (VEC 4: vocab % 4 == 0 and the
-// rows 16-byte aligned, checked by the launcher), in the same order every pass.
+// A thread's entries of a row, a tile at a time: kChunks vectors of VEC consecutive entries, the thread's chunk of
+// the tile contiguous (entries tile + (tid * kChunks + c) * VEC ..), all loads of a tile issued before any is used.
+// One block walks a whole row, so at small batches the loads a thread keeps in flight set the speed: one 16-byte
+// load at a time ran a 128k-entry pass in about 15 us on an H200. VEC 4 needs vocab % 4 == 0 and 16-byte aligned rows
+// (the launcher checks), so a vector is wholly inside the row or wholly past it.
+constexpr int kChunks = 4;
+
+template <int VEC>
+constexpr int kTileEntries = kThreads * kChunks * VEC;
+
+template <int VEC, typename T>
+__device__ __forceinline__ void load_tile(const T* row, int vocab, int tile, float (&x)[kChunks * VEC]) {
+  const int base = tile + threadIdx.x * kChunks * VEC;
+  Vec<T, VEC> v[kChunks];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c)
+    if (base + c * VEC < vocab) v[c] = Vec<T, VEC>::load(row + base + c * VEC);
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c)
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) x[c * VEC + j] = base + c * VEC < vocab ? to_float(v[c].v[j]) : NAN;
+}
+
+// Calls f(i, x) for the thread's entries of a row (past the row's end: skipped), in the same order every pass.
 template <int VEC, typename T, typename F>
 __device__ __forceinline__ void for_row(const T* row, int vocab, F&& f) {
-  for (int base = threadIdx.x * VEC; base < vocab; base += kThreads * VEC) {
-    const Vec<T, VEC> v = Vec<T, VEC>::load(row + base);
+  for (int tile = 0; tile < vocab; tile += kTileEntries<VEC>) {
+    float x[kChunks * VEC];
+    load_tile<VEC>(row, vocab, tile, x);
+    const int base = tile + threadIdx.x * kChunks * VEC;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) f(base + j, to_float(v.v[j]));
+    for (int e = 0; e < kChunks * VEC; ++e)
+      if (base + e < vocab) f(base + e, x[e]);
+  }
+}
+
+// out[i] = f(row[i]) over the thread's entries (out contiguous, of the output type O).
+template <int VEC, typename T, typename O, typename F>
+__device__ __forceinline__ void write_row(const T* row, O* out, int vocab, F&& f) {
+  for (int tile = 0; tile < vocab; tile += kTileEntries<VEC>) {
+    float x[kChunks * VEC];
+    load_tile<VEC>(row, vocab, tile, x);
+    const int base = tile + threadIdx.x * kChunks * VEC;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      if (base + c * VEC >= vocab) continue;
+      Vec<O, VEC> y;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) y.v[j] = from_float<O>(f(x[c * VEC + j]));
+      y.store(out + base + c * VEC);
+    }
   }
 }
 
@@ -125,9 +168,9 @@ __device__ __forceinline__ float block_max(float x, float* scratch /* kWarps */)
   return x;
 }
 
-// The row's largest entry (the first on ties; NaN never wins), its index and the row's total.
+// The row's largest entry (the first on ties; NaN never wins), its index, its smallest entry and the row's total.
 struct RowTop {
-  float max, total;
+  float max, total, min;
   int argmax;
 };
 
@@ -137,10 +180,11 @@ __device__ __forceinline__ void better_max(float& m, int& i, float om, int oi) {
 
 template <int VEC, typename T>
 __device__ RowTop row_top(const T* row, int vocab, float* scratch, int* iscratch) {
-  float m = -INFINITY, s = 0.f;
+  float m = -INFINITY, s = 0.f, mn = INFINITY;
   int i = INT_MAX;
   for_row<VEC>(row, vocab, [&](int j, float x) {
     better_max(m, i, x, j);
+    mn = fminf(mn, x);
     s += x;
   });
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -157,7 +201,7 @@ __device__ RowTop row_top(const T* row, int vocab, float* scratch, int* iscratch
   __syncthreads();
   float t[1] = {s};
   block_sums(t, scratch);
-  return {m, t[0], i == INT_MAX ? 0 : i};
+  return {m, t[0], -block_max(-mn, scratch), i == INT_MAX ? 0 : i};
 }
 
 // The first candidate i (cand(x) true, weight x) whose running sum over the row passes target, or -1 when target
@@ -166,20 +210,16 @@ __device__ RowTop row_top(const T* row, int vocab, float* scratch, int* iscratch
 // the total.
 template <int VEC, typename C>
 __device__ int scan_pick(const float* row, int vocab, float target, C&& cand, float* warp_tot, int* found) {
+  constexpr int kE = kChunks * VEC;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (threadIdx.x == 0) *found = INT_MAX;
   float running = 0.f;
-  for (int tile = 0; tile < vocab; tile += kThreads * VEC) {
-    const int base = tile + threadIdx.x * VEC;
-    float w[VEC], own = 0.f;
-    if (base < vocab) {
-      const Vec<float, VEC> v = Vec<float, VEC>::load(row + base);
+  for (int tile = 0; tile < vocab; tile += kTileEntries<VEC>) {
+    const int base = tile + threadIdx.x * kE;
+    float w[kE], own = 0.f;
+    load_tile<VEC>(row, vocab, tile, w);
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) own += (w[j] = cand(v.v[j]) ? v.v[j] : 0.f);
-    } else {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) w[j] = 0.f;
-    }
+    for (int e = 0; e < kE; ++e) own += (w[e] = base + e < vocab && cand(w[e]) ? w[e] : 0.f);
     float incl = own;
 #pragma unroll
     for (int off = 1; off < 32; off *= 2) {
@@ -200,8 +240,8 @@ __device__ int scan_pick(const float* row, int vocab, float target, C&& cand, fl
       float acc = lo;
       int pick = -1;
 #pragma unroll
-      for (int j = 0; j < VEC; ++j)
-        if (w[j] > 0.f && (pick < 0 || acc <= target)) acc += w[j], pick = base + j;  // the last if rounding runs out
+      for (int e = 0; e < kE; ++e)
+        if (w[e] > 0.f && (pick < 0 || acc <= target)) acc += w[e], pick = base + e;  // the last if rounding runs out
       atomicMin(found, pick);
     }
     __syncthreads();
@@ -274,15 +314,20 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
 }
 
 // The boundary entry v of a row for a filter on the measure `meas` of {x >= v} (count for top-k, mass for
-// top-p): the largest entry with meas(x >= v) >= target, and mass(x >= v). Bisection over keys, kept invariant
-// meas(>= lo) >= target > meas(>= hi); each pass also finds the smallest entry at or above mid and the largest
-// below it with their measures, and stops when either is the boundary.
+// top-p): the largest entry with meas(x >= v) >= target, and mass(x >= v). A search over keys, kept invariant
+// meas(>= lo) >= target > meas(>= hi); each pass also finds the smallest entry at or above its probe and the largest
+// below it with their measures, and stops when either is the boundary. The probes first step down from the
+// largest entry by 1, 2, 4, ... octaves (2^23 keys each: a key's high bits are the exponent), since a top-k or
+// top-p boundary sits a few octaves below the top while the row's smallest entry may be dozens below; bisection
+// takes over once a probe reaches the target.
 template <int VEC, bool kCount, typename T>
 __device__ void boundary(const T* row, int vocab, float lo_val, float hi_val, float target, float* scratch,
                          float& v_out, float& mass_out) {
   uint32_t lo = float_key(lo_val), hi = float_key(hi_val) + 1;
+  uint64_t step = 1u << 23;
+  bool gallop = true;
   while (true) {
-    const uint32_t mid_key = lo + (hi - lo) / 2;
+    const uint32_t mid_key = gallop && hi - lo > step ? hi - (uint32_t)step : lo + (hi - lo) / 2;
     const float mid = key_float(mid_key);
     // [0] meas(>= mid), [1] mass(>= mid), then per thread: min entry >= mid, its meas and mass; max entry < mid...
     float a[2] = {0.f, 0.f};
@@ -309,13 +354,13 @@ __device__ void boundary(const T* row, int vocab, float lo_val, float hi_val, fl
         v_out = ge_all, mass_out = a[1];
         return;
       }
-      lo = mid_key;
+      lo = mid_key, gallop = false;
     } else {
       if (lt_all == -INFINITY || a[0] + c[2] >= target) {  // the largest entry below mid reaches the target
         v_out = lt_all, mass_out = a[1] + c[3];
         return;
       }
-      hi = mid_key;
+      hi = mid_key, step *= 2;
     }
     if (hi - lo <= 1) {  // unreachable with the invariant, kept so a pass count is bounded whatever the input
       v_out = key_float(lo), mass_out = a[1];
@@ -336,10 +381,8 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(RenormParams p) {
   const float top_p = p.top_p.at(r);
   const bool on = kMode == Renorm::kTopP ? top_p < 1.f : k > 0 && k < p.vocab;
   // The search runs between the row's smallest and largest entries.
-  float mn = INFINITY;
-  for_row<VEC>(row, p.vocab, [&](int, float x) { mn = fminf(mn, x); });
-  mn = -block_max(-mn, scratch);
   const RowTop top = row_top<VEC>(row, p.vocab, scratch, iscratch);
+  const float mn = top.min;
   float v = -INFINITY, kept = top.total;
   if (kMode == Renorm::kTopP) {
     if (on && top_p > 0.f && top.total > 0.f && top.total < INFINITY)
@@ -349,13 +392,7 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(RenormParams p) {
     boundary<VEC, true>(row, p.vocab, mn, top.max, (float)k, scratch, v, kept);
   }
   if (kMode == Renorm::kMaskLogits) {
-    for (int base = threadIdx.x * VEC; base < p.vocab; base += kThreads * VEC) {
-      Vec<T, VEC> x = Vec<T, VEC>::load(row + base);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j)
-        if (!(to_float(x.v[j]) >= v)) x.v[j] = from_float<T>(-INFINITY);
-      x.store(out + base);
-    }
+    write_row<VEC>(row, out, p.vocab, [&](float x) { return x >= v ? x : -INFINITY; });
   } else {
     if (on && !(top_p > 0.f) && kMode == Renorm::kTopP) {
       float t[1] = {0.f};
@@ -365,15 +402,7 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(RenormParams p) {
     }
     const bool ok = kept > 0.f && kept < INFINITY;
     const float inv = ok ? 1.f / kept : 0.f;
-    for (int base = threadIdx.x * VEC; base < p.vocab; base += kThreads * VEC) {
-      Vec<T, VEC> x = Vec<T, VEC>::load(row + base);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const float f = to_float(x.v[j]);
-        x.v[j] = from_float<T>(ok && f >= v ? f * inv : 0.f);
-      }
-      x.store(out + base);
-    }
+    write_row<VEC>(row, out, p.vocab, [&](float x) { return ok && x >= v ? x * inv : 0.f; });
   }
 }
 
@@ -393,18 +422,31 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(SoftmaxParams p) {
     for (int i = threadIdx.x; i < p.vocab; i += kThreads) out[i] = i == top.argmax ? 1.f : 0.f;
     return;
   }
-  const float scale = 1.f / temp;
+  const float scale = 1.4426950408889634f / temp;  // log2(e) / t: exponents in base 2
+  // Each tile's entries move the running maximum once, then add branch-free (a rescale per entry cost as much as
+  // the rest of the pass). A NaN logit makes the sum NaN and the row zeros, as the CPU op.
   float m = -INFINITY, s = 0.f;
-  for_row<VEC>(row, p.vocab, [&](int, float x) {
-    const float y = x * scale;
-    if (y > m) s = s * expf(m - y) + 1.f, m = y;  // m = -inf first: exp(-inf) = 0
-    else if (y > -INFINITY) s += expf(y - m);       // -inf adds nothing (and would give exp(NaN) while m is -inf)
-  });
+  for (int tile = 0; tile < p.vocab; tile += kTileEntries<VEC>) {
+    float y[kChunks * VEC];
+    load_tile<VEC>(row, p.vocab, tile, y);
+    const int base = tile + threadIdx.x * kChunks * VEC;
+    float tm = -INFINITY;
+#pragma unroll
+    for (int e = 0; e < kChunks * VEC; ++e) {
+      y[e] = base + e < p.vocab ? y[e] * scale : -INFINITY;
+      tm = fmaxf(tm, y[e]);
+    }
+    if (tm > m) s = (m == -INFINITY ? 0.f : s * exp2f(m - tm)), m = tm;
+    if (m > -INFINITY) {
+#pragma unroll
+      for (int e = 0; e < kChunks * VEC; ++e) s += exp2f(y[e] - m);  // -inf entries add 0
+    }
+  }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   auto merge = [](float& m, float& s, float om, float os) {
     const float nm = fmaxf(m, om);
     if (nm == -INFINITY) return;
-    s = (m == -INFINITY ? 0.f : s * expf(m - nm)) + (om == -INFINITY ? 0.f : os * expf(om - nm));
+    s = (m == -INFINITY ? 0.f : s * exp2f(m - nm)) + (om == -INFINITY ? 0.f : os * exp2f(om - nm));
     m = nm;
   };
 #pragma unroll
@@ -419,13 +461,7 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(SoftmaxParams p) {
     merge(m, s, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, s, off));
   const bool ok = m > -INFINITY && m < INFINITY && s > 0.f;
   const float inv = ok ? 1.f / s : 0.f;
-  for (int base = threadIdx.x * VEC; base < p.vocab; base += kThreads * VEC) {
-    const Vec<T, VEC> x = Vec<T, VEC>::load(row + base);
-    Vec<float, VEC> y;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) y.v[j] = ok ? expf(to_float(x.v[j]) * scale - m) * inv : 0.f;
-    y.store(out + base);
-  }
+  write_row<VEC>(row, out, p.vocab, [&](float x) { return ok ? exp2f(x * scale - m) * inv : 0.f; });
 }
 
 // Launchers: one block a row; VEC 4 when every row starts on a 16-byte boundary of 4-element groups (the caller
