@@ -9,7 +9,7 @@ mkdir -p "$out"
 if ls .whl/flashinfer_python-*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/peer .whl/flashinfer_python-*.whl .whl/apache_tvm_ffi-*.whl
 fi
-for b in ${BENCHES:-norm activation rope cascade decode decode_variants prefill}; do
+for b in ${BENCHES:-norm activation rope cascade sampling decode decode_variants prefill}; do
   echo "== bench_$b"
   python3 benchmarks/bench_$b.py --json "$out/bench_$b.json" 2> "$out/bench_$b.log"
   grep '^|' "$out/bench_$b.log"
