@@ -269,6 +269,24 @@ def test_export(device, tmp_path):
         assert torch.equal(loaded(x, seed, offset), _step(x, seed, offset))
 
 
+def test_aoti_package(device, tmp_path):
+    from test_compose import aoti_broken_here
+
+    broken = aoti_broken_here(device, tmp_path)
+    if broken:
+        pytest.skip(broken)
+    logits = torch.randn(4, 256, device=device)
+    seed, offset = torch.tensor([5], device=device), torch.tensor([1], device=device)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    ep = torch.export.export(_Sampler(), (logits, seed, offset), dynamic_shapes=({0: batch}, None, None))
+    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "sampler_aoti.pt2"),
+                                                    inductor_configs=flashinfer.aot_inductor_configs())
+    loaded = torch._inductor.aoti_load_package(path)
+    for b in (4, 9):
+        x = torch.randn(b, 256, device=device)
+        assert torch.equal(loaded(x, seed, offset), _step(x, seed, offset))
+
+
 @pytest.mark.gpu
 def test_cuda_graph_replay():
     logits = torch.randn(16, 2048, device="cuda")
