@@ -8,7 +8,9 @@ at least ``min_p`` times the row's largest. A parameter is a Python number for e
 tensor. ``top_k <= 0`` or ``>= vocab_size``, ``top_p >= 1`` and ``min_p <= 0`` switch a filter off.
 
 Randomness is Philox4x32-10 keyed by ``seed`` and counted by ``offset`` (ints, or int64 device tensors of length 1 or
-``batch_size``): the same pair gives the same draws, on CPU and on CUDA alike within each. Without them, each call
+``batch_size``): the same pair gives the same draws on a device (CPU and CUDA draw from the same distribution by different
+algorithms, so not the same values). Ints are copied to the device at each call, which a CUDA graph capture does not
+allow: captured steps pass tensors. Without them, each call
 draws a fresh pair on the device from ``generator`` (the device's default generator when ``None``) with
 ``torch.randint``, which ``torch.compile``, CUDA graphs (each replay draws anew) and ``torch.export`` all carry, so a
 compiled or captured decode step samples differently every step with no host round trip. ``deterministic`` is
