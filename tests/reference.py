@@ -273,9 +273,12 @@ def kept(probs, top_k=0, top_p=1.0, min_p=0.0):
     k = torch.as_tensor(top_k).expand(b)
     tp = torch.as_tensor(top_p, dtype=torch.float64).expand(b)
     mp = torch.as_tensor(min_p, dtype=torch.float64).expand(b)
-    greater = p[:, None, :] > p[:, :, None]  # [b, i, j]: p_j > p_i
-    count_gt = greater.sum(-1)
-    mass_gt = (greater * p[:, None, :]).sum(-1)
+    # Per entry, the count and the mass of the entries larger than it, from the row sorted descending: the larger
+    # entries are the first count_gt of that order, their mass the exclusive running sum there.
+    desc = p.sort(-1, descending=True).values
+    count_gt = v - torch.searchsorted(desc.flip(-1), p, right=True)
+    before = torch.cat([torch.zeros(b, 1, dtype=p.dtype), desc.cumsum(-1)[:, :-1]], -1)
+    mass_gt = before.gather(-1, count_gt)
     keep = torch.ones(b, v, dtype=torch.bool)
     k_on = (k > 0) & (k < v)
     keep &= ~k_on[:, None] | (count_gt < k[:, None])
