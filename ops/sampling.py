@@ -132,12 +132,15 @@ def top_k_top_p_sampling_from_probs(probs: torch.Tensor, top_k: Param, top_p: Pa
         raise ValueError(f"flashinfer.sampling: filter_apply_order must be 'top_k_first' or 'joint', "
                          f"got {filter_apply_order!r}")
     _check_nan(probs, "probs", check_nan)
-    out_dtype = torch.int32
-    if indices is not None:  # the filters are per draw: renormalise the rows the draws read
-        probs, out_dtype = probs[indices.long()], indices.dtype
-    out = _draw(top_k_renorm_probs(probs, top_k), None, 0, top_p, 0.0, generator, False, seed, offset, return_valid)
-    if out_dtype != torch.int32:
-        out = (out[0].to(out_dtype), out[1]) if return_valid else out.to(out_dtype)
+    if indices is None or not isinstance(top_k, torch.Tensor):
+        # One k for every draw: each row is renormalised once, however many draws read it.
+        return _draw(top_k_renorm_probs(probs, top_k), indices, 0, top_p, 0.0, generator, False, seed, offset,
+                     return_valid)
+    # A k per draw: the rows the draws read, one copy per draw, each renormalised with its draw's k.
+    out = _draw(top_k_renorm_probs(probs[indices.long()], top_k), None, 0, top_p, 0.0, generator, False, seed,
+                offset, return_valid)
+    if indices.dtype != torch.int32:
+        out = (out[0].to(indices.dtype), out[1]) if return_valid else out.to(indices.dtype)
     return out
 
 

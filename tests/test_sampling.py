@@ -150,6 +150,22 @@ def test_top_k_first_renormalises_before_top_p(device):
     assert set(joint.cpu().tolist()) == {0, 1}
 
 
+def test_top_k_first_with_indices(device):
+    """A k for all draws (each row renormalised once) and a k per draw (the rows the draws read, each with its k)."""
+    probs = _probs(3, 40, device)
+    idx = torch.tensor([2, 0, 2, 1, 0], dtype=torch.int64, device=device)
+    rows = probs.cpu()[idx.cpu()]
+    for k in (3, torch.tensor([1, 3, 5, 40, 2], dtype=torch.int32)):
+        keep_k = reference.kept(rows, top_k=k)
+        keep = keep_k & reference.kept(reference.renorm(rows, keep_k), top_p=0.7)
+        kk = k.to(device) if torch.is_tensor(k) else k
+        for seed in range(3):
+            s, valid = flashinfer.top_k_top_p_sampling_from_probs(probs, kk, 0.7, indices=idx, seed=seed, offset=0,
+                                                                  return_valid=True)
+            assert s.dtype == torch.int64 and valid.all()
+            assert keep[torch.arange(5), s.cpu()].all(), k
+
+
 def test_draws_repeat_with_seed_and_offset(device):
     probs = _probs(32, 500, device)
     a = flashinfer.top_p_sampling_from_probs(probs, 0.9, seed=7, offset=100)
