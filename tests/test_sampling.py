@@ -333,18 +333,56 @@ def test_cuda_graph_replay():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("vocab", [4096, 4099, 151936])
+@pytest.mark.parametrize("vocab", [4099, 40001, 151936, 409600])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_softmax_at_vocab_scale(vocab, dtype):
+    """softmax over rows split across a cluster's blocks (and rows too long for one): against the float64
+    definition, for temperatures, a row of -inf but for one entry, a row with a NaN, greedy rows whose first largest
+    logit and a tie of it sit in different blocks' slices, and strided rows."""
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(6, vocab, generator=g) * 4).to(dtype)
+    logits[1] = float("-inf")
+    logits[1, vocab - 1] = 0.0
+    logits[2, vocab // 2] = float("nan")
+    logits[3, 5] = logits[3, vocab - 2] = 100.0  # tied maxima far apart: greedy picks index 5
+    temps = torch.tensor([1.0, 0.7, 2.0, 0.0, 1.3, 0.5])
+    wide = torch.zeros(6, vocab + 1, dtype=dtype)
+    wide[:, :vocab] = logits
+    for rows in (logits.cuda(), wide.cuda()[:, :vocab]):
+        out = flashinfer.softmax(rows, temperature=temps.cuda())
+        ref = reference.softmax(logits, temps)
+        assert torch.equal(out[2].cpu(), torch.zeros(vocab))  # the CPU op's rule for a NaN logit
+        keep = torch.arange(6) != 2
+        torch.testing.assert_close(out[keep].cpu().double(), ref[keep], atol=2e-6, rtol=2e-5)
+        assert out[3, 5].item() == 1.0 and out[3].sum().item() == 1.0
+        assert torch.equal(flashinfer.softmax(rows, temperature=temps.cuda()), out)
+
+
+# Rows of one block (4096, 4099), clusters of 3 blocks (40001) and 8 (151936), rows longer than a cluster's slices
+# hold (409600, read from memory each pass); four-element and scalar loads.
+@pytest.mark.gpu
+@pytest.mark.parametrize("vocab", [4096, 4099, 40001, 151936, 409600])
 def test_cuda_matches_definitions_at_vocab_scale(vocab):
-    """Large vocabularies on the CUDA kernels (four-element and scalar loads): draws in the kept sets, renorm and
-    mask against the CPU ops (which follow the definitions)."""
+    """Large vocabularies on the CUDA kernels: draws in the kept sets; renormalised rows and masked logits against
+    the CPU ops (which follow the definitions), also for strided rows and bf16 logits full of ties; the same bits
+    on a second call."""
     probs = _probs(8, vocab, "cuda", spread=4.0)
+    wide = torch.zeros(8, vocab + 3, device="cuda")
+    wide[:, :vocab] = probs
+    strided = wide[:, :vocab]  # rows vocab + 3 apart: scalar loads
+    logits = torch.log(probs).to(torch.bfloat16)
+    cpu, cpu_logits = probs.cpu(), logits.cpu()
     for k, p in ((50, 1.0), (0, 0.9), (1000, 0.95)):
         s = flashinfer.top_k_top_p_sampling_from_probs(probs, k, p, filter_apply_order="joint", seed=1, offset=0)
-        out_k = flashinfer.top_k_renorm_probs(probs, k)
-        out_p = flashinfer.top_p_renorm_probs(probs, p)
-        cpu = probs.cpu()
-        keep_k = flashinfer.top_k_renorm_probs(cpu, k) > 0
-        keep_p = flashinfer.top_p_renorm_probs(cpu, p) > 0
-        assert torch.equal(out_k.cpu() > 0, keep_k) and torch.equal(out_p.cpu() > 0, keep_p)
-        torch.testing.assert_close(out_k.cpu(), flashinfer.top_k_renorm_probs(cpu, k), atol=1e-6, rtol=1e-4)
+        ref_k, ref_p = flashinfer.top_k_renorm_probs(cpu, k), flashinfer.top_p_renorm_probs(cpu, p)
+        keep_k, keep_p = ref_k > 0, ref_p > 0
+        for rows in (probs, strided):
+            out_k = flashinfer.top_k_renorm_probs(rows, k)
+            out_p = flashinfer.top_p_renorm_probs(rows, p)
+            assert torch.equal(out_k.cpu() > 0, keep_k) and torch.equal(out_p.cpu() > 0, keep_p)
+            torch.testing.assert_close(out_k.cpu(), ref_k, atol=1e-6, rtol=1e-4)
+            torch.testing.assert_close(out_p.cpu(), ref_p, atol=1e-6, rtol=1e-4)
+            assert torch.equal(flashinfer.top_p_renorm_probs(rows, p), out_p)
+        masked = flashinfer.top_k_mask_logits(logits, max(k, 1))
+        assert torch.equal(masked.cpu(), flashinfer.top_k_mask_logits(cpu_logits, max(k, 1)))
         assert (keep_k & keep_p)[torch.arange(8), s.cpu().long()].all()

@@ -2,7 +2,7 @@
 // current stream.
 #include <torch/library.h>
 
-#include "../kernels/sampling.cuh"
+#include "../kernels/sampling_cluster.cuh"
 #include "utils.cuh"
 
 namespace flashinfer {

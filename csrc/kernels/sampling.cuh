@@ -1,5 +1,5 @@
-// Sampling: softmax with a temperature, draws from a row's distribution under top-k / top-p / min-p filters, and
-// the filters' renormalised probabilities and masked logits. One block a row. Torch-free.
+// Sampling: draws from a row's distribution under top-k / top-p / min-p filters, one block a row, and the row
+// helpers shared with sampling_cluster.cuh (softmax, renormalised probabilities, masked logits). Torch-free.
 //
 // A row p of `vocab` non-negative weights (probabilities, not necessarily normalised; total = sum p):
 //   top-k keeps i when fewer than k entries are larger than p_i (every entry tied with the k-th largest is kept);
@@ -14,8 +14,7 @@
 // and above a second pivot halfway to `high`; i is kept -> done, else low rises to the larger pivot known to be
 // filtered out. Every round is exact (a kept draw is distributed as the kept set's weights), so no threshold is
 // ever computed; the largest entry is always kept, so the rounds end (capped at kMaxRounds, then the largest).
-// The renormalising and masking ops need the threshold itself: a bisection over the floats' order-preserving
-// 32-bit keys that stops as soon as a pass shows which entry is the boundary.
+// The renormalising and masking ops need the threshold itself: a radix select, sampling_cluster.cuh.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -55,25 +54,6 @@ struct SampleParams {
   int seed_step, offset_step;
   int32_t* out;            // [batch]
   bool* valid;             // [batch]: the row has a positive, finite total (else out = its first largest entry)
-};
-
-enum class Renorm { kTopK, kTopP, kMaskLogits };
-
-struct RenormParams {
-  const void* in;          // [rows, vocab] (float probs; logits of T for kMaskLogits), row stride in elements
-  int64_t stride;
-  void* out;               // [rows, vocab] contiguous, the input's dtype
-  int vocab;
-  PerRow<int32_t> top_k;
-  PerRow<float> top_p;
-};
-
-struct SoftmaxParams {
-  const void* logits;      // [rows, vocab] of T, row stride in elements
-  int64_t stride;
-  float* probs;            // [rows, vocab] contiguous
-  int vocab;
-  PerRow<float> temperature;  // <= 0: the row's first largest logit gets probability 1 (greedy)
 };
 
 // Order-preserving 32-bit keys of floats (NaN aside): a < b <=> key(a) < key(b).
@@ -178,15 +158,8 @@ __device__ __forceinline__ void better_max(float& m, int& i, float om, int oi) {
   if (om > m || (om == m && oi < i)) m = om, i = oi;
 }
 
-template <int VEC, typename T>
-__device__ RowTop row_top(const T* row, int vocab, float* scratch, int* iscratch) {
-  float m = -INFINITY, s = 0.f, mn = INFINITY;
-  int i = INT_MAX;
-  for_row<VEC>(row, vocab, [&](int j, float x) {
-    better_max(m, i, x, j);
-    mn = fminf(mn, x);
-    s += x;
-  });
+// The block's largest (m, i) (the first index on ties), returned to every thread.
+__device__ __forceinline__ void block_argmax(float& m, int& i, float* scratch, int* iscratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int off = 16; off > 0; off /= 2)
@@ -199,6 +172,18 @@ __device__ RowTop row_top(const T* row, int vocab, float* scratch, int* iscratch
   for (int off = 16; off > 0; off /= 2)
     better_max(m, i, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, i, off));
   __syncthreads();
+}
+
+template <int VEC, typename T>
+__device__ RowTop row_top(const T* row, int vocab, float* scratch, int* iscratch) {
+  float m = -INFINITY, s = 0.f, mn = INFINITY;
+  int i = INT_MAX;
+  for_row<VEC>(row, vocab, [&](int j, float x) {
+    better_max(m, i, x, j);
+    mn = fminf(mn, x);
+    s += x;
+  });
+  block_argmax(m, i, scratch, iscratch);
   float t[1] = {s};
   block_sums(t, scratch);
   return {m, t[0], -block_max(-mn, scratch), i == INT_MAX ? 0 : i};
@@ -313,177 +298,12 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
   if (threadIdx.x == 0) p.out[b] = pick, p.valid[b] = ok;
 }
 
-// The boundary entry v of a row for a filter on the measure `meas` of {x >= v} (count for top-k, mass for
-// top-p): the largest entry with meas(x >= v) >= target, and mass(x >= v). A search over keys, kept invariant
-// meas(>= lo) >= target > meas(>= hi); each pass also finds the smallest entry at or above its probe and the largest
-// below it with their measures, and stops when either is the boundary. The probes first step down from the
-// largest entry by 1, 2, 4, ... octaves (2^23 keys each: a key's high bits are the exponent), since a top-k or
-// top-p boundary sits a few octaves below the top while the row's smallest entry may be dozens below; bisection
-// takes over once a probe reaches the target.
-template <int VEC, bool kCount, typename T>
-__device__ void boundary(const T* row, int vocab, float lo_val, float hi_val, float target, float* scratch,
-                         float& v_out, float& mass_out) {
-  uint32_t lo = float_key(lo_val), hi = float_key(hi_val) + 1;
-  uint64_t step = 1u << 23;
-  bool gallop = true;
-  while (true) {
-    const uint32_t mid_key = gallop && hi - lo > step ? hi - (uint32_t)step : lo + (hi - lo) / 2;
-    const float mid = key_float(mid_key);
-    // [0] meas(>= mid), [1] mass(>= mid), then per thread: min entry >= mid, its meas and mass; max entry < mid...
-    float a[2] = {0.f, 0.f};
-    float ge = INFINITY, ge_meas = 0.f, ge_mass = 0.f, lt = -INFINITY, lt_meas = 0.f, lt_mass = 0.f;
-    for_row<VEC>(row, vocab, [&](int, float x) {
-      const float m = kCount ? 1.f : x;
-      if (x >= mid) {
-        a[0] += m, a[1] += x;
-        if (x < ge) ge = x, ge_meas = m, ge_mass = x;
-        else if (x == ge) ge_meas += m, ge_mass += x;
-      } else if (x == x) {  // not NaN
-        if (x > lt) lt = x, lt_meas = m, lt_mass = x;
-        else if (x == lt) lt_meas += m, lt_mass += x;
-      }
-    });
-    block_sums(a, scratch);
-    // The extremes over the block, then their measures summed over the threads holding them.
-    const float ge_all = -block_max(-ge, scratch), lt_all = block_max(lt, scratch);
-    float c[4] = {ge == ge_all ? ge_meas : 0.f, ge == ge_all ? ge_mass : 0.f, lt == lt_all ? lt_meas : 0.f,
-                  lt == lt_all ? lt_mass : 0.f};
-    block_sums(c, scratch);
-    if (a[0] >= target) {
-      if (a[0] - c[0] < target) {  // dropping the smallest entry at or above mid falls short
-        v_out = ge_all, mass_out = a[1];
-        return;
-      }
-      lo = mid_key, gallop = false;
-    } else {
-      if (lt_all == -INFINITY || a[0] + c[2] >= target) {  // the largest entry below mid reaches the target
-        v_out = lt_all, mass_out = a[1] + c[3];
-        return;
-      }
-      hi = mid_key, step *= 2;
-    }
-    if (hi - lo <= 1) {  // unreachable with the invariant, kept so a pass count is bounded whatever the input
-      v_out = key_float(lo), mass_out = a[1];
-      return;
-    }
-  }
-}
-
-template <Renorm kMode, int VEC, typename T>
-__global__ void __launch_bounds__(kThreads) renorm_kernel(RenormParams p) {
-  __shared__ float scratch[4 * kWarps];
-  __shared__ int iscratch[kWarps];
-  const int r = blockIdx.x;
-  pdl_enter();
-  const T* row = static_cast<const T*>(p.in) + (int64_t)r * p.stride;
-  T* out = static_cast<T*>(p.out) + (int64_t)r * p.vocab;
-  const int k = p.top_k.at(r);
-  const float top_p = p.top_p.at(r);
-  const bool on = kMode == Renorm::kTopP ? top_p < 1.f : k > 0 && k < p.vocab;
-  // The search runs between the row's smallest and largest entries.
-  const RowTop top = row_top<VEC>(row, p.vocab, scratch, iscratch);
-  const float mn = top.min;
-  float v = -INFINITY, kept = top.total;
-  if (kMode == Renorm::kTopP) {
-    if (on && top_p > 0.f && top.total > 0.f && top.total < INFINITY)
-      boundary<VEC, false>(row, p.vocab, mn, top.max, top_p * top.total, scratch, v, kept);
-    if (on && !(top_p > 0.f)) v = top.max;  // top-p 0: the largest entries only
-  } else if (on && mn == mn && top.max == top.max) {
-    boundary<VEC, true>(row, p.vocab, mn, top.max, (float)k, scratch, v, kept);
-  }
-  if (kMode == Renorm::kMaskLogits) {
-    write_row<VEC>(row, out, p.vocab, [&](float x) { return x >= v ? x : -INFINITY; });
-  } else {
-    if (on && !(top_p > 0.f) && kMode == Renorm::kTopP) {
-      float t[1] = {0.f};
-      for_row<VEC>(row, p.vocab, [&](int, float x) { t[0] += x >= v ? x : 0.f; });
-      block_sums(t, scratch);
-      kept = t[0];
-    }
-    const bool ok = kept > 0.f && kept < INFINITY;
-    const float inv = ok ? 1.f / kept : 0.f;
-    write_row<VEC>(row, out, p.vocab, [&](float x) { return ok && x >= v ? x * inv : 0.f; });
-  }
-}
-
-// Online softmax over a row: pass one keeps each thread's running maximum and sum of exponentials, merged over the
-// block; pass two writes. Scaled logits x / temperature; a row whose maximum is -inf (or NaN) is written as zeros.
-template <int VEC, typename T>
-__global__ void __launch_bounds__(kThreads) softmax_kernel(SoftmaxParams p) {
-  __shared__ float scratch[4 * kWarps];
-  __shared__ int iscratch[kWarps];
-  const int r = blockIdx.x;
-  pdl_enter();
-  const T* row = static_cast<const T*>(p.logits) + (int64_t)r * p.stride;
-  float* out = p.probs + (int64_t)r * p.vocab;
-  const float temp = p.temperature.at(r);
-  if (!(temp > 0.f)) {  // greedy: probability 1 on the first largest logit
-    const RowTop top = row_top<VEC>(row, p.vocab, scratch, iscratch);
-    for (int i = threadIdx.x; i < p.vocab; i += kThreads) out[i] = i == top.argmax ? 1.f : 0.f;
-    return;
-  }
-  const float scale = 1.4426950408889634f / temp;  // log2(e) / t: exponents in base 2
-  // Each tile's entries move the running maximum once, then add branch-free (a rescale per entry cost as much as
-  // the rest of the pass). A NaN logit makes the sum NaN and the row zeros, as the CPU op.
-  float m = -INFINITY, s = 0.f;
-  for (int tile = 0; tile < p.vocab; tile += kTileEntries<VEC>) {
-    float y[kChunks * VEC];
-    load_tile<VEC>(row, p.vocab, tile, y);
-    const int base = tile + threadIdx.x * kChunks * VEC;
-    float tm = -INFINITY;
-#pragma unroll
-    for (int e = 0; e < kChunks * VEC; ++e) {
-      y[e] = base + e < p.vocab ? y[e] * scale : -INFINITY;
-      tm = fmaxf(tm, y[e]);
-    }
-    if (tm > m) s = (m == -INFINITY ? 0.f : s * exp2f(m - tm)), m = tm;
-    if (m > -INFINITY) {
-#pragma unroll
-      for (int e = 0; e < kChunks * VEC; ++e) s += exp2f(y[e] - m);  // -inf entries add 0
-    }
-  }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  auto merge = [](float& m, float& s, float om, float os) {
-    const float nm = fmaxf(m, om);
-    if (nm == -INFINITY) return;
-    s = (m == -INFINITY ? 0.f : s * exp2f(m - nm)) + (om == -INFINITY ? 0.f : os * exp2f(om - nm));
-    m = nm;
-  };
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2)
-    merge(m, s, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, s, off));
-  if (lane == 0) scratch[warp] = m, scratch[kWarps + warp] = s;
-  __syncthreads();
-  m = lane < kWarps ? scratch[lane] : -INFINITY;
-  s = lane < kWarps ? scratch[kWarps + lane] : 0.f;
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2)
-    merge(m, s, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, s, off));
-  const bool ok = m > -INFINITY && m < INFINITY && s > 0.f;
-  const float inv = ok ? 1.f / s : 0.f;
-  write_row<VEC>(row, out, p.vocab, [&](float x) { return ok ? exp2f(x * scale - m) * inv : 0.f; });
-}
-
-// Launchers: one block a row; VEC 4 when every row starts on a 16-byte boundary of 4-element groups (the caller
+// One block a draw; VEC 4 when every row starts on a 16-byte boundary of 4-element groups (the caller
 // passes vec4 = vocab % 4 == 0, row stride % 4 == 0, 16-byte aligned base), else 1.
 inline cudaError_t launch_sample(const SampleParams& p, int batch, bool vec4, cudaStream_t stream) {
   if (batch == 0) return cudaSuccess;
   return vec4 ? launch_pdl(sample_kernel<4>, dim3(batch), dim3(kThreads), 0, stream, p)
               : launch_pdl(sample_kernel<1>, dim3(batch), dim3(kThreads), 0, stream, p);
-}
-
-template <Renorm kMode, typename T>
-cudaError_t launch_renorm(const RenormParams& p, int rows, bool vec4, cudaStream_t stream) {
-  if (rows == 0) return cudaSuccess;
-  return vec4 ? launch_pdl(renorm_kernel<kMode, 4, T>, dim3(rows), dim3(kThreads), 0, stream, p)
-              : launch_pdl(renorm_kernel<kMode, 1, T>, dim3(rows), dim3(kThreads), 0, stream, p);
-}
-
-template <typename T>
-cudaError_t launch_softmax(const SoftmaxParams& p, int rows, bool vec4, cudaStream_t stream) {
-  if (rows == 0) return cudaSuccess;
-  return vec4 ? launch_pdl(softmax_kernel<4, T>, dim3(rows), dim3(kThreads), 0, stream, p)
-              : launch_pdl(softmax_kernel<1, T>, dim3(rows), dim3(kThreads), 0, stream, p);
 }
 
 }  // namespace sampling

@@ -56,22 +56,33 @@ inline bool pdl_supported() {
 }
 
 // Launches `kernel` on `stream` allowing it to overlap the tail of the previous kernel on that stream (see above:
-// the kernel must call pdl_wait(), or pdl_enter(), before its first global memory access). Works under stream
-// capture: the graph keeps the programmatic edge.
+// the kernel must call pdl_wait(), or pdl_enter(), before its first global memory access), in clusters of `cluster`
+// consecutive blocks along x (sm_90+; 1: no cluster attribute). Works under stream capture: the graph keeps the
+// programmatic edge.
 template <typename... KernelArgs, typename... Args>
-cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                       Args&&... args) {
-  cudaLaunchAttribute attr[1];
+cudaError_t launch_pdl_clusters(int cluster, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                                cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = pdl_supported() ? 1 : 0;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = (unsigned)cluster;
+  attr[1].val.clusterDim.y = 1;
+  attr[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
   config.attrs = attr;
-  config.numAttrs = 1;
+  config.numAttrs = cluster > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+template <typename... KernelArgs, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+  return launch_pdl_clusters(1, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace flashinfer
