@@ -148,9 +148,9 @@ __device__ __forceinline__ float block_max(float x, float* scratch /* kWarps */)
   return x;
 }
 
-// The row's largest entry (the first on ties; NaN never wins), its index, its smallest entry and the row's total.
+// The row's largest entry (the first on ties; NaN never wins), its index and the row's total.
 struct RowTop {
-  float max, total, min;
+  float max, total;
   int argmax;
 };
 
@@ -176,17 +176,16 @@ __device__ __forceinline__ void block_argmax(float& m, int& i, float* scratch, i
 
 template <int VEC, typename T>
 __device__ RowTop row_top(const T* row, int vocab, float* scratch, int* iscratch) {
-  float m = -INFINITY, s = 0.f, mn = INFINITY;
+  float m = -INFINITY, s = 0.f;
   int i = INT_MAX;
   for_row<VEC>(row, vocab, [&](int j, float x) {
     better_max(m, i, x, j);
-    mn = fminf(mn, x);
     s += x;
   });
   block_argmax(m, i, scratch, iscratch);
   float t[1] = {s};
   block_sums(t, scratch);
-  return {m, t[0], -block_max(-mn, scratch), i == INT_MAX ? 0 : i};
+  return {m, t[0], i == INT_MAX ? 0 : i};
 }
 
 // The first candidate i (cand(x) true, weight x) whose running sum over the row passes target, or -1 when target

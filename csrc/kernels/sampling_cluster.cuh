@@ -11,8 +11,8 @@
 // The renormalising and masking ops need each row's boundary entry v: the largest entry with meas(x >= v) >=
 // target, where meas counts entries (top-k, target k) or sums their mass (top-p, target top_p * total). Every entry
 // >= v is kept, so ties with the boundary are. v is found by a radix select over the floats' order-preserving 32-bit
-// keys: three passes of 11, 11 and 10 bits, each a histogram of the entries whose key starts with the digits chosen
-// so far, then a scan down from the top bin to the bin where the measure reaches what is left of the target: three
+// keys: four passes of 8 bits, each a histogram of the entries whose key starts with the digits chosen
+// so far, then a scan down from the top bin to the bin where the measure reaches what is left of the target: four
 // passes whatever the row. Counts are integers, and masses are summed as 64-bit fixed point (2^52 units for the
 // row's total, about double precision an entry), so the histograms do not depend on the order atomics land in.
 #pragma once
@@ -25,11 +25,11 @@
 namespace flashinfer {
 namespace sampling {
 
-constexpr int kBins = 2048;               // one digit of 11 bits; the last digit uses 1024 of them
+constexpr int kBins = 256;                // a digit of 8 bits: four passes over a 32-bit key
 constexpr int kMaxCluster = 8;            // the portable cluster size
 constexpr int kSliceEntries = 16384;      // a cluster of ceil(vocab / this) blocks (at most 8)
 constexpr int kMaxSliceEntries = 40960;   // 160 KiB of floats a block; longer rows are read from memory
-static_assert(kBins == 4 * kThreads, "a thread scans four bins");
+static_assert(kBins <= kThreads, "a thread scans a bin");
 
 enum class Renorm { kTopK, kTopP, kMaskLogits };
 
@@ -133,7 +133,10 @@ using Measure = std::conditional_t<kCount, uint32_t, unsigned long long>;
 
 template <bool kCount>
 struct RadixShared {
-  Measure<kCount> hist[2][kBins];  // passes alternate buffers: one cluster barrier a pass keeps reads and resets apart
+  // Each warp counts into its own histogram: warps never contend for a bin, only a warp's lanes with equal digits.
+  Measure<kCount> warp_hist[kWarps][kBins];
+  Measure<kCount> hist[2][kBins];  // the block's; passes alternate, so one cluster barrier a pass keeps reads and
+                                   // the next writes apart
   Measure<kCount> warp_tot[kWarps];
   int bin[2];
   Measure<kCount> above[2], in_bin[2];
@@ -144,62 +147,56 @@ struct RadixShared {
 // the boundary exists (false: fewer than k entries that are not NaN) and, in v and kept_fx, the boundary and the
 // measure of the entries >= v (fixed point for mass).
 template <bool kCount, typename Each>
-__device__ __forceinline__ bool radix_select(Each&& each, int cluster, RadixShared<kCount>& sh, float top_p, double scale,
-                             Measure<kCount> target, float& v, Measure<kCount>& kept_fx) {
+__device__ __forceinline__ bool radix_select(Each&& each, int cluster, RadixShared<kCount>& sh, float top_p,
+                                             double scale, Measure<kCount> target, float& v,
+                                             Measure<kCount>& kept_fx) {
   using M = Measure<kCount>;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   uint32_t prefix = 0, mask = 0;
   M kept_above = 0;
 #pragma unroll 1
-  for (int d = 0; d < 3; ++d) {
-    const int shift = d == 0 ? 21 : d == 1 ? 10 : 0;
-    const uint32_t digit = d == 2 ? 1023u : 2047u;
-    M* h = sh.hist[d & 1];
-    for (int j = threadIdx.x; j < kBins; j += kThreads) h[j] = 0;
+  for (int d = 0; d < 4; ++d) {
+    const int shift = 24 - 8 * d;
+    M* wh = sh.warp_hist[warp];
+    for (int j = lane; j < kBins; j += 32) wh[j] = 0;
     if (threadIdx.x == 0) sh.bin[d & 1] = -1;
-    __syncthreads();
+    __syncwarp();
     each([&](float x) {
       const uint32_t key = float_key(x);
       if (x == x && (key & mask) == prefix) {
         M m;
         if constexpr (kCount) m = 1u;
         else m = __double2ull_rn((double)x * scale);  // negative entries (not probabilities) weigh 0
-        atomicAdd(&h[(key >> shift) & digit], m);
+        atomicAdd(&wh[(key >> shift) & (kBins - 1)], m);
       }
     });
-    cluster_sync(cluster);
-    // Thread t scans bins 4t .. 4t + 3, summed over the cluster's blocks in rank order.
-    M c[4] = {0, 0, 0, 0};
-    for (int q = 0; q < cluster; ++q) {
-      const M* hq = cluster_map(h, q, cluster) + 4 * threadIdx.x;
+    __syncthreads();
+    M* h = sh.hist[d & 1];
+    if (threadIdx.x < kBins) {
+      M t = 0;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) c[j] += hq[j];
+      for (int w = 0; w < kWarps; ++w) t += sh.warp_hist[w][threadIdx.x];
+      h[threadIdx.x] = t;
     }
-    const M own = c[0] + c[1] + c[2] + c[3];
+    cluster_sync(cluster);
+    // Thread t scans bin t, summed over the cluster's blocks in rank order.
+    M own = 0;
+    if (threadIdx.x < kBins)
+      for (int q = 0; q < cluster; ++q) own += cluster_map(h, q, cluster)[threadIdx.x];
     M above, total;
     suffix_scan(own, sh.warp_tot, above, total);
     // The first pass sees every entry: top-p's target is a share of their fixed-point total.
     if (!kCount && d == 0) target = (M)ceil((double)top_p * (double)total);
-    if (above < target && above + own >= target) {  // the bin that reaches the target is one of this thread's
-      bool found = false;
-#pragma unroll
-      for (int j = 3; j >= 0; --j) {  // unrolled: c stays in registers
-        if (found) continue;
-        if (above + c[j] >= target) {
-          sh.bin[d & 1] = 4 * threadIdx.x + j, sh.above[d & 1] = above, sh.in_bin[d & 1] = c[j];
-          found = true;
-        } else {
-          above += c[j];
-        }
-      }
-    }
+    if (above < target && above + own >= target)  // this thread's bin reaches the target
+      sh.bin[d & 1] = threadIdx.x, sh.above[d & 1] = above, sh.in_bin[d & 1] = own;
     __syncthreads();
     const int b = sh.bin[d & 1];
     if (b < 0) return false;  // every bin together falls short of the target
     prefix |= (uint32_t)b << shift;
-    mask |= digit << shift;
+    mask |= (uint32_t)(kBins - 1) << shift;
     target -= sh.above[d & 1];
     kept_above += sh.above[d & 1];
-    if (d == 2) kept_fx = kept_above + sh.in_bin[d & 1];
+    if (d == 3) kept_fx = kept_above + sh.in_bin[d & 1];
   }
   v = key_float(prefix);
   return true;
