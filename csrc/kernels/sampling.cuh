@@ -148,6 +148,29 @@ __device__ __forceinline__ float block_max(float x, float* scratch /* kWarps */)
   return x;
 }
 
+// Two online-softmax states (maximum, sum of base-2 exponentials below it) as one; -inf maxima hold nothing.
+__device__ __forceinline__ float2 merge_max_sum(float2 a, float2 b) {
+  const float m = fmaxf(a.x, b.x);
+  if (m == -INFINITY) return a;
+  return float2{m, (a.x == -INFINITY ? 0.f : a.y * exp2f(a.x - m)) + (b.x == -INFINITY ? 0.f : b.y * exp2f(b.x - m))};
+}
+
+// The block's online-softmax state, merged in a fixed order and returned to every thread.
+__device__ __forceinline__ float2 block_max_sum(float2 ms, float* scratch /* 2 * kWarps */) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2)
+    ms = merge_max_sum(ms, float2{__shfl_xor_sync(0xffffffffu, ms.x, off), __shfl_xor_sync(0xffffffffu, ms.y, off)});
+  if (lane == 0) scratch[warp] = ms.x, scratch[kWarps + warp] = ms.y;
+  __syncthreads();
+  ms = float2{lane < kWarps ? scratch[lane] : -INFINITY, lane < kWarps ? scratch[kWarps + lane] : 0.f};
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2)
+    ms = merge_max_sum(ms, float2{__shfl_xor_sync(0xffffffffu, ms.x, off), __shfl_xor_sync(0xffffffffu, ms.y, off)});
+  __syncthreads();
+  return ms;
+}
+
 // The row's largest entry (the first on ties; NaN never wins), its index and the row's total.
 struct RowTop {
   float max, total;

@@ -58,8 +58,7 @@ struct RowSplit {
 };
 
 inline RowSplit split_rows(int vocab, int rows) {
-  // Clusters need sm_90, as programmatic launches do.
-  const int cluster = pdl_supported() ? std::min(kMaxCluster, (vocab + kSliceEntries - 1) / kSliceEntries) : 1;
+  const int cluster = clusters_supported() ? std::min(kMaxCluster, (vocab + kSliceEntries - 1) / kSliceEntries) : 1;
   const int slice = ((vocab + cluster - 1) / cluster + 3) / 4 * 4;
   if (slice <= kMaxSliceEntries && (int64_t)rows * cluster <= INT32_MAX) return {cluster, slice, true};
   return {1, vocab, false};
@@ -339,23 +338,8 @@ __global__ void __launch_bounds__(kThreads, 2) softmax_kernel(SoftmaxParams p, i
       for (int e = 0; e < kChunks * VEC; ++e) s += exp2f(y[e] - m);  // -inf entries add 0
     }
   }
-  auto merge = [](float2 a, float2 b) {  // (maximum, sum of exponentials below it)
-    const float nm = fmaxf(a.x, b.x);
-    if (nm == -INFINITY) return a;
-    return float2{nm, (a.x == -INFINITY ? 0.f : a.y * exp2f(a.x - nm)) + (b.x == -INFINITY ? 0.f : b.y * exp2f(b.x - nm))};
-  };
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  float2 ms{m, s};
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2)
-    ms = merge(ms, float2{__shfl_xor_sync(0xffffffffu, ms.x, off), __shfl_xor_sync(0xffffffffu, ms.y, off)});
-  if (lane == 0) scratch[warp] = ms.x, scratch[kWarps + warp] = ms.y;
-  __syncthreads();
-  ms = float2{lane < kWarps ? scratch[lane] : -INFINITY, lane < kWarps ? scratch[kWarps + lane] : 0.f};
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2)
-    ms = merge(ms, float2{__shfl_xor_sync(0xffffffffu, ms.x, off), __shfl_xor_sync(0xffffffffu, ms.y, off)});
-  ms = cluster_combine(ms, &xch, cluster, float2{-INFINITY, 0.f}, merge);
+  float2 ms = block_max_sum(float2{m, s}, scratch);
+  ms = cluster_combine(ms, &xch, cluster, float2{-INFINITY, 0.f}, merge_max_sum);
   cluster_arrive(cluster);
   const bool ok = ms.x > -INFINITY && ms.x < INFINITY && ms.y > 0.f;
   const float inv = ok ? 1.f / ms.y : 0.f;
@@ -364,46 +348,36 @@ __global__ void __launch_bounds__(kThreads, 2) softmax_kernel(SoftmaxParams p, i
   cluster_wait(cluster);
 }
 
-// Launches kernel<VEC, kCached> (4-element loads when vec4) over `rows` rows split by split_rows.
-template <template <int, bool> class K, typename P>
-cudaError_t launch_rows(const P& p, int rows, bool vec4, cudaStream_t stream) {
+// A row kernel's four instantiations, indexed [cached][vec4] (vec4: 4-element loads).
+template <typename P>
+using RowKernels = void (*const[2][2])(P, int, int);
+
+// Launches the form of `kernels` that split_rows picks for `rows` rows.
+template <typename P>
+cudaError_t launch_rows(RowKernels<P>& kernels, const P& p, int rows, bool vec4, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   const RowSplit split = split_rows(p.vocab, rows);
-  auto go = [&](auto kernel) {
-    const size_t smem = split.cached ? (size_t)split.slice * sizeof(float) : 0;
-    int fits = 0;
-    cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), kThreads, smem, &fits);
-    if (err != cudaSuccess) return err;
-    return launch_pdl_clusters(split.cluster, kernel, dim3(rows * split.cluster), dim3(kThreads), smem, stream, p,
-                               split.cluster, split.slice);
-  };
-  if (split.cached) return vec4 ? go(K<4, true>::kernel) : go(K<1, true>::kernel);
-  return vec4 ? go(K<4, false>::kernel) : go(K<1, false>::kernel);
+  void (*kernel)(P, int, int) = kernels[split.cached][vec4];
+  const size_t smem = split.cached ? (size_t)split.slice * sizeof(float) : 0;
+  int fits = 0;
+  cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), kThreads, smem, &fits);
+  if (err != cudaSuccess) return err;
+  return launch_pdl_clusters(split.cluster, kernel, dim3(rows * split.cluster), dim3(kThreads), smem, stream, p,
+                             split.cluster, split.slice);
 }
 
 template <Renorm kMode, typename T>
-struct RenormKernel {
-  template <int VEC, bool kCached>
-  struct K {
-    static constexpr auto kernel = renorm_kernel<kMode, VEC, T, kCached>;
-  };
-};
-template <typename T>
-struct SoftmaxKernel {
-  template <int VEC, bool kCached>
-  struct K {
-    static constexpr auto kernel = softmax_kernel<VEC, T, kCached>;
-  };
-};
-
-template <Renorm kMode, typename T>
 cudaError_t launch_renorm(const RenormParams& p, int rows, bool vec4, cudaStream_t stream) {
-  return launch_rows<RenormKernel<kMode, T>::template K>(p, rows, vec4, stream);
+  static RowKernels<RenormParams> kernels = {{renorm_kernel<kMode, 1, T, false>, renorm_kernel<kMode, 4, T, false>},
+                                             {renorm_kernel<kMode, 1, T, true>, renorm_kernel<kMode, 4, T, true>}};
+  return launch_rows(kernels, p, rows, vec4, stream);
 }
 
 template <typename T>
 cudaError_t launch_softmax(const SoftmaxParams& p, int rows, bool vec4, cudaStream_t stream) {
-  return launch_rows<SoftmaxKernel<T>::template K>(p, rows, vec4, stream);
+  static RowKernels<SoftmaxParams> kernels = {{softmax_kernel<1, T, false>, softmax_kernel<4, T, false>},
+                                              {softmax_kernel<1, T, true>, softmax_kernel<4, T, true>}};
+  return launch_rows(kernels, p, rows, vec4, stream);
 }
 
 }  // namespace sampling

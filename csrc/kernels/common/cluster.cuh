@@ -6,7 +6,13 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "pdl.cuh"
+
 namespace flashinfer {
+
+// Whether the current device runs clusters of more than one block: compute capability 9.0 and newer, the devices
+// that also run programmatic dependent launches (whose query is cached per device).
+inline bool clusters_supported() { return pdl_supported(); }
 
 // Every thread of every block of the cluster arrives before any leaves; shared memory written before (atomics
 // included) is visible to the cluster's reads after (release / acquire).
