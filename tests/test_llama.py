@@ -1,4 +1,4 @@
-"""The Llama-style example model (examples/llama.py), tiny on the CPU and of real head geometry on CUDA: eager
+"""The Llama-style example model (examples/llama.py), tiny on the CPU and of a real width on CUDA: eager
 against a plain-PyTorch version of the same model (contiguous K/V, SDPA); prefill and the decode step compiled
 whole (one graph for every batch and step, caches written in place); the decode loop in a CUDA graph and under
 reduce-overhead; the decode step exported and run through AOTInductor in a fresh process."""
@@ -23,11 +23,12 @@ GPU = pytest.mark.gpu
 
 
 def make_model(device):
-    """Tiny on the CPU (CI); on CUDA Llama-like heads (D 128, GQA 4) at a width the float64 reference can afford."""
+    """Tiny on the CPU (CI); on CUDA a real model's width: the layer of Llama 3 8B (hidden 4096, 32 query and 8 KV
+    heads of 128, SwiGLU 14336), two of them, and a 32000-token vocabulary."""
     if device == "cpu":
         return llama.Llama(llama.LlamaConfig(), device=device)
-    cfg = llama.LlamaConfig(vocab_size=2048, hidden=1024, layers=2, heads=8, kv_heads=2, head_dim=128,
-                            intermediate=2816)
+    cfg = llama.LlamaConfig(vocab_size=32000, hidden=4096, layers=2, heads=32, kv_heads=8, head_dim=128,
+                            intermediate=14336)
     return llama.Llama(cfg, device=device)
 
 
@@ -37,7 +38,7 @@ def _rms(x, w, eps):
 
 def _rope(x, pos, theta):
     d = x.shape[-1]
-    freq = theta ** (-torch.arange(0, d // 2, dtype=torch.float64) * 2 / d)
+    freq = theta ** (-torch.arange(0, d // 2, dtype=torch.float64, device=pos.device) * 2 / d)
     ang = pos.double()[:, None] * freq[None]
     c, s = ang.cos()[:, None].to(x.dtype), ang.sin()[:, None].to(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
@@ -45,16 +46,18 @@ def _rope(x, pos, theta):
 
 
 def plain_logits(model, tokens, dtype):
-    """Logits of the last token of `tokens` from the same weights in plain PyTorch at `dtype` (SDPA, full K/V)."""
+    """Logits of the last token of `tokens` from the same weights in plain PyTorch at `dtype` (SDPA, full K/V), on
+    the model's device (float64 at a real width is slow on the host)."""
     cfg = model.cfg
     cached = model.__dict__.setdefault("_plain_params", {})
     if dtype not in cached:
-        cached[dtype] = {n: t.detach().cpu().to(dtype) for n, t in model.named_parameters()}
+        cached[dtype] = {n: t.detach().to(dtype) for n, t in model.named_parameters()}
     p = cached[dtype]
-    tok = torch.tensor(tokens)
+    dev = p["embed"].device
+    tok = torch.tensor(tokens, device=dev)
     n = tok.shape[0]
     h = p["embed"][tok]
-    pos = torch.arange(n)
+    pos = torch.arange(n, device=dev)
     hq, hk, d = cfg.heads, cfg.kv_heads, cfg.head_dim
     for i in range(cfg.layers):
         a = _rms(h, p[f"layers_.{i}.attn_norm"], cfg.eps)
