@@ -72,7 +72,8 @@ def main():
         p = run([sys.executable, me, "--child", bench, "-"], f"{bench}: list")
         if p.returncode == 0:
             for case in json.loads(p.stdout.strip().splitlines()[-1]):
-                jobs.append(([sys.executable, me, "--child", bench, json.dumps(case)], f"{bench}: {case[0]} / {case[1]}"))
+                label = f"{bench}: {case[0]} / {case[1]}"
+                jobs.append(([sys.executable, me, "--child", bench, json.dumps(case)], label))
     with concurrent.futures.ThreadPoolExecutor(int(os.environ.get("WARM_JOBS", 8))) as ex:
         failed = sum(f.result().returncode != 0 for f in [ex.submit(run, c, label) for c, label in jobs])
     print(f"{len(jobs) - failed} of {len(jobs)} upstream cases ran; their modules are in the JIT cache")
