@@ -1,7 +1,8 @@
 """Sampling: ours vs upstream FlashInfer vs torch (softmax and torch.multinomial, under torch.compile where it
 applies). Rows of a Llama-3 vocabulary (128256) of fp32 probabilities from softmax(randn * 3); GB/s counts the
 rows read once (and written once for softmax and the renormalising / masking ops). Seeds and offsets are device
-tensors for both libraries, so a draw makes no host round trip inside the timed graphs."""
+tensors for both libraries, so a draw makes no host round trip inside the timed graphs. chain_speculative_sampling
+checks chains of 4 random draft tokens (nearly all rejected at the first: one draw over the residual)."""
 
 import os
 import sys
@@ -20,6 +21,23 @@ def make(batch):
     logits = torch.randn(batch, VOCAB, device="cuda") * 3
     return dict(logits=logits, probs=torch.softmax(logits, -1), seed=torch.tensor([7], device="cuda"),
                 offset=torch.tensor([0], device="cuda"))
+
+
+SPEC = 4  # draft tokens a request
+
+
+def make_spec(batch):
+    """A chain of SPEC draft tokens a request: draft and target rows as make()'s, the draft tokens random."""
+    draft = torch.softmax(torch.randn(batch, SPEC, VOCAB, device="cuda") * 3, -1)
+    target = torch.softmax(torch.randn(batch, SPEC + 1, VOCAB, device="cuda") * 3, -1)
+    ids = torch.randint(0, VOCAB, (batch, SPEC), dtype=torch.int32, device="cuda")
+    return dict(draft=draft, ids=ids, target=target, seed=torch.tensor([7], device="cuda"),
+                offset=torch.tensor([0], device="cuda"))
+
+
+def spec_bytes(batch):
+    """The two rows (target and draft) a request's draw reads."""
+    return 2 * batch * VOCAB * 4
 
 
 def _torch_top_k_top_p(probs):
@@ -69,6 +87,9 @@ CASES = {
                                rows_rw_bytes),
     "top_k_mask_logits 50": (BATCHES, make, {**_both(lambda s: flashinfer.top_k_mask_logits(s["logits"], 50)),
                                              "torch.compile": lambda s: _mask_c(s["logits"])}, rows_rw_bytes),
+    f"chain_speculative_sampling, {SPEC} draft tokens": (BATCHES, make_spec, _both(
+        lambda s: flashinfer.sampling.chain_speculative_sampling(s["draft"], s["ids"], s["target"], seed=s["seed"],
+                                                                 offset=s["offset"])), spec_bytes),
 }
 
 if __name__ == "__main__":

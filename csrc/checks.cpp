@@ -470,6 +470,31 @@ void check_seed(const at::Tensor& t, const char* name, int64_t batch, const at::
            "], got ", t.sizes());
 }
 
+void check_speculative_chain(const at::Tensor& draft_probs, const at::Tensor& draft_token_ids,
+                             const at::Tensor& target_probs, const char* op) {
+  FI_CHECK(draft_probs.scalar_type() == at::kFloat, op, "draft_probs must be float32, got ",
+           draft_probs.scalar_type());
+  FI_CHECK(target_probs.scalar_type() == at::kFloat, op, "target_probs must be float32, got ",
+           target_probs.scalar_type());
+  FI_CHECK(draft_token_ids.scalar_type() == at::kInt, op, "draft_token_ids must be int32, got ",
+           draft_token_ids.scalar_type());
+  FI_CHECK(draft_probs.dim() == 3, op,
+           "draft_probs must be 3-D [batch_size, num_speculate_tokens, vocab_size], got shape ", draft_probs.sizes());
+  const int64_t batch = draft_probs.size(0), n = draft_probs.size(1), vocab = draft_probs.size(2);
+  FI_CHECK(vocab >= 1 && vocab < (int64_t(1) << 24), op,
+           "draft_probs must have 1 <= vocab_size < 16777216, got shape ", draft_probs.sizes());
+  FI_CHECK(target_probs.dim() == 3 && target_probs.size(0) == batch && target_probs.size(1) == n + 1 &&
+               target_probs.size(2) == vocab,
+           op, "target_probs must have shape [", batch, ", ", n + 1, ", ", vocab,
+           "] (one more row a request than draft_probs), got ", target_probs.sizes());
+  FI_CHECK(draft_token_ids.dim() == 2 && draft_token_ids.size(0) == batch && draft_token_ids.size(1) == n, op,
+           "draft_token_ids must have shape [", batch, ", ", n, "], got ", draft_token_ids.sizes());
+  FI_CHECK(target_probs.device() == draft_probs.device(), op, "target_probs must be on ", draft_probs.device(),
+           ", got ", target_probs.device());
+  FI_CHECK(draft_token_ids.device() == draft_probs.device(), op, "draft_token_ids must be on ",
+           draft_probs.device(), ", got ", draft_token_ids.device());
+}
+
 // ---- layouts and failures of the CUDA adapters ----
 
 std::optional<RowLayout> row_layout(const at::Tensor& t) {

@@ -118,6 +118,10 @@ void check_per_row(const at::Tensor& t, const char* name, at::ScalarType dtype, 
 // Draw indices: 1-D int32 / int64 on ref's device. Seed / offset: 1-D int64 of length 1 or batch.
 void check_sample_indices(const at::Tensor& indices, const at::Tensor& ref, const char* op);
 void check_seed(const at::Tensor& t, const char* name, int64_t batch, const at::Tensor& ref, const char* op);
+// chain_speculative_sampling's draft_probs [batch, n, vocab], draft_token_ids [batch, n] and target_probs
+// [batch, n + 1, vocab].
+void check_speculative_chain(const at::Tensor& draft_probs, const at::Tensor& draft_token_ids,
+                             const at::Tensor& target_probs, const char* op);
 
 // ---- layouts and failures of the CUDA adapters ----
 // Leading dims of a [..., D] tensor collapsed to at most two (size, stride) levels; nullopt when the last dim

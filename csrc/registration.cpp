@@ -118,6 +118,16 @@ TORCH_LIBRARY(flashinfer, m) {
   m.def("top_p_renorm_probs(Tensor probs, Tensor? top_p, float top_p_val) -> Tensor", tags);
   // logits with the entries outside the top-k set to -inf.
   m.def("top_k_mask_logits(Tensor logits, Tensor? top_k, int top_k_val) -> Tensor", tags);
+  // Speculative decoding's check of a chain of n draft tokens a request (draft_probs fp32 [batch, n, vocab],
+  // draft_token_ids int32 [batch, n], target_probs fp32 [batch, n + 1, vocab]): draft token i is kept when
+  // u_i * draft_probs[i, t_i] < target_probs[i, t_i], u_i uniform in [0, 1); the first token not kept is replaced by
+  // a draw from max(target - draft, 0) at its position, and when all n are kept a token is drawn from target row n
+  // -> (int32 [batch, n + 1] tokens, -1 past the drawn one; int32 [batch] draft tokens kept, each judged alone;
+  // int32 [batch] draft tokens emitted before the drawn one). seed / offset as in sampling_from_probs.
+  m.def(
+      "chain_speculative_sampling(Tensor draft_probs, Tensor draft_token_ids, Tensor target_probs, Tensor seed, "
+      "Tensor offset) -> (Tensor, Tensor, Tensor)",
+      tags);
 
   // ---- prefill: ragged query tokens per request against its KV ----
   // q [total_q, Hq, D], request b's tokens at rows qo_indptr[b]..qo_indptr[b+1] -> (out [total_q, Hq, D],

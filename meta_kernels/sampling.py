@@ -79,3 +79,32 @@ def top_p_renorm_probs(probs, top_p, top_p_val):
 @torch.library.register_fake("flashinfer::top_k_mask_logits")
 def top_k_mask_logits(logits, top_k, top_k_val):
     return _renorm(logits, "logits", top_k, None, False, "top_k_mask_logits")
+
+
+@torch.library.register_fake("flashinfer::chain_speculative_sampling")
+def chain_speculative_sampling(draft_probs, draft_token_ids, target_probs, seed, offset):
+    op = "chain_speculative_sampling"
+    checks.check(draft_probs.dtype == torch.float32, op,
+                 f"draft_probs must be float32, got {checks.dtype_name(draft_probs.dtype)}")
+    checks.check(target_probs.dtype == torch.float32, op,
+                 f"target_probs must be float32, got {checks.dtype_name(target_probs.dtype)}")
+    checks.check(draft_token_ids.dtype == torch.int32, op,
+                 f"draft_token_ids must be int32, got {checks.dtype_name(draft_token_ids.dtype)}")
+    checks.check(draft_probs.dim() == 3, op, "draft_probs must be 3-D [batch_size, num_speculate_tokens, vocab_size], "
+                 f"got shape {list(draft_probs.shape)}")
+    batch, n, vocab = draft_probs.shape
+    checks.check(1 <= vocab < (1 << 24), op,
+                 f"draft_probs must have 1 <= vocab_size < 16777216, got shape {list(draft_probs.shape)}")
+    checks.check(list(target_probs.shape) == [batch, n + 1, vocab], op,
+                 f"target_probs must have shape [{batch}, {n + 1}, {vocab}] (one more row a request than "
+                 f"draft_probs), got {list(target_probs.shape)}")
+    checks.check(list(draft_token_ids.shape) == [batch, n], op,
+                 f"draft_token_ids must have shape [{batch}, {n}], got {list(draft_token_ids.shape)}")
+    checks.check(target_probs.device == draft_probs.device, op,
+                 f"target_probs must be on {draft_probs.device}, got {target_probs.device}")
+    checks.check(draft_token_ids.device == draft_probs.device, op,
+                 f"draft_token_ids must be on {draft_probs.device}, got {draft_token_ids.device}")
+    _seed(seed, "seed", batch, draft_probs, op)
+    _seed(offset, "offset", batch, draft_probs, op)
+    return (draft_token_ids.new_empty((batch, n + 1)), draft_token_ids.new_empty((batch,)),
+            draft_token_ids.new_empty((batch,)))

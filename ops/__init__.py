@@ -50,6 +50,7 @@ from .rope import (
     apply_rope_with_cos_sin_cache_inplace,
 )
 from .sampling import (
+    chain_speculative_sampling,
     min_p_sampling_from_probs,
     sampling_from_logits,
     sampling_from_probs,

@@ -1,5 +1,6 @@
 """Sampling (FlashInfer 0.6 ``flashinfer.sampling`` API): softmax with a temperature, one draw per row under top-k /
-top-p / min-p filters, and the filters' renormalised probabilities and masked logits.
+top-p / min-p filters, the filters' renormalised probabilities and masked logits, and the check of speculative
+decoding's draft tokens.
 
 Rows are ``[batch_size, vocab_size]``. The filters, as the ops define them (ties at a boundary are all kept):
 top-k keeps entry i when fewer than k entries are larger; top-p keeps it when the entries larger than it hold less
@@ -24,7 +25,8 @@ import torch
 
 __all__ = ["softmax", "sampling_from_probs", "sampling_from_logits", "top_p_sampling_from_probs",
            "top_k_sampling_from_probs", "min_p_sampling_from_probs", "top_k_top_p_sampling_from_probs",
-           "top_k_top_p_sampling_from_logits", "top_k_renorm_probs", "top_p_renorm_probs", "top_k_mask_logits"]
+           "top_k_top_p_sampling_from_logits", "top_k_renorm_probs", "top_p_renorm_probs", "top_k_mask_logits",
+           "chain_speculative_sampling"]
 
 Param = Union[torch.Tensor, float, int]
 
@@ -172,3 +174,29 @@ def top_k_mask_logits(logits: torch.Tensor, top_k: Param) -> torch.Tensor:
     """``logits`` (any float dtype, kept) with the entries outside each row's top-k set to ``-inf``."""
     k_arr, k_val = _split(top_k, torch.int32)
     return torch.ops.flashinfer.top_k_mask_logits(logits, k_arr, int(k_val))
+
+
+def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch.Tensor, target_probs: torch.Tensor,
+                               maybe_output_accepted_token_num: Optional[torch.Tensor] = None,
+                               maybe_output_emitted_draft_token_num: Optional[torch.Tensor] = None,
+                               deterministic: bool = True, generator: Optional[torch.Generator] = None,
+                               seed: Optional[Union[int, torch.Tensor]] = None,
+                               offset: Optional[Union[int, torch.Tensor]] = None):
+    """Speculative sampling over a chain of ``n`` draft tokens a request: ``draft_probs`` float32 ``[batch, n,
+    vocab]`` (the draft model's distributions), ``draft_token_ids`` ``[batch, n]`` (its tokens), ``target_probs``
+    float32 ``[batch, n + 1, vocab]`` (the target model's, one more row). Draft token i is kept when
+    ``u_i * draft_probs[b, i, t_i] < target_probs[b, i, t_i]`` (``u_i`` uniform in [0, 1); a token id outside the
+    vocabulary is never kept); the first token not kept is replaced by a draw from ``max(target - draft, 0)`` at its
+    position (from the target row when that holds no mass), and when all ``n`` are kept a bonus token is drawn from
+    target row ``n``: each emitted token is distributed as the target model's. Returns ``(output_token_ids`` int32
+    ``[batch, n + 1]`` (-1 past the drawn token), ``accepted`` (draft tokens kept, each judged on its own, as a
+    measure of the two models' agreement), ``emitted`` (draft tokens emitted before the drawn one)``)``; given
+    ``maybe_output_*`` tensors, the counts are added to them in place and they are returned."""
+    s, o = _seed_offset(seed, offset, generator, draft_probs.device)
+    out, accepted, emitted = torch.ops.flashinfer.chain_speculative_sampling(
+        draft_probs, draft_token_ids.to(torch.int32), target_probs, s, o)
+    if maybe_output_accepted_token_num is not None:
+        accepted = maybe_output_accepted_token_num.add_(accepted)
+    if maybe_output_emitted_draft_token_num is not None:
+        emitted = maybe_output_emitted_draft_token_num.add_(emitted)
+    return out, accepted, emitted

@@ -245,8 +245,21 @@ def _renorm_samples(device, which):
                                                                        device=device), 0), {})]
 
 
+def chain_speculative_sampling(device):
+    """Chains of 3 draft tokens (one outside the vocabulary) over a vocabulary of 40, and of none (the bonus draw
+    only), per-request seeds in the second."""
+    draft = torch.softmax(torch.randn(4, 3, 40, device=device), -1)
+    target = torch.softmax(torch.randn(4, 4, 40, device=device), -1)
+    ids = torch.randint(0, 40, (4, 3), dtype=torch.int32, device=device)
+    ids[1, 0] = 40
+    seed, offset = torch.tensor([3], device=device), torch.tensor([9], device=device)
+    return [((draft, ids, target, seed, offset), {}),
+            ((draft[:, :0], ids[:, :0], target[:, :1], seed.expand(4).contiguous(), offset), {})]
+
+
 SAMPLES = {
     "softmax": softmax,
+    "chain_speculative_sampling": chain_speculative_sampling,
     "sampling_from_probs": sampling_from_probs,
     "top_k_renorm_probs": lambda d: _renorm_samples(d, "k"),
     "top_p_renorm_probs": lambda d: _renorm_samples(d, "p"),

@@ -292,3 +292,15 @@ def renorm(probs, keep):
     """probs restricted to `keep`, each row over its kept mass (float64)."""
     p = torch.where(keep, probs.double(), 0.0)
     return p / p.sum(-1, keepdim=True)
+
+
+def speculative_keep_rate(target, draft):
+    """The probability that speculative sampling keeps a draft token drawn from `draft` at a position whose target
+    distribution is `target` (rows normalised, float64): sum_v min(target_v, draft_v)."""
+    return torch.minimum(target.double(), draft.double()).sum(-1)
+
+
+def speculative_residual(target, draft):
+    """The distribution a rejected position's token is drawn from: max(target - draft, 0) over its mass."""
+    r = (target.double() - draft.double()).clamp_min(0)
+    return r / r.sum(-1, keepdim=True)

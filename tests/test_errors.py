@@ -111,6 +111,19 @@ CASES = {
                         r"top_k_mask_logits: logits must be float16, bfloat16 or float32, got Int"),
     "renorm strided last dim": (lambda d: flashinfer.top_k_renorm_probs(_x(d, 8, 2, dtype=torch.float32).t(), 2),
                                 r"top_k_renorm_probs: probs must have a contiguous last dim"),
+    "speculative target rows": (lambda d: flashinfer.chain_speculative_sampling(
+        _x(d, 2, 3, 8, dtype=torch.float32), torch.zeros(2, 3, dtype=torch.int32, device=d),
+        _x(d, 2, 3, 8, dtype=torch.float32), seed=1, offset=0),
+        r"chain_speculative_sampling: target_probs must have shape \[2, 4, 8\] \(one more row a request than "
+        r"draft_probs\), got \[2, 3, 8\]"),
+    "speculative draft dtype": (lambda d: flashinfer.chain_speculative_sampling(
+        _x(d, 2, 3, 8), torch.zeros(2, 3, dtype=torch.int32, device=d), _x(d, 2, 4, 8, dtype=torch.float32),
+        seed=1, offset=0), r"chain_speculative_sampling: draft_probs must be float32, got BFloat16"),
+    "speculative token ids shape": (lambda d: torch.ops.flashinfer.chain_speculative_sampling(
+        _x(d, 2, 3, 8, dtype=torch.float32), torch.zeros(2, 2, dtype=torch.int32, device=d),
+        _x(d, 2, 4, 8, dtype=torch.float32), torch.ones(1, dtype=torch.int64, device=d),
+        torch.ones(1, dtype=torch.int64, device=d)),
+        r"chain_speculative_sampling: draft_token_ids must have shape \[2, 3\], got \[2, 2\]"),
 }
 
 

@@ -245,6 +245,94 @@ def test_fresh_draws_without_a_seed(device):
     assert not torch.equal(a, b)  # 256 uniform draws over 1000 entries: equal by chance with probability ~0
 
 
+# ---- speculative sampling ----
+
+def _chain(batch, n, vocab, device, seed=0, spread=1.5):
+    """Draft and target distributions of `batch` requests of n draft tokens, the draft tokens drawn from the draft
+    rows (as a draft model would have drawn them)."""
+    g = torch.Generator().manual_seed(seed)
+    draft = torch.softmax(torch.randn(batch, n, vocab, generator=g) * spread, -1)
+    target = torch.softmax(torch.randn(batch, n + 1, vocab, generator=g) * spread, -1)
+    ids = torch.multinomial(draft.reshape(-1, vocab), 1, generator=g) if n else torch.zeros(0, 1, dtype=torch.long)
+    return draft.to(device), ids.view(batch, n).to(device, torch.int32), target.to(device)
+
+
+def _check_chain(draft, ids, target, out, accepted, emitted):
+    """The output's structure: the kept prefix is the draft's, one drawn token of positive weight, then -1."""
+    batch, n, vocab = draft.shape
+    draft, ids, target, out = draft.cpu(), ids.cpu(), target.cpu(), out.cpu()
+    assert out.shape == (batch, n + 1) and out.dtype == torch.int32
+    assert accepted.shape == emitted.shape == (batch,) and accepted.dtype == emitted.dtype == torch.int32
+    for b, (e, a) in enumerate(zip(emitted.tolist(), accepted.tolist())):
+        assert 0 <= e <= n and e <= a <= n
+        assert torch.equal(out[b, :e], ids[b, :e]) and (out[b, e + 1:] == -1).all()
+        tok = out[b, e].item()
+        weight = (target[b, e] - draft[b, e]).clamp_min(0) if e < n else target[b, e]
+        assert weight[tok] > 0 or (weight.sum() == 0 and target[b, e, tok] > 0), (b, e, tok)
+
+
+@pytest.mark.parametrize("n", [0, 1, 4])
+@pytest.mark.parametrize("vocab", [1, 7, 1000, 4099])
+def test_chain_speculative_structure(device, n, vocab):
+    draft, ids, target = _chain(48, n, vocab, device)
+    for seed in range(3):
+        _check_chain(draft, ids, target, *flashinfer.chain_speculative_sampling(draft, ids, target, seed=seed,
+                                                                                offset=5))
+
+
+def test_chain_speculative_distribution(device):
+    """20000 requests of one (draft, target) pair, each its own draft token: the first emitted token is distributed
+    as the target (total variation within 0.03), a draft token is kept at the rate sum min(target, draft), and the
+    bonus token after a kept draft token follows target row 1."""
+    draft, _, target = _chain(1, 1, 12, "cpu", seed=4, spread=1.0)
+    batch = 20000
+    draft, target = draft.expand(batch, 1, 12).contiguous(), target.expand(batch, 2, 12).contiguous()
+    ids = torch.multinomial(draft[:, 0], 1, replacement=True, generator=torch.Generator().manual_seed(1)).int()
+    out, accepted, emitted = flashinfer.chain_speculative_sampling(draft.to(device), ids.to(device),
+                                                                   target.to(device), seed=77, offset=0)
+    out, emitted = out.cpu().long(), emitted.cpu()
+    freq = torch.bincount(out[:, 0], minlength=12).double() / batch
+    assert (freq - target[0, 0].double()).abs().sum().item() / 2 < 0.03
+    rate = reference.speculative_keep_rate(target[0, 0], draft[0, 0]).item()
+    assert abs(emitted.double().mean().item() - rate) < 0.02 and torch.equal(accepted.cpu(), emitted)
+    bonus = out[emitted == 1, 1]
+    freq = torch.bincount(bonus, minlength=12).double() / bonus.numel()
+    assert (freq - target[0, 1].double()).abs().sum().item() / 2 < 0.04
+
+
+def test_chain_speculative_edges(device):
+    """Identical models keep every draft token (then the bonus token of a one-hot row); a target of 0 at the draft
+    token rejects it and the residual picks the one entry where the target exceeds the draft; a token id outside the
+    vocabulary is never kept; the counts are judged per position and added to given tensors in place."""
+    q = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4]])
+    same = torch.cat([q, torch.tensor([[0.0, 0.0, 1.0, 0.0]])])
+    p = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4], [0.0, 1.0, 0.0, 0.0]])
+    hot3 = torch.cat([q[:1], torch.tensor([[0.0, 0.0, 0.0, 1.0]]), q[2:], q[:1]])
+    draft = torch.stack([q, q, q]).to(device)
+    target = torch.stack([same, p, hot3]).to(device)
+    ids = torch.tensor([[0, 3, 2], [0, 1, 2], [1, 4, -1]], dtype=torch.int32, device=device)
+    acc = torch.tensor([10, 20, 30], device=device)
+    for seed in range(4):
+        before = acc.clone()
+        out, accepted, emitted = flashinfer.chain_speculative_sampling(draft, ids, target, acc, seed=seed, offset=0)
+        assert accepted is acc and torch.equal(acc.cpu(), before.cpu() + torch.tensor([3, 2, 1]))
+        assert out.cpu().tolist() == [[0, 3, 2, 2], [2, -1, -1, -1], [1, 3, -1, -1]]
+        assert emitted.cpu().tolist() == [3, 0, 1]
+
+
+def test_chain_speculative_seeds(device):
+    draft, ids, target = _chain(16, 3, 50, device, seed=2)
+    a = flashinfer.chain_speculative_sampling(draft, ids, target, seed=7, offset=100)
+    b = flashinfer.chain_speculative_sampling(draft, ids, target, seed=7, offset=100)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    seeds = torch.full((16,), 7, dtype=torch.int64, device=device)
+    offsets = torch.full((16,), 100, dtype=torch.int64, device=device)
+    offsets[5] = 3  # only request 5 draws anew
+    c = flashinfer.chain_speculative_sampling(draft, ids, target, seed=seeds, offset=offsets)
+    rest = torch.arange(16) != 5
+    assert all(torch.equal(x.cpu()[rest], y.cpu()[rest]) for x, y in zip(a, c))
+
+
 # ---- composition ----
 
 def _step(logits, seed, offset):
@@ -266,6 +354,15 @@ def test_compile_fullgraph(device):
     keep = reference.kept(torch.softmax(logits.cpu().double(), -1), top_k=20)
     s = torch.compile(fresh, fullgraph=True)(logits)
     assert keep[torch.arange(8), s.cpu().long()].all()
+
+
+def test_chain_speculative_compiles(device):
+    draft, ids, target = _chain(6, 3, 100, device)
+    seed, offset = torch.tensor([11], device=device), torch.tensor([2], device=device)
+    step = lambda *a: flashinfer.chain_speculative_sampling(*a, seed=seed, offset=offset)  # noqa: E731
+    torch._dynamo.reset()
+    got = torch.compile(step, fullgraph=True)(draft, ids, target)
+    assert all(torch.equal(x, y) for x, y in zip(got, step(draft, ids, target)))
 
 
 class _Sampler(torch.nn.Module):
@@ -386,3 +483,22 @@ def test_cuda_matches_definitions_at_vocab_scale(vocab):
         masked = flashinfer.top_k_mask_logits(logits, max(k, 1))
         assert torch.equal(masked.cpu(), flashinfer.top_k_mask_logits(cpu_logits, max(k, 1)))
         assert (keep_k & keep_p)[torch.arange(8), s.cpu().long()].all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("vocab", [7, 4099, 151936])
+def test_cuda_chain_speculative_matches_cpu(vocab):
+    """The same (seed, offset) keeps the same draft tokens on both devices (the keep tests are one float product and
+    one comparison of the same uniforms); the drawn tokens have the same distribution, checked for support here.
+    Also a strided view of the rows and bit-identical second calls."""
+    draft, ids, target = _chain(32, 5, vocab, "cpu", seed=9, spread=0.5)
+    ids[3, 1] = vocab  # outside the vocabulary: never kept
+    cpu = flashinfer.chain_speculative_sampling(draft, ids, target, seed=21, offset=4)
+    wide = torch.zeros(32, 6, vocab + 4)
+    wide[:, :, 2:vocab + 2] = target
+    args = (draft.cuda(), ids.cuda(), wide.cuda()[:, :, 2:vocab + 2])
+    cuda = flashinfer.chain_speculative_sampling(*args, seed=21, offset=4)
+    assert torch.equal(cuda[1].cpu(), cpu[1]) and torch.equal(cuda[2].cpu(), cpu[2])
+    _check_chain(draft, ids, target, *cuda)
+    again = flashinfer.chain_speculative_sampling(*args, seed=21, offset=4)
+    assert all(torch.equal(x, y) for x, y in zip(cuda, again))

@@ -192,6 +192,78 @@ at::Tensor softmax_cpu(const at::Tensor& logits, const std::optional<at::Tensor>
   return at::where(hot.unsqueeze(1), one, soft);
 }
 
+// A draw from the weights w(v) of one row (entries that are not positive weigh 0): the first v whose running sum
+// passes u * total, or -1 when the row has no positive finite total.
+template <typename W>
+int64_t draw_weights(int64_t vocab, float u, W&& w) {
+  double total = 0;
+  for (int64_t v = 0; v < vocab; ++v) total += w(v);
+  if (!(total > 0 && std::isfinite(total))) return -1;
+  const double target = (double)u * total;
+  double acc = 0;
+  int64_t pick = -1;
+  for (int64_t v = 0; v < vocab; ++v) {
+    const double x = w(v);
+    if (!(x > 0)) continue;
+    acc += x;
+    pick = v;
+    if (acc > target) break;
+  }
+  return pick;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_speculative_sampling_cpu(
+    const at::Tensor& draft_probs_in, const at::Tensor& draft_token_ids_in, const at::Tensor& target_probs_in,
+    const at::Tensor& seed_in, const at::Tensor& offset_in) {
+  const char* op = "chain_speculative_sampling";
+  check_speculative_chain(draft_probs_in, draft_token_ids_in, target_probs_in, op);
+  const int64_t batch = draft_probs_in.size(0), n = draft_probs_in.size(1), vocab = draft_probs_in.size(2);
+  check_seed(seed_in, "seed", batch, draft_probs_in, op);
+  check_seed(offset_in, "offset", batch, draft_probs_in, op);
+  const at::Tensor draft = draft_probs_in.contiguous(), target = target_probs_in.contiguous();
+  const at::Tensor ids = draft_token_ids_in.contiguous();
+  const at::Tensor seed = seed_in.contiguous(), offset = offset_in.contiguous();
+  auto out = at::empty({batch, n + 1}, ids.options());
+  auto accepted = at::empty({batch}, ids.options());
+  auto emitted = at::empty({batch}, ids.options());
+  for (int64_t b = 0; b < batch; ++b) {
+    const uint64_t s = (uint64_t)seed.data_ptr<int64_t>()[seed.size(0) == 1 ? 0 : b];
+    const uint64_t o = (uint64_t)offset.data_ptr<int64_t>()[offset.size(0) == 1 ? 0 : b];
+    const int32_t* t = ids.data_ptr<int32_t>() + b * n;
+    const float* q = draft.data_ptr<float>() + b * n * vocab;
+    const float* p = target.data_ptr<float>() + b * (n + 1) * vocab;
+    int64_t kept = 0, first = n;
+    for (int64_t i = 0; i < n; ++i) {
+      const float u = philox_uniform(s, o, (uint32_t)b, (uint32_t)i);
+      // The product in float, as the CUDA kernel computes it: the same uniforms keep the same tokens on both.
+      const bool keep = t[i] >= 0 && t[i] < vocab && u * q[i * vocab + t[i]] < p[i * vocab + t[i]];
+      kept += keep;
+      if (!keep && first == n) first = i;
+    }
+    const float* pj = p + first * vocab;
+    const float u = philox_uniform(s, o, (uint32_t)b, (uint32_t)n);
+    int64_t pick = -1;
+    if (first < n) {
+      const float* qj = q + first * vocab;
+      pick = draw_weights(vocab, u, [&](int64_t v) {
+        const float r = pj[v] - qj[v];
+        return r > 0.f ? (double)r : 0.0;
+      });
+    }
+    if (pick < 0) pick = draw_weights(vocab, u, [&](int64_t v) { return pj[v] > 0.f ? (double)pj[v] : 0.0; });
+    if (pick < 0) {  // no positive finite mass: the first largest target entry (NaN never wins)
+      pick = 0;
+      for (int64_t v = 0; v < vocab; ++v)
+        if (pj[v] > pj[pick] || (std::isnan(pj[pick]) && !std::isnan(pj[v]))) pick = v;
+    }
+    int32_t* row = out.data_ptr<int32_t>() + b * (n + 1);
+    for (int64_t i = 0; i <= n; ++i) row[i] = i < first ? t[i] : i == first ? (int32_t)pick : -1;
+    accepted.data_ptr<int32_t>()[b] = (int32_t)kept;
+    emitted.data_ptr<int32_t>()[b] = (int32_t)first;
+  }
+  return {out, accepted, emitted};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flashinfer, CPU, m) {
@@ -200,6 +272,7 @@ TORCH_LIBRARY_IMPL(flashinfer, CPU, m) {
   m.impl("top_k_renorm_probs", &top_k_renorm_probs_cpu);
   m.impl("top_p_renorm_probs", &top_p_renorm_probs_cpu);
   m.impl("top_k_mask_logits", &top_k_mask_logits_cpu);
+  m.impl("chain_speculative_sampling", &chain_speculative_sampling_cpu);
 }
 
 }  // namespace flashinfer

@@ -134,6 +134,43 @@ at::Tensor softmax_cuda(const at::Tensor& logits, const std::optional<at::Tensor
   return probs;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_speculative_sampling_cuda(const at::Tensor& draft_probs,
+                                                                               const at::Tensor& draft_token_ids,
+                                                                               const at::Tensor& target_probs,
+                                                                               const at::Tensor& seed,
+                                                                               const at::Tensor& offset) {
+  const char* op = "chain_speculative_sampling";
+  check_speculative_chain(draft_probs, draft_token_ids, target_probs, op);
+  const int64_t batch = draft_probs.size(0), n = draft_probs.size(1);
+  check_seed(seed, "seed", batch, draft_probs, op);
+  check_seed(offset, "offset", batch, draft_probs, op);
+  check_int32_range(batch, "batch_size", op);
+  check_int32_range(n + 1, "num_speculate_tokens + 1", op);
+  const c10::cuda::CUDAGuard guard(draft_probs.device());
+  const at::Tensor draft = draft_probs.contiguous(), target = target_probs.contiguous();
+  const at::Tensor ids = draft_token_ids.contiguous(), s = seed.contiguous(), o = offset.contiguous();
+  auto out = at::empty({batch, n + 1}, ids.options());
+  auto accepted = at::empty({batch}, ids.options());
+  auto emitted = at::empty({batch}, ids.options());
+  sampling::SpecParams p{};
+  p.draft = draft.data_ptr<float>();
+  p.draft_ids = ids.data_ptr<int32_t>();
+  p.target = target.data_ptr<float>();
+  p.n = (int)n;
+  p.vocab = (int)draft.size(2);
+  p.seed = s.data_ptr<int64_t>();
+  p.offset = o.data_ptr<int64_t>();
+  p.seed_step = s.size(0) == 1 ? 0 : 1;
+  p.offset_step = o.size(0) == 1 ? 0 : 1;
+  p.out = out.data_ptr<int32_t>();
+  p.accepted = accepted.data_ptr<int32_t>();
+  p.emitted = emitted.data_ptr<int32_t>();
+  // Four-element loads when every row of both tensors starts on a 16-byte boundary.
+  const bool vec4 = p.vocab % 4 == 0 && addr(draft) % 16 == 0 && addr(target) % 16 == 0;
+  check_launch(sampling::launch_chain_speculative(p, (int)batch, vec4, c10::cuda::getCurrentCUDAStream()), op);
+  return {out, accepted, emitted};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flashinfer, CUDA, m) {
@@ -142,6 +179,7 @@ TORCH_LIBRARY_IMPL(flashinfer, CUDA, m) {
   m.impl("top_k_renorm_probs", &top_k_renorm_probs_cuda);
   m.impl("top_p_renorm_probs", &top_p_renorm_probs_cuda);
   m.impl("top_k_mask_logits", &top_k_mask_logits_cuda);
+  m.impl("chain_speculative_sampling", &chain_speculative_sampling_cuda);
 }
 
 }  // namespace flashinfer

@@ -1,5 +1,6 @@
-// Sampling: draws from a row's distribution under top-k / top-p / min-p filters, one block a row, and the row
-// helpers shared with sampling_cluster.cuh (softmax, renormalised probabilities, masked logits). Torch-free.
+// Sampling: draws from a row's distribution under top-k / top-p / min-p filters, one block a row; the check of a
+// chain of speculative draft tokens, one block a request; and the row helpers shared with sampling_cluster.cuh
+// (softmax, renormalised probabilities, masked logits). Torch-free.
 //
 // A row p of `vocab` non-negative weights (probabilities, not necessarily normalised; total = sum p):
 //   top-k keeps i when fewer than k entries are larger than p_i (every entry tied with the k-th largest is kept);
@@ -54,6 +55,22 @@ struct SampleParams {
   int seed_step, offset_step;
   int32_t* out;            // [batch]
   bool* valid;             // [batch]: the row has a positive, finite total (else out = its first largest entry)
+};
+
+// Speculative sampling over a chain of n draft tokens a request (definition: chain_speculative_sampling in
+// csrc/registration.cpp). Rows contiguous; the uniforms are philox_uniform(seed, offset, request, i): i < n for the
+// keep tests, n for the draw, as the CPU op takes them, so both keep the same tokens for the same (seed, offset).
+struct SpecParams {
+  const float* draft;        // [batch, n, vocab]
+  const int32_t* draft_ids;  // [batch, n]
+  const float* target;       // [batch, n + 1, vocab]
+  int n, vocab;
+  const int64_t* seed;       // [1] or [batch] (seed_step 0 or 1)
+  const int64_t* offset;
+  int seed_step, offset_step;
+  int32_t* out;              // [batch, n + 1]
+  int32_t* accepted;         // [batch]
+  int32_t* emitted;          // [batch]
 };
 
 // Order-preserving 32-bit keys of floats (NaN aside): a < b <=> key(a) < key(b).
@@ -211,12 +228,12 @@ __device__ RowTop row_top(const T* row, int vocab, float* scratch, int* iscratch
   return {m, t[0], i == INT_MAX ? 0 : i};
 }
 
-// The first candidate i (cand(x) true, weight x) whose running sum over the row passes target, or -1 when target
-// is at or past the candidates' total. The threads' intervals [before, before + own) tile the row exactly: each
-// bound is computed by the same float operations as its neighbour's, so exactly one thread claims a target below
-// the total.
-template <int VEC, typename C>
-__device__ int scan_pick(const float* row, int vocab, float target, C&& cand, float* warp_tot, int* found) {
+// The first entry i whose running sum of weights over the row passes target, or -1 when target is at or past the
+// total. load(tile, w) gives the thread's weights of a tile (load_tile's entries; 0 for entries that do not count and
+// past the row's end). The threads' intervals [before, before + own) tile the row exactly: each bound is computed by
+// the same float operations as its neighbour's, so exactly one thread claims a target below the total.
+template <int VEC, typename L>
+__device__ int scan_pick_weights(int vocab, float target, L&& load, float* warp_tot, int* found) {
   constexpr int kE = kChunks * VEC;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (threadIdx.x == 0) *found = INT_MAX;
@@ -224,9 +241,9 @@ __device__ int scan_pick(const float* row, int vocab, float target, C&& cand, fl
   for (int tile = 0; tile < vocab; tile += kTileEntries<VEC>) {
     const int base = tile + threadIdx.x * kE;
     float w[kE], own = 0.f;
-    load_tile<VEC>(row, vocab, tile, w);
+    load(tile, w);
 #pragma unroll
-    for (int e = 0; e < kE; ++e) own += (w[e] = base + e < vocab && cand(w[e]) ? w[e] : 0.f);
+    for (int e = 0; e < kE; ++e) own += w[e];
     float incl = own;
 #pragma unroll
     for (int off = 1; off < 32; off *= 2) {
@@ -257,6 +274,17 @@ __device__ int scan_pick(const float* row, int vocab, float target, C&& cand, fl
     running += tile_total;
   }
   return -1;
+}
+
+// scan_pick_weights over the row's candidates (cand(x) true, weight x).
+template <int VEC, typename C>
+__device__ int scan_pick(const float* row, int vocab, float target, C&& cand, float* warp_tot, int* found) {
+  return scan_pick_weights<VEC>(vocab, target, [&](int tile, float (&w)[kChunks * VEC]) {
+    const int base = tile + threadIdx.x * kChunks * VEC;
+    load_tile<VEC>(row, vocab, tile, w);
+#pragma unroll
+    for (int e = 0; e < kChunks * VEC; ++e) w[e] = base + e < vocab && cand(w[e]) ? w[e] : 0.f;
+  }, warp_tot, found);
 }
 
 template <int VEC>
@@ -318,6 +346,97 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
     }
   }
   if (threadIdx.x == 0) p.out[b] = pick, p.valid[b] = ok;
+}
+
+// Sum over the block of the weights load(tile, w) gives (see scan_pick_weights), in a fixed order.
+template <int VEC, typename L>
+__device__ float weights_total(int vocab, L&& load, float* scratch) {
+  float t[1] = {0.f};
+  for (int tile = 0; tile < vocab; tile += kTileEntries<VEC>) {
+    float w[kChunks * VEC];
+    load(tile, w);
+#pragma unroll
+    for (int e = 0; e < kChunks * VEC; ++e) t[0] += w[e];
+  }
+  block_sums(t, scratch);
+  return t[0];
+}
+
+// One block a request: the keep tests (a thread a draft position), then one draw over the vocabulary at the first
+// position not kept. Every branch below is uniform over the block (its conditions come from block reductions).
+template <int VEC>
+__global__ void __launch_bounds__(kThreads) chain_speculative_kernel(SpecParams p) {
+  constexpr int kE = kChunks * VEC;
+  __shared__ float scratch[kWarps];
+  __shared__ int iscratch[kWarps];
+  __shared__ int found, kept_s, first_s;
+  const int b = blockIdx.x, n = p.n, vocab = p.vocab;
+  pdl_enter();
+  const uint64_t seed = (uint64_t)p.seed[b * p.seed_step], offset = (uint64_t)p.offset[b * p.offset_step];
+  const int32_t* ids = p.draft_ids + (int64_t)b * n;
+  const float* draft = p.draft + (int64_t)b * n * vocab;
+  const float* target = p.target + (int64_t)b * (n + 1) * vocab;
+  if (threadIdx.x == 0) kept_s = 0, first_s = n;
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const int t = ids[i];
+    const float u = philox_uniform(seed, offset, (uint32_t)b, (uint32_t)i);
+    // A token outside the vocabulary reads nothing and is not kept. NaN probabilities never keep a token.
+    if (t >= 0 && t < vocab && u * draft[(int64_t)i * vocab + t] < target[(int64_t)i * vocab + t]) {
+      atomicAdd(&kept_s, 1);
+    } else {
+      atomicMin(&first_s, i);
+    }
+  }
+  __syncthreads();
+  const int j = first_s;
+  const float* pj = target + (int64_t)j * vocab;
+  const float u = philox_uniform(seed, offset, (uint32_t)b, (uint32_t)n);
+  int pick = -1;
+  if (j < n) {  // the residual max(target - draft, 0) at the first position not kept
+    const float* qj = draft + (int64_t)j * vocab;
+    auto residual = [&](int tile, float (&w)[kE]) {
+      const int base = tile + threadIdx.x * kE;
+      float d[kE];
+      load_tile<VEC>(pj, vocab, tile, w);
+      load_tile<VEC>(qj, vocab, tile, d);
+#pragma unroll
+      for (int e = 0; e < kE; ++e) {
+        const float r = w[e] - d[e];
+        w[e] = base + e < vocab && r > 0.f ? r : 0.f;
+      }
+    };
+    const float total = weights_total<VEC>(vocab, residual, scratch);
+    if (total > 0.f && total < INFINITY)
+      pick = scan_pick_weights<VEC>(vocab, u * total, residual, scratch, &found);
+  }
+  if (pick < 0) {  // every draft token kept (the bonus token), or a residual without mass: the target row
+    auto positive = [&](int tile, float (&w)[kE]) {
+      const int base = tile + threadIdx.x * kE;
+      load_tile<VEC>(pj, vocab, tile, w);
+#pragma unroll
+      for (int e = 0; e < kE; ++e) w[e] = base + e < vocab && w[e] > 0.f ? w[e] : 0.f;
+    };
+    const float total = weights_total<VEC>(vocab, positive, scratch);
+    if (total > 0.f && total < INFINITY)
+      pick = scan_pick_weights<VEC>(vocab, u * total, positive, scratch, &found);
+  }
+  if (pick < 0) {  // no positive finite mass (or a target at the total by rounding): the first largest entry
+    float m = -INFINITY;
+    int i = INT_MAX;
+    for_row<VEC>(pj, vocab, [&](int v, float x) { better_max(m, i, x, v); });
+    block_argmax(m, i, scratch, iscratch);
+    pick = i == INT_MAX ? 0 : i;
+  }
+  int32_t* out = p.out + (int64_t)b * (n + 1);
+  for (int i = threadIdx.x; i <= n; i += kThreads) out[i] = i < j ? ids[i] : i == j ? pick : -1;
+  if (threadIdx.x == 0) p.accepted[b] = kept_s, p.emitted[b] = j;
+}
+
+inline cudaError_t launch_chain_speculative(const SpecParams& p, int batch, bool vec4, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  return vec4 ? launch_pdl(chain_speculative_kernel<4>, dim3(batch), dim3(kThreads), 0, stream, p)
+              : launch_pdl(chain_speculative_kernel<1>, dim3(batch), dim3(kThreads), 0, stream, p);
 }
 
 // One block a draw; VEC 4 when every row starts on a 16-byte boundary of 4-element groups (the caller
