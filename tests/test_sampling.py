@@ -487,7 +487,7 @@ def test_cuda_matches_definitions_at_vocab_scale(vocab):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("vocab", [7, 4099, 151936])
-def test_cuda_chain_speculative_matches_cpu(vocab):
+def test_cuda_chain_speculative_keeps_what_the_host_op_keeps(vocab):
     """The same (seed, offset) keeps the same draft tokens on both devices (the keep tests are one float product and
     one comparison of the same uniforms); the drawn tokens have the same distribution, checked for support here.
     Also a strided view of the rows and bit-identical second calls."""
