@@ -20,6 +20,12 @@ sampling::PerRow<V> per_row(const at::Tensor& dense, V val) {
 }
 at::Tensor dense(const std::optional<at::Tensor>& t) { return t ? t->contiguous() : at::Tensor(); }
 
+// seed and offset (dense int64 [1] or [batch]) as the kernels read them.
+sampling::PhiloxKeys philox_keys(const at::Tensor& seed, const at::Tensor& offset) {
+  return {seed.data_ptr<int64_t>(), offset.data_ptr<int64_t>(), seed.size(0) == 1 ? 0 : 1,
+          offset.size(0) == 1 ? 0 : 1};
+}
+
 std::tuple<at::Tensor, at::Tensor> sampling_from_probs_cuda(const at::Tensor& probs,
                                                             const std::optional<at::Tensor>& indices,
                                                             const std::optional<at::Tensor>& top_k, int64_t top_k_val,
@@ -53,10 +59,7 @@ std::tuple<at::Tensor, at::Tensor> sampling_from_probs_cuda(const at::Tensor& pr
   p.top_k = per_row<int32_t>(k, (int32_t)top_k_val);
   p.top_p = per_row<float>(p_top, (float)top_p_val);
   p.min_p = per_row<float>(p_min, (float)min_p_val);
-  p.seed = s.data_ptr<int64_t>();
-  p.offset = o.data_ptr<int64_t>();
-  p.seed_step = s.size(0) == 1 ? 0 : 1;
-  p.offset_step = o.size(0) == 1 ? 0 : 1;
+  p.keys = philox_keys(s, o);
   p.out = out.data_ptr<int32_t>();
   p.valid = valid.data_ptr<bool>();
   check_launch(sampling::launch_sample(p, (int)batch, rows_vec4(probs), c10::cuda::getCurrentCUDAStream()), op);
@@ -158,10 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_speculative_sampling_cuda(c
   p.target = target.data_ptr<float>();
   p.n = (int)n;
   p.vocab = (int)draft.size(2);
-  p.seed = s.data_ptr<int64_t>();
-  p.offset = o.data_ptr<int64_t>();
-  p.seed_step = s.size(0) == 1 ? 0 : 1;
-  p.offset_step = o.size(0) == 1 ? 0 : 1;
+  p.keys = philox_keys(s, o);
   p.out = out.data_ptr<int32_t>();
   p.accepted = accepted.data_ptr<int32_t>();
   p.emitted = emitted.data_ptr<int32_t>();

@@ -43,6 +43,15 @@ struct PerRow {
   __device__ __forceinline__ V at(int b) const { return arr ? arr[b] : val; }
 };
 
+// The Philox key of request b: seed and offset, each int64 [1] (step 0: one for all) or [batch] (step 1).
+struct PhiloxKeys {
+  const int64_t* seed;
+  const int64_t* offset;
+  int seed_step, offset_step;
+  __device__ __forceinline__ uint64_t seed_of(int b) const { return (uint64_t)seed[b * seed_step]; }
+  __device__ __forceinline__ uint64_t offset_of(int b) const { return (uint64_t)offset[b * offset_step]; }
+};
+
 struct SampleParams {
   const float* probs;      // [rows, vocab], row stride `stride` (elements), last dim contiguous
   int64_t stride;
@@ -50,9 +59,7 @@ struct SampleParams {
   const int32_t* indices;  // [batch]: the row of probs draw b uses; null: row b
   PerRow<int32_t> top_k;   // [batch] or scalar
   PerRow<float> top_p, min_p;
-  const int64_t* seed;     // [1] or [batch] (seed_step 0 or 1)
-  const int64_t* offset;   // [1] or [batch]
-  int seed_step, offset_step;
+  PhiloxKeys keys;
   int32_t* out;            // [batch]
   bool* valid;             // [batch]: the row has a positive, finite total (else out = its first largest entry)
 };
@@ -65,9 +72,7 @@ struct SpecParams {
   const int32_t* draft_ids;  // [batch, n]
   const float* target;       // [batch, n + 1, vocab]
   int n, vocab;
-  const int64_t* seed;       // [1] or [batch] (seed_step 0 or 1)
-  const int64_t* offset;
-  int seed_step, offset_step;
+  PhiloxKeys keys;
   int32_t* out;              // [batch, n + 1]
   int32_t* accepted;         // [batch]
   int32_t* emitted;          // [batch]
@@ -317,7 +322,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
       block_sums(t, scratch);
       q = t[0];
     }
-    const uint64_t seed = (uint64_t)p.seed[b * p.seed_step], offset = (uint64_t)p.offset[b * p.offset_step];
+    const uint64_t seed = p.keys.seed_of(b), offset = p.keys.offset_of(b);
     for (int round = 0; round < kMaxRounds; ++round) {
       const float target = philox_uniform(seed, offset, (uint32_t)b, (uint32_t)round) * q;
       const int i = scan_pick<VEC>(row, p.vocab, target, [&](float x) { return x > low && x >= floor_p; }, scratch,
@@ -372,7 +377,7 @@ __global__ void __launch_bounds__(kThreads) chain_speculative_kernel(SpecParams 
   __shared__ int found, kept_s, first_s;
   const int b = blockIdx.x, n = p.n, vocab = p.vocab;
   pdl_enter();
-  const uint64_t seed = (uint64_t)p.seed[b * p.seed_step], offset = (uint64_t)p.offset[b * p.offset_step];
+  const uint64_t seed = p.keys.seed_of(b), offset = p.keys.offset_of(b);
   const int32_t* ids = p.draft_ids + (int64_t)b * n;
   const float* draft = p.draft + (int64_t)b * n * vocab;
   const float* target = p.target + (int64_t)b * (n + 1) * vocab;
