@@ -14,6 +14,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    # GPU runs select with -k "not cpu" (the device parameter's id): a test whose own name says "cpu" would silently
+    # drop out of them.
+    named = sorted({item.originalname for item in items if "cpu" in (item.originalname or "").lower()})
+    if named:
+        raise pytest.UsageError(f"test names must not contain 'cpu' (GPU runs deselect -k 'not cpu'): {named}")
     skip = pytest.mark.skip(reason=GPU_REASON)
     for item in items:
         if "gpu" in item.keywords and not HAS_GPU:
