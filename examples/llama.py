@@ -6,7 +6,7 @@ tables as arguments and writes the new tokens' K/V into them in place, so the sa
 torch.compile(fullgraph=True), captured in a CUDA graph, and through torch.export / AOTInductor with the caches
 as program inputs.
 
-    python examples/llama.py        # prefill a few prompts, decode greedily, print the tokens
+    python examples/llama.py        # prefill a few prompts, decode (greedy, then sampled), print the tokens
 """
 
 from dataclasses import dataclass
@@ -208,6 +208,23 @@ class GraphedDecode:
         return self.out
 
 
+class Sampler(torch.nn.Module):
+    """The next tokens from a step's logits, on the device: softmax at `temperature`, then a draw under top-k and
+    top-p (flashinfer.sampling; 0 and 1 switch them off), or the argmax when temperature <= 0. Each call draws its
+    Philox key on the device (torch.randint), so a compiled or graph-captured loop samples anew at every step with no
+    host round trip; torch.manual_seed makes a run repeatable."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+        super().__init__()
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature <= 0:
+            return logits.argmax(-1)
+        probs = flashinfer.softmax(logits.float(), temperature=self.temperature)
+        return flashinfer.top_k_top_p_sampling_from_probs(probs, self.top_k, self.top_p).long()
+
+
 def prefill(model: Llama, pages: Pages, prompts: Sequence[Sequence[int]], forward=None):
     """Runs the prompts (of different lengths) in one ragged call (through `forward`, the model by default, or a
     compiled model); returns the logits of each prompt's last token."""
@@ -223,8 +240,9 @@ def prefill(model: Llama, pages: Pages, prompts: Sequence[Sequence[int]], forwar
 
 
 def generate(model: Llama, prompts, steps: int, device="cpu", step_fn=None, prefill_fn=None, graph=False,
-             max_batch=8, max_len=128, static_pool=False):
-    """Greedy decoding: prefill (through prefill_fn, the model by default), then `steps` decode steps through
+             max_batch=8, max_len=128, static_pool=False, sampler=None):
+    """Decoding, greedy or through `sampler` (logits -> next tokens, e.g. a Sampler): prefill (through prefill_fn,
+    the model by default), then `steps` decode steps through
     step_fn(tokens, positions, kv_indptr, kv_indices, kv_last_page_len, caches) (the eager DecodeStep by default;
     with graph=True captured once in a CUDA graph and replayed). The page pool holds max_batch requests of max_len
     tokens, as a server's would, whatever the batch; static_pool marks it static (Pages.mark_static: for a step_fn
@@ -240,7 +258,7 @@ def generate(model: Llama, prompts, steps: int, device="cpu", step_fn=None, pref
     logits = prefill(model, pages, prompts, prefill_fn)
     out, all_logits = [], []
     for _ in range(steps):
-        tokens = logits.argmax(-1)
+        tokens = logits.argmax(-1) if sampler is None else sampler(logits)
         out.append(tokens)
         args = (tokens, torch.tensor(lens, dtype=torch.int32, device=device))
         lens = [n + 1 for n in lens]
@@ -255,5 +273,8 @@ def generate(model: Llama, prompts, steps: int, device="cpu", step_fn=None, pref
 if __name__ == "__main__":
     device = "cuda" if torch.cuda.is_available() and flashinfer.built_with_cuda() else "cpu"
     model = Llama(LlamaConfig(), device=device)
-    tokens, _ = generate(model, [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11] * 20], steps=8, device=device)
-    print(f"{device}: generated {tokens.tolist()}")
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11] * 20]
+    tokens, _ = generate(model, prompts, steps=8, device=device)
+    print(f"{device}: greedy {tokens.tolist()}")
+    tokens, _ = generate(model, prompts, steps=8, device=device, sampler=Sampler(0.8, top_k=50, top_p=0.9))
+    print(f"{device}: sampled {tokens.tolist()}")

@@ -227,6 +227,25 @@ def test_decode_loop_reduce_overhead_no_skipped_graphs():
         torch.testing.assert_close(g, e)
 
 
+def test_generate_samples_through_flashinfer_sampling(device):
+    """generate() with a Sampler (temperature 0.8, top-k 5, top-p 0.9 through flashinfer.sampling): every token after
+    the first is among the 5 largest logits it was drawn from (ties included); the same global seed draws the same
+    tokens, another seed others; temperature 0 is greedy."""
+    model = make_model(device)
+    sampler = llama.Sampler(0.8, top_k=5, top_p=0.9)
+    runs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        runs.append(llama.generate(model, PROMPTS, 12, device=device, sampler=sampler))
+    tokens, logits = runs[0]
+    for s in range(1, 12):  # top-k keeps every entry tied with the k-th largest
+        fifth = logits[s - 1].topk(5, -1).values[:, -1:]
+        assert (logits[s - 1].gather(-1, tokens[:, s : s + 1]) >= fifth).all(), f"step {s}: a token outside the top 5"
+    assert torch.equal(runs[1][0], tokens) and not torch.equal(runs[2][0], tokens)
+    greedy, _ = llama.generate(model, PROMPTS, 4, device=device)
+    assert torch.equal(llama.generate(model, PROMPTS, 4, device=device, sampler=llama.Sampler(0.0))[0], greedy)
+
+
 def test_page_pool_errors_and_reuse():
     """The example's pool: pages handed out as requests grow, a clear error when it runs out (nothing handed
     out by the failing call), generate() refusing prompts its pool cannot hold."""
