@@ -102,7 +102,7 @@ __device__ __forceinline__ void write_cached(const float* cache, O* out, int len
 
 // A block's slice statistics, exchanged over the cluster.
 struct SliceStats {
-  float max, min, sum;
+  float max, sum;
 };
 
 // Sum over the threads of higher index, and over all threads, for one value a thread (integers: exact).
@@ -226,21 +226,21 @@ __global__ void __launch_bounds__(kThreads, 2) renorm_kernel(RenormParams p, int
       for_row<VEC>(row, sl.len, [&](int, float x) { f(x); });
     }
   };
-  // The row's largest and smallest entries and sum, from each block's over its slice.
+  // The row's largest entry and sum, from each block's over its slice.
   auto row_stats = [&](SliceStats s, SliceStats* slot) {
     float t[1] = {s.sum};
     block_sums(t, scratch);
-    s = {block_max(s.max, scratch), -block_max(-s.min, scratch), t[0]};
-    return cluster_combine(s, slot, cluster, SliceStats{-INFINITY, INFINITY, 0.f}, [](SliceStats a, SliceStats b) {
-      return SliceStats{fmaxf(a.max, b.max), fminf(a.min, b.min), a.sum + b.sum};
+    s = {block_max(s.max, scratch), t[0]};
+    return cluster_combine(s, slot, cluster, SliceStats{-INFINITY, 0.f}, [](SliceStats a, SliceStats b) {
+      return SliceStats{fmaxf(a.max, b.max), a.sum + b.sum};
     });
   };
 
-  // Pass one: the slice into shared memory, its largest and smallest entries and its sum.
-  SliceStats s{-INFINITY, INFINITY, 0.f};
+  // Pass one: the slice into shared memory, its largest entry and its sum.
+  SliceStats s{-INFINITY, 0.f};
   for_row<VEC>(row, sl.len, [&](int i, float x) {
     if constexpr (kCached) cache[i] = x;
-    s.max = fmaxf(s.max, x), s.min = fminf(s.min, x), s.sum += x;
+    s.max = fmaxf(s.max, x), s.sum += x;
   });
   if (kCached && threadIdx.x < padded - sl.len) cache[sl.len + threadIdx.x] = NAN;
   const SliceStats top = row_stats(s, &xch[0]);
@@ -259,13 +259,13 @@ __global__ void __launch_bounds__(kThreads, 2) renorm_kernel(RenormParams p, int
     } else if (on && !(top_p > 0.f)) {  // top-p 0: the largest entries only
       v = top.max, sum_kept = true;
     }
-  } else if (on && top.min == top.min) {  // some entry is not NaN
+  } else if (on) {  // a row of NaN has no boundary: radix_select skips NaN and finds fewer than k entries
     Measure<true> kept_n = 0;
     if (!radix_select<true>(each, cluster, sh, 0.f, 0.0, (uint32_t)k, v, kept_n)) v = -INFINITY;
     sum_kept = kMode == Renorm::kTopK;
   }
   if (sum_kept) {
-    SliceStats m{-INFINITY, INFINITY, 0.f};
+    SliceStats m{-INFINITY, 0.f};
     each([&](float x) { m.sum += x >= v ? x : 0.f; });
     kept = row_stats(m, &xch[1]).sum;
   }
