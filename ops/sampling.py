@@ -134,6 +134,12 @@ def top_k_top_p_sampling_from_probs(probs: torch.Tensor, top_k: Param, top_p: Pa
         raise ValueError(f"flashinfer.sampling: filter_apply_order must be 'top_k_first' or 'joint', "
                          f"got {filter_apply_order!r}")
     _check_nan(probs, "probs", check_nan)
+    # A filter switched off by a number leaves one: the draw needs no renormalised copy (top-p's kept set does not
+    # change when the row is scaled, and a draw from the top-k renormalised is a top-k draw).
+    if not isinstance(top_k, torch.Tensor) and not 0 < top_k < probs.shape[-1]:
+        return _draw(probs, indices, 0, top_p, 0.0, generator, False, seed, offset, return_valid)
+    if not isinstance(top_p, torch.Tensor) and top_p >= 1:
+        return _draw(probs, indices, top_k, 1.0, 0.0, generator, False, seed, offset, return_valid)
     if indices is None or not isinstance(top_k, torch.Tensor):
         # One k for every draw: each row is renormalised once, however many draws read it.
         return _draw(top_k_renorm_probs(probs, top_k), indices, 0, top_p, 0.0, generator, False, seed, offset,

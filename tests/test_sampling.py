@@ -150,6 +150,17 @@ def test_top_k_first_renormalises_before_top_p(device):
     assert set(joint.cpu().tolist()) == {0, 1}
 
 
+def test_top_k_first_with_one_filter_off(device):
+    """top_k_first with top-k off (0 or >= vocab) draws from the top-p set, with top-p off (>= 1) from the top-k set."""
+    probs = _probs(32, 300, device)
+    rows = torch.arange(32)
+    by_p, by_k = reference.kept(probs.cpu(), top_p=0.6), reference.kept(probs.cpu(), top_k=4)
+    for k, p, keep in ((0, 0.6, by_p), (300, 0.6, by_p), (4, 1.0, by_k)):
+        for seed in range(3):
+            s = flashinfer.top_k_top_p_sampling_from_probs(probs, k, p, seed=seed, offset=0)
+            assert keep[rows, s.cpu().long()].all(), (k, p)
+
+
 def test_top_k_first_with_indices(device):
     """A k for all draws (each row renormalised once) and a k per draw (the rows the draws read, each with its k)."""
     probs = _probs(3, 40, device)
