@@ -4,7 +4,7 @@ Each bench's upstream subprocess builds the modules it needs one at a time, on f
 fresh GPU machine costs more than the measurements. This script runs every upstream case of the given benches once,
 at its first size, each in a process of its own, WARM_JOBS (default 8) at a time, so the builds share the machine's
 cores; the benches then find the modules in the same cache. Set FLASHINFER_WORKSPACE_BASE to keep that cache (and
-pass it to bench_model.py as --peer-jit-cache).
+pass it to bench_model.py as --peer-jit-cache). BENCH_TABLES limits the cases to the tables the benches will run.
 
     python3 benchmarks/peer_warm.py [--peer /tmp/peer] [bench_decode bench_prefill bench_model ...]
 
@@ -35,8 +35,10 @@ def child(bench, case):
     sys.path.insert(0, HERE)
     cases = _cases(importlib.import_module(bench))
     if case is None:
+        only = [t for t in os.environ.get("BENCH_TABLES", "").split(",") if t]  # as the benches read it
         print(json.dumps([(c, i) for c, (_, _, fns, _) in cases.items() for i in fns
-                          if i.startswith("upstream") and "eager" not in i]))  # eager rows reuse the same modules
+                          if i.startswith("upstream") and "eager" not in i  # eager rows reuse the same modules
+                          and (not only or any(c.startswith(t) for t in only))]))
         return
     name, impl = json.loads(case)
     sizes, make, fns, _ = cases[name]
