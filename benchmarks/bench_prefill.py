@@ -8,7 +8,7 @@ logits_soft_cap: a tanh per score); the rope table rotates q and k inside the ke
 (pos_encoding_mode="ROPE_LLAMA"; upstream fa2 does the same, its fa3 backend has no RoPE). The append table is a
 chunk of qo tokens against a cached prefix (kv_len > qo_len, causal aligned bottom-right): few query tiles over a
 long KV, where KV splits decide the speed.
-BENCH_TABLES (benchmarks/common.py) picks tables by name prefix, e.g. BENCH_TABLES="ragged,fp8"."""
+BENCH_TABLES (benchmarks/common.py) picks tables by name prefix, any case, e.g. BENCH_TABLES="ragged,fp8"."""
 
 import os
 import sys

@@ -71,12 +71,17 @@ def eager_us(fn, make, nbytes=None):
     return sorted(times)[len(times) // 2] * 1e6
 
 
+def table_selected(case):
+    """BENCH_TABLES="fp8,append" selects the tables whose name starts with one of the given prefixes, in any case
+    ("rope" selects "ROPE_LLAMA ..."); unset or empty selects every table."""
+    only = [t.lstrip().lower() for t in os.environ.get("BENCH_TABLES", "").split(",") if t.strip()]
+    return not only or any(case.lower().startswith(t) for t in only)
+
+
 def run_impls(cases, impls):
     rows = []
-    # BENCH_TABLES="fp8,append" runs only the tables whose name starts with one of the given prefixes.
-    only = [t for t in os.environ.get("BENCH_TABLES", "").split(",") if t]
     for case, (sizes, make, fns, nbytes) in cases.items():
-        if only and not any(case.startswith(t) for t in only):
+        if not table_selected(case):
             continue
         for size in sizes:
             for impl in impls:

@@ -33,12 +33,13 @@ def child(bench, case):
     import torch
 
     sys.path.insert(0, HERE)
+    from common import table_selected  # the benches' own selection
+
     cases = _cases(importlib.import_module(bench))
     if case is None:
-        only = [t for t in os.environ.get("BENCH_TABLES", "").split(",") if t]  # as the benches read it
         print(json.dumps([(c, i) for c, (_, _, fns, _) in cases.items() for i in fns
                           if i.startswith("upstream") and "eager" not in i  # eager rows reuse the same modules
-                          and (not only or any(c.startswith(t) for t in only))]))
+                          and table_selected(c)]))
         return
     name, impl = json.loads(case)
     sizes, make, fns, _ = cases[name]
