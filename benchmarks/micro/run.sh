@@ -16,6 +16,9 @@
 #                                                        the same binaries under each environment in turn (one build)
 #   NVCC_FLAGS=-DFLASHINFER_PREFILL_MMA_SYNC bash benchmarks/micro/run.sh prefill
 #                                                        prefill's mma.sync mainloop (sm_90a builds run wgmma)
+#   MAINLOOPS="mma.sync wgmma" VARIANTS="a.cuh b.cuh" bash benchmarks/micro/run.sh prefill
+#                                                        every variant on both mainloops, built at once, each line
+#                                                        tagged with its mainloop
 #   NVCC_FLAGS=-DMICRO_ROPE bash benchmarks/micro/run.sh prefill|decode
 #                                                        with ROPE_LLAMA (theta 1e4)
 #   SPILLS=1 VARIANTS="a.cuh b.cuh" bash benchmarks/micro/run.sh prefill
@@ -39,32 +42,40 @@ case "$kernel" in
 esac
 variants=${VARIANTS:-$default_variant}
 IFS=';' read -r -a shapes <<< "${SHAPES:-$default_shapes}"
+# One build per variant, or (MAINLOOPS, prefill) one per variant and mainloop, all compiled at once.
+srcs=() flags=() labels=() tags=()
+for v in $variants; do
+  for m in ${MAINLOOPS:-default}; do
+    case "$m" in
+      default) f="" ;;
+      mma.sync) f=-DFLASHINFER_PREFILL_MMA_SYNC ;;
+      wgmma) f="" ;;
+      *) echo "MAINLOOPS: mma.sync and/or wgmma, not $m" >&2; exit 2 ;;
+    esac
+    srcs+=("$v") flags+=("$f") labels+=("$v${MAINLOOPS:+ [$m]}") tags+=("${MAINLOOPS:+[$m] }")
+  done
+done
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 pids=()
-i=0
-for v in $variants; do
+for i in "${!srcs[@]}"; do
+  # shellcheck disable=SC2086
   nvcc -O3 -std=c++20 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc/kernels \
-    ${TRACE:+-DFLASHINFER_BLOCK_TRACE} ${SPILLS:+-Xptxas -v} ${NVCC_FLAGS:-} -D$macro="\"$(realpath "$v")\"" \
-    "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
+    ${TRACE:+-DFLASHINFER_BLOCK_TRACE} ${SPILLS:+-Xptxas -v} ${NVCC_FLAGS:-} ${flags[$i]} \
+    -D$macro="\"$(realpath "${srcs[$i]}")\"" "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
   pids+=($!)
-  i=$((i + 1))
 done
-i=0
-for v in $variants; do
-  wait "${pids[$i]}" || { echo "build of $v failed:"; cat "$bin/v$i.log"; exit 1; }
-  i=$((i + 1))
+for i in "${!srcs[@]}"; do
+  wait "${pids[$i]}" || { echo "build of ${labels[$i]} failed:"; cat "$bin/v$i.log"; exit 1; }
 done
 if [ -n "${SPILLS:-}" ]; then
-  i=0
-  for v in $variants; do
-    echo "== $v"
+  for i in "${!srcs[@]}"; do
+    echo "== ${labels[$i]}"
     # ptxas names each function, then gives its stack frame and spills on the next line.
     awk '/Function properties for .*_kernel/ { match($0, /for [^ ]+/); name = substr($0, RSTART + 4, RLENGTH - 4) }
          name != "" && /spill stores/ { printf "%s:%s\n", name, $0; name = "" }' "$bin/v$i.log" |
       sed -E 's/ +[0-9]+ bytes stack frame, ([0-9]+) bytes spill stores, ([0-9]+) .*/  stores \1 loads \2/' |
       if command -v c++filt > /dev/null; then c++filt | sed 's/(flashinfer::[a-z_]*::Params)//'; else cat; fi
-    i=$((i + 1))
   done
   exit 0
 fi
@@ -74,11 +85,9 @@ status=0
 for mode in "${modes[@]}"; do
   [ -z "$mode" ] || echo "== $mode"
   for shape in "${shapes[@]}"; do
-    i=0
-    for v in $variants; do
+    for i in "${!srcs[@]}"; do
       # shellcheck disable=SC2086
-      env $mode "$bin/v$i" $shape || status=1
-      i=$((i + 1))
+      env $mode "$bin/v$i" $shape | sed "s|^|${tags[$i]}|" || status=1  # pipefail: the harness's status
     done
   done
 done
