@@ -6,7 +6,12 @@
 #   STEPS="build bench:decode tests:attention" bash benchmarks/gpu_check.sh
 #
 # Steps run in the order given: build; bench:NAME (benchmarks/bench_NAME.py); tests:attention, tests:model,
-# tests:families (the CUDA tests in three groups, `-k "not cpu"`). Upstream FlashInfer's JIT modules for the
+# tests:families (the CUDA tests in three groups, `-k "not cpu"`), tests:prefill (test_prefill.py alone).
+# build:ARCH rebuilds in place for TORCH_CUDA_ARCH_LIST=ARCH, and the steps after it write their logs and JSON with
+# _ARCH in the name: build:9.0 is the plain sm_90 build, which runs prefill on the mma.sync mainloop (sm_80's
+# instruction set) instead of wgmma, so one run measures both:
+#   STEPS="build tests:model bench:prefill build:9.0 tests:prefill bench:prefill" bash benchmarks/gpu_check.sh
+# Upstream FlashInfer's JIT modules for the
 # benches in STEPS are built in the background from the start (benchmarks/peer_warm.py), while ours compiles and the
 # tests run; the first bench waits until they are all built, so no compile or peer kernel runs beside a measurement.
 # Test requirements and the peer wheels are installed from .whl/ when present (../shared/tools/peer-wheels, plus
@@ -49,27 +54,32 @@ tests_of() {
     model) echo tests/test_prefill.py tests/test_llama.py tests/test_compose.py ;;
     families) echo tests/test_norm.py tests/test_rope.py tests/test_activation.py tests/test_cascade.py \
                    tests/test_sampling.py ;;
+    prefill) echo tests/test_prefill.py ;;
   esac
 }
 
+tag=""  # _ARCH after a build:ARCH step
+
 for s in $steps; do
   case $s in
-    build)
-      TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-16} \
-        python3 -m pip install --no-build-isolation --no-deps -e . > "$out/build.log" 2>&1
-      stage "build rc $?" ;;
+    build | build:*)
+      arch=${TORCH_CUDA_ARCH_LIST:-9.0a} tag=""
+      [ "$s" = build ] || arch=${s#build:} tag=_${s#build:}
+      TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=${MAX_JOBS:-16} \
+        python3 -m pip install --no-build-isolation --no-deps -e . > "$out/build$tag.log" 2>&1
+      stage "$s rc $?" ;;
     bench:*)
       b=${s#bench:}
       [ -n "${warm:-}" ] && wait "$warm" 2> /dev/null
       extra=()
       [ "$b" = model ] && extra=(--peer-jit-cache "$FLASHINFER_WORKSPACE_BASE")
-      python3 "benchmarks/bench_$b.py" --json "$out/bench_$b.json" "${extra[@]}" 2> "$out/bench_$b.log"
-      stage "bench:$b rc $?" ;;
+      python3 "benchmarks/bench_$b.py" --json "$out/bench_$b$tag.json" "${extra[@]}" 2> "$out/bench_$b$tag.log"
+      stage "$s$tag rc $?" ;;
     tests:*)
       g=${s#tests:}
       python3 -m pytest $(tests_of "$g") -q -p no:cacheprovider -rs -k "not cpu" -n "$jobs" --dist loadfile \
-        > "$out/tests_$g.log" 2>&1
-      stage "tests:$g rc $? $(tail -1 "$out/tests_$g.log")" ;;
+        > "$out/tests_$g$tag.log" 2>&1
+      stage "$s$tag rc $? $(tail -1 "$out/tests_$g$tag.log")" ;;
     *) stage "unknown step $s" ;;
   esac
 done
