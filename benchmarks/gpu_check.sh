@@ -11,9 +11,9 @@
 # _ARCH in the name: build:9.0 is the plain sm_90 build, which runs prefill on the mma.sync mainloop (sm_80's
 # instruction set) instead of wgmma, so one run measures both:
 #   STEPS="build tests:model bench:prefill build:9.0 tests:prefill bench:prefill" bash benchmarks/gpu_check.sh
-# Upstream FlashInfer's JIT modules for the
-# benches in STEPS are built in the background from the start (benchmarks/peer_warm.py), while ours compiles and the
-# tests run; the first bench waits until they are all built, so no compile or peer kernel runs beside a measurement.
+# Upstream FlashInfer's JIT modules for the benches in STEPS are built in the background from the start
+# (benchmarks/peer_warm.py), while ours compiles and the tests run; the first bench waits until they are all built,
+# so no compile or peer kernel runs beside a measurement.
 # Test requirements and the peer wheels are installed from .whl/ when present (../shared/tools/peer-wheels, plus
 # pytest, pytest-xdist and expecttest for the machine's Python).
 #
