@@ -42,35 +42,37 @@ case "$kernel" in
 esac
 variants=${VARIANTS:-$default_variant}
 IFS=';' read -r -a shapes <<< "${SHAPES:-$default_shapes}"
-# One build per variant, or (MAINLOOPS, prefill) one per variant and mainloop, all compiled at once.
-srcs=() flags=() labels=() tags=()
+# One build per variant, or (MAINLOOPS, prefill) one per variant and mainloop, all compiled at once. loops[i] is
+# build i's mainloop ("" without MAINLOOPS); it tags that build's output.
+if [ -n "${MAINLOOPS:-}" ] && [ "$kernel" != prefill ]; then echo "MAINLOOPS applies to prefill only" >&2; exit 2; fi
+srcs=() loops=()
 for v in $variants; do
-  for m in ${MAINLOOPS:-default}; do
+  for m in ${MAINLOOPS:--}; do
     case "$m" in
-      default) f="" ;;
-      mma.sync) f=-DFLASHINFER_PREFILL_MMA_SYNC ;;
-      wgmma) f="" ;;
+      -) srcs+=("$v") loops+=("") ;;
+      mma.sync | wgmma) srcs+=("$v") loops+=("$m") ;;
       *) echo "MAINLOOPS: mma.sync and/or wgmma, not $m" >&2; exit 2 ;;
     esac
-    srcs+=("$v") flags+=("$f") labels+=("$v${MAINLOOPS:+ [$m]}") tags+=("${MAINLOOPS:+[$m] }")
   done
 done
+label() { echo "${srcs[$1]}${loops[$1]:+ [${loops[$1]}]}"; }
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 pids=()
 for i in "${!srcs[@]}"; do
   # shellcheck disable=SC2086
   nvcc -O3 -std=c++20 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc/kernels \
-    ${TRACE:+-DFLASHINFER_BLOCK_TRACE} ${SPILLS:+-Xptxas -v} ${NVCC_FLAGS:-} ${flags[$i]} \
+    ${TRACE:+-DFLASHINFER_BLOCK_TRACE} ${SPILLS:+-Xptxas -v} ${NVCC_FLAGS:-} \
+    $([ "${loops[$i]}" = mma.sync ] && echo -DFLASHINFER_PREFILL_MMA_SYNC) \
     -D$macro="\"$(realpath "${srcs[$i]}")\"" "benchmarks/micro/${kernel}_micro.cu" -o "$bin/v$i" 2> "$bin/v$i.log" &
   pids+=($!)
 done
 for i in "${!srcs[@]}"; do
-  wait "${pids[$i]}" || { echo "build of ${labels[$i]} failed:"; cat "$bin/v$i.log"; exit 1; }
+  wait "${pids[$i]}" || { echo "build of $(label "$i") failed:"; cat "$bin/v$i.log"; exit 1; }
 done
 if [ -n "${SPILLS:-}" ]; then
   for i in "${!srcs[@]}"; do
-    echo "== ${labels[$i]}"
+    echo "== $(label "$i")"
     # ptxas names each function, then gives its stack frame and spills on the next line.
     awk '/Function properties for .*_kernel/ { match($0, /for [^ ]+/); name = substr($0, RSTART + 4, RLENGTH - 4) }
          name != "" && /spill stores/ { printf "%s:%s\n", name, $0; name = "" }' "$bin/v$i.log" |
@@ -87,7 +89,7 @@ for mode in "${modes[@]}"; do
   for shape in "${shapes[@]}"; do
     for i in "${!srcs[@]}"; do
       # shellcheck disable=SC2086
-      env $mode "$bin/v$i" $shape | sed "s|^|${tags[$i]}|" || status=1  # pipefail: the harness's status
+      env $mode "$bin/v$i" $shape | sed "s|^|${loops[$i]:+[${loops[$i]}] }|" || status=1  # pipefail: its status
     done
   done
 done
