@@ -214,15 +214,16 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   loader.prologue<kStages>(k_s, v_s, valid_s);
 
   // Scores to the log2 domain. The common case folds the scale into the exponent (exp2(x * e_scale - m), one
-  // fma); a soft cap, or a scale that is not positive (which would turn a masked -inf into NaN), transforms each
-  // score first and leaves e_scale = 1. K rotated at an amplitude below 1 (kRopeAmp) is scaled back here.
+  // fma); a scale that is not positive (which would turn a masked -inf into NaN) scales each score first and leaves
+  // e_scale = 1. A soft cap turns each score into tanh(x sm_scale / cap) in (-1, 1) and folds cap log2(e) into
+  // e_scale (positive, so the running maxima stay maxima). K rotated at an amplitude below 1 (kRopeAmp) is scaled
+  // back here.
   constexpr float kAmp = kRope ? kRopeAmp<T, KV> : 1.f;
   const float k_scale = p.k_scale / kAmp;
   const bool cap = p.logits_soft_cap > 0.f;
   const float qk_scale = p.sm_scale * k_scale * kLog2e;
   const bool pre = cap || !(qk_scale > 0.f);
-  const float e_scale = pre ? 1.f : qk_scale;
-  const float cap_scale = p.logits_soft_cap * kLog2e;
+  const float e_scale = cap ? p.logits_soft_cap * kLog2e : pre ? 1.f : qk_scale;
   const float tanh_scale = cap ? p.sm_scale * k_scale / p.logits_soft_cap : 0.f;
   // This warp's rows: tile mi holds rows wrow + kMStep mi .. + 16; a thread owns two of each (lane / 4 and lane / 4
   // + 8). mma.sync: a warp's kM tiles are adjacent; wgmma: its 16 rows of each of its warpgroup's kM 64-row tiles
@@ -387,7 +388,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
     // Each uniform condition is tested once per tile, around a whole pass over the fragments.
     if (cap)
       for_each_score<kM, kSN>(
-          [&](int mi, int nt, int i) { s[mi][nt][i] = cap_scale * cap_tanh(s[mi][nt][i] * tanh_scale); });
+          [&](int mi, int nt, int i) { s[mi][nt][i] = tanh_approx(s[mi][nt][i] * tanh_scale); });
     else if (pre)
       for_each_score<kM, kSN>([&](int mi, int nt, int i) { s[mi][nt][i] *= qk_scale; });
     if (!whole) {
