@@ -16,10 +16,10 @@ __device__ __forceinline__ float cap_tanh_core(float z) {
 }
 
 // Prefill's form: tanh.approx, one MUFU.TANH a score and nothing else. Prefill under a cap is bound by instruction
-// issue, and this took capped prefill 11-14% faster than cap_tanh_core's five instructions and two MUFU (H100,
-// benchmarks/RESULTS.md). Its relative error, up to 2^-10.99 (PTX ISA), is a tenth of what the bf16 tests allow
-// (out 0.001-0.003 against 0.012-0.024 at caps 3 to 50); tanhf, exact to an ulp, costs ~20 instructions and a
-// branch. Saturates at +-1; NaN stays NaN.
+// issue, and this took capped prefill 8-23% faster than cap_tanh_core's five instructions and two MUFU (H100, both
+// mainloops, head_dim 64-256; benchmarks/RESULTS.md). Its relative error, up to 2^-10.99 (PTX ISA), moves the
+// output a tenth of what the bf16 tests allow (0.001-0.003 against 0.012-0.024 at caps 3 to 50, a float64 reference
+// perturbed by it); tanhf, exact to an ulp, costs ~20 instructions and a branch. Saturates at +-1; NaN stays NaN.
 __device__ __forceinline__ float tanh_approx(float x) {
   float t;
   asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(x));
