@@ -215,9 +215,9 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
 
   // Scores to the log2 domain. The common case folds the scale into the exponent (exp2(x * e_scale - m), one
   // fma); a scale that is not positive (which would turn a masked -inf into NaN) scales each score first and leaves
-  // e_scale = 1. A soft cap turns each score into tanh(x sm_scale / cap) in (-1, 1) and folds cap log2(e) into
-  // e_scale (positive, so the running maxima stay maxima). K rotated at an amplitude below 1 (kRopeAmp) is scaled
-  // back here.
+  // e_scale = 1. A soft cap turns each score into tanh(x sm_scale k_scale / cap), in [-1, 1], and folds cap log2(e)
+  // into e_scale (positive, so the running maxima stay maxima). K rotated at an amplitude below 1 (kRopeAmp) is
+  // scaled back through k_scale.
   constexpr float kAmp = kRope ? kRopeAmp<T, KV> : 1.f;
   const float k_scale = p.k_scale / kAmp;
   const bool cap = p.logits_soft_cap > 0.f;
