@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(block_threads(D)) prefill_kernel(Params p) {
   const float k_scale = p.k_scale / kAmp;
   const bool cap = p.logits_soft_cap > 0.f;
   const float qk_scale = p.sm_scale * k_scale * kLog2e;
-  const bool pre = cap || !(qk_scale > 0.f);
+  const bool pre = !(qk_scale > 0.f);  // scale each score first (uncapped only: a cap is tested before it)
   const float e_scale = cap ? p.logits_soft_cap * kLog2e : pre ? 1.f : qk_scale;
   const float tanh_scale = cap ? p.sm_scale * k_scale / p.logits_soft_cap : 0.f;
   // This warp's rows: tile mi holds rows wrow + kMStep mi .. + 16; a thread owns two of each (lane / 4 and lane / 4
